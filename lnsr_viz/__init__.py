@@ -1,0 +1,52 @@
+"""lnsr_viz: noise stability of fine-tuned transformers — probes, the LNSR regulariser, experiments and reports.
+
+The public names are imported lazily so that ``import lnsr_viz`` is fast and the command line starts quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    # model adapter, noise, probe
+    "ModelAdapter", "GaussianNoise", "InManifoldNoise", "make_noise", "StabilityProbe",
+    # methods and training
+    "LNSR", "Vanilla", "Method", "LossParts", "get_method", "lnsr_penalty", "FineTuner", "TrainerCallback",
+    "TrainState",
+    # data and models
+    "TextDataset", "load_domain", "load_splits", "split_dataset", "subsample", "as_dataset", "load_model",
+    "ensure_asset",
+    # evaluation, statistics, store, experiments
+    "evaluate", "predict_proba", "classification_metrics", "summarize", "paired_comparison", "RunStore",
+    "compare", "ComparisonResult",
+    # figures and reports
+    "Report", "plot_stability_curves", "plot_profile_heatmap", "plot_metric_by_domain", "plot_training_curves",
+    "plot_generalisation_gap", "plot_paired_differences", "save_figure",
+]
+
+_WHERE = {
+    "ModelAdapter": "adapter", "GaussianNoise": "noise", "InManifoldNoise": "noise", "make_noise": "noise",
+    "StabilityProbe": "probe", "LNSR": "regularizers", "Vanilla": "regularizers", "Method": "regularizers",
+    "LossParts": "regularizers", "get_method": "regularizers", "lnsr_penalty": "regularizers",
+    "FineTuner": "training", "TrainerCallback": "training", "TrainState": "training", "TextDataset": "data",
+    "load_domain": "data", "load_splits": "data", "split_dataset": "data", "subsample": "data",
+    "as_dataset": "data", "load_model": "models", "ensure_asset": "assets", "evaluate": "evaluation",
+    "predict_proba": "evaluation", "classification_metrics": "evaluation", "summarize": "stats",
+    "paired_comparison": "stats", "RunStore": "store", "compare": "experiments",
+    "ComparisonResult": "experiments", "Report": "report", "plot_stability_curves": "plots",
+    "plot_profile_heatmap": "plots", "plot_metric_by_domain": "plots", "plot_training_curves": "plots",
+    "plot_generalisation_gap": "plots", "plot_paired_differences": "plots", "save_figure": "plots",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lnsr_viz' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

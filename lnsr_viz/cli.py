@@ -1,0 +1,243 @@
+"""Command line: ``python -m lnsr_viz {probe, compare, demo, assets}`` (also installed as ``lnsr-viz``).
+
+Every option is checked before any model or data is loaded; errors print one readable line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 1,2,3; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer, e.g. 1,2,3")
+    return values
+
+
+def _str_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _params(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """Parse ``--param lnsr.lam=10 --param lnsr.noise=in_manifold`` into ``{'lnsr': {'lam': 10.0, ...}}``."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or ():
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--param expects METHOD.NAME=VALUE, e.g. lnsr.lam=10; got {item!r}.")
+        key, raw = item.split("=", 1)
+        method, name = key.split(".", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[name] = value
+    return out
+
+
+def _add_common_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm",
+                   help="'minilm' (the packaged all-MiniLM-L6-v2), a Hugging Face model id, or a local checkpoint "
+                        "folder (default: minilm)")
+    p.add_argument("--data", default="movie",
+                   help="a packaged domain (movie, amazon, tweets, nyt) or a CSV/TSV file with text and label "
+                        "columns (default: movie)")
+    p.add_argument("--text-column", default="text", help="text column of a CSV (default: text)")
+    p.add_argument("--label-column", default="label", help="label column of a CSV (default: label)")
+    p.add_argument("--max-length", type=int, default=64, help="tokenizer truncation length (default: 64)")
+
+
+def _add_compare_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    _add_common_data(p)
+    p.add_argument("--methods", type=_str_list, default=list(defaults["methods"]),
+                   help=f"comma-separated methods (default: {','.join(defaults['methods'])})")
+    p.add_argument("--seeds", type=_int_list, default=list(defaults["seeds"]),
+                   help=f"comma-separated seeds, one run per method and seed (default: "
+                        f"{','.join(map(str, defaults['seeds']))})")
+    p.add_argument("--ood", type=_str_list, default=["amazon", "tweets", "nyt"],
+                   help="comma-separated out-of-domain sets: packaged domains or CSV paths (default: "
+                        "amazon,tweets,nyt; pass '' for none)")
+    p.add_argument("--train-size", type=int, default=defaults["train_size"],
+                   help=f"training examples (default: {defaults['train_size']})")
+    p.add_argument("--val-size", type=int, default=defaults["val_size"],
+                   help=f"validation examples (default: {defaults['val_size']})")
+    p.add_argument("--eval-size", type=int, default=defaults["eval_size"],
+                   help=f"at most this many examples per evaluation set (default: {defaults['eval_size']}; 0 = all)")
+    p.add_argument("--epochs", type=int, default=defaults["epochs"], help=f"(default: {defaults['epochs']})")
+    p.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                   help=f"(default: {defaults['batch_size']})")
+    p.add_argument("--lr", type=float, default=defaults["lr"], help=f"peak learning rate (default: {defaults['lr']})")
+    p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE",
+                   help="a method parameter, repeatable, e.g. --param lnsr.lam=10 --param lnsr.injection_layer=2")
+    p.add_argument("--probe-n", type=int, default=defaults["probe_n"],
+                   help=f"sentences for the stability probe (default: {defaults['probe_n']})")
+    p.add_argument("--probe-draws", type=int, default=defaults["probe_draws"],
+                   help=f"noise draws per sentence in the probe (default: {defaults['probe_draws']})")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed data split and subsets (default: 0)")
+    p.add_argument("--neutral-band", type=float, default=0.0,
+                   help="drop packaged-domain sentences with |sentiment| <= this (default: 0, drops only exact 0)")
+    p.add_argument("--results", default="results", help="run-store folder (default: results)")
+    p.add_argument("--out", default=None, help="HTML report path (default: RESULTS/report.html)")
+    p.add_argument("--save-checkpoints", action="store_true", help="also store each fine-tuned model")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m lnsr_viz``."""
+    from .experiments import DEMO_SETTINGS
+
+    parser = argparse.ArgumentParser(prog="python -m lnsr_viz",
+                                     description="Noise stability of fine-tuned transformers: probes, LNSR, reports.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("probe", help="write the noise-stability profile of a model",
+                       description="Inject noise at every layer (or one) and record the change at every later layer.")
+    _add_common_data(p)
+    p.add_argument("--n", type=int, default=64, help="number of sentences (default: 64)")
+    p.add_argument("--noise", choices=["gaussian", "in_manifold"], default="gaussian", help="(default: gaussian)")
+    p.add_argument("--scale", type=float, default=0.05,
+                   help="noise scale; relative: fraction of each token's norm (default: 0.05, the paper's 5%%)")
+    p.add_argument("--scale-kind", choices=["relative", "absolute"], default="relative", help="(default: relative)")
+    p.add_argument("--layer", type=int, default=None, help="one injection layer (default: all layers)")
+    p.add_argument("--draws", type=int, default=4, help="noise draws per sentence (default: 4)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    p.add_argument("--out", default="profile.csv", help="CSV output path (default: profile.csv)")
+    p.add_argument("--html", default=None, help="also write an HTML report with the curves here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("compare", help="fine-tune methods over seeds and compare them",
+                       description="Fine-tune every method with every seed, evaluate in and out of domain, probe "
+                                   "stability, and write the tidy tables and an HTML report. Stored runs are reused.")
+    _add_compare_options(p, DEMO_SETTINGS)
+
+    p = sub.add_parser("demo", help="the headline experiment on the packaged defaults (what `make demo` runs)",
+                       description="vanilla vs LNSR fine-tuning of all-MiniLM-L6-v2 on 500 movie snippets, 3 seeds, "
+                                   "evaluated on movie (in-domain) and Amazon, tweets, NYT (out-of-domain), with "
+                                   "stability profiles; writes reports/demo.html. A second run re-renders from the "
+                                   "run store.")
+    _add_compare_options(p, DEMO_SETTINGS)
+    p.set_defaults(results="results/demo", out="reports/demo.html")
+
+    p = sub.add_parser("assets", help="fetch the offline model and data once")
+    p.add_argument("--only", default=None, help="one asset (minilm, vader, squad)")
+    return parser
+
+
+def _load_probe_data(args: argparse.Namespace) -> Any:
+    from .data import DOMAINS, as_dataset, load_domain
+
+    if args.data in DOMAINS:
+        return load_domain(args.data)
+    return as_dataset(args.data, text_column=args.text_column, label_column=args.label_column)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from .adapter import ModelAdapter
+    from .models import load_model
+    from .probe import StabilityProbe
+    from .store import atomic_write_csv
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1; got {args.n}.")
+    probe = StabilityProbe(args.noise, scale=args.scale, scale_kind=args.scale_kind, injection_layers=args.layer,
+                           n_draws=args.draws, batch_size=args.batch_size, max_length=args.max_length,
+                           seed=args.seed, progress=not args.quiet)
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise ValueError(f"--out folder {out.parent} does not exist; create it first.")
+    data = _load_probe_data(args)
+    texts = list(data.texts)[: args.n]
+    model, tokenizer = load_model(args.model)
+    adapter = ModelAdapter(model)
+    if args.layer is not None:
+        adapter.check_layer(args.layer, name="--layer")
+    t0 = time.perf_counter()
+    profile = probe.run(adapter, texts, tokenizer=tokenizer, label=str(args.model))
+    atomic_write_csv(out, profile)
+    print(f"wrote {out} ({len(profile)} rows, {len(texts)} sentences, {time.perf_counter() - t0:.1f} s)")
+    if args.html:
+        from . import plots
+        from .report import Report
+
+        rep = Report(f"Noise-stability profile of {args.model}")
+        k = 0 if args.layer is None else args.layer
+        rep.add_figure(plots.plot_stability_curves(profile, injection_layer=k), heading="Stability curve",
+                       caption=f"Noise injected at layer {k}; relative change of every higher layer.")
+        if args.layer is None:
+            rep.add_figure(plots.plot_profile_heatmap(profile), heading="Full profile",
+                           caption="Relative change at every layer (x) for noise injected at every layer (y).")
+        rep.add_table(profile, heading="Profile")
+        print(f"wrote {rep.save(args.html)}")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .experiments import compare
+
+    if args.out is None:
+        args.out = str(Path(args.results) / "report.html")
+    t0 = time.perf_counter()
+    result = compare(
+        args.methods, args.seeds, model=args.model, data=args.data, ood=args.ood, train_size=args.train_size,
+        val_size=args.val_size, eval_size=args.eval_size or None, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, max_length=args.max_length, method_params=_params(args.param), probe_n=args.probe_n,
+        probe_draws=args.probe_draws, results=args.results, split_seed=args.split_seed,
+        neutral_band=args.neutral_band, text_column=args.text_column, label_column=args.label_column,
+        save_checkpoints=args.save_checkpoints, progress=not args.quiet)
+    from .store import atomic_write_csv
+
+    tables = Path(args.results) / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics", "history", "profiles", "summary", "paired"):
+        atomic_write_csv(tables / f"{name}.csv", getattr(result, name))
+    path = result.report(args.out)
+    if len(result.paired):
+        print("\nVerdicts (accuracy):")
+        for row in result.paired[result.paired["metric"] == "accuracy"].itertuples():
+            print(f"  {row.domain}: {row.verdict}")
+    print(f"\ntables: {tables}/")
+    print(f"report: {path.resolve()}")
+    print(f"total: {time.perf_counter() - t0:.1f} s ({result.timings['trained_runs']} runs trained, "
+          f"{result.timings['cached_runs']} loaded from the store)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "assets":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bars say what is happening
+    try:
+        if args.command == "probe":
+            return _cmd_probe(args)
+        if args.command in ("compare", "demo"):
+            return _run_compare(args)
+        if args.command == "assets":
+            from .assets import ASSETS, ensure_asset
+
+            for name in [args.only] if args.only else list(ASSETS):
+                print(f"{name}: {ensure_asset(name)}")
+            return 0
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2

@@ -1,0 +1,416 @@
+"""Experiments: fine-tune every method over seeds, evaluate in and out of domain, probe, compare, report.
+
+``compare(...)`` runs the grid methods x seeds on one data protocol, keyed in a :class:`~lnsr_viz.store.RunStore`
+by the hash of each run's full configuration: a run that is already stored is loaded, not retrained, so an
+interrupted sweep resumes where it stopped and a second call re-renders in seconds.
+
+Protocol (documented, fixed by ``split_seed``): the in-domain data are split once into train / validation / test
+(:func:`lnsr_viz.data.split_dataset`); the training set is a stratified subsample of ``train_size`` examples of the
+train part, the validation set ``val_size`` examples of the validation part, and every evaluation set (the in-domain
+test part and each out-of-domain set) a stratified subsample of at most ``eval_size`` examples. These subsets are the
+same for every method and seed; the seeds vary the head initialisation, the shuffling, dropout and the noise. The
+stability probe runs on the first ``probe_n`` examples of the in-domain evaluation set, for the pre-trained model and
+every fine-tuned one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._validation import check_number, check_positive_int
+from .regularizers import METHODS, get_method
+
+__all__ = ["compare", "ComparisonResult", "DEMO_SETTINGS", "build_report", "Protocol"]
+
+# The demo's headline setting (the paper's regime: few examples). Chosen a priori, never tuned on results.
+DEMO_SETTINGS: dict[str, Any] = dict(
+    methods=("vanilla", "lnsr"), seeds=(1, 2, 3), train_size=500, val_size=300, eval_size=600, epochs=4,
+    batch_size=32, lr=5e-5, max_length=64, probe_n=64, probe_draws=4,
+)
+
+
+@dataclass
+class Protocol:
+    """The fixed data subsets of one experiment."""
+
+    train: Any
+    validation: Any
+    evaluation: dict[str, Any]
+    in_domain: str
+    fingerprint: str
+
+    @property
+    def probe_texts(self) -> list[str]:
+        return list(self.evaluation[self.in_domain].texts)
+
+
+def _fingerprint(datasets: Mapping[str, Any]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(datasets):
+        ds = datasets[name]
+        h.update(name.encode())
+        for text, label in zip(ds.texts, ds.labels, strict=True):
+            h.update(text.encode("utf-8", "replace"))
+            h.update(str(int(label)).encode())
+    return h.hexdigest()[:16]
+
+
+def make_protocol(data: Any = "movie", *, ood: Sequence[Any] | Mapping[str, Any] = ("amazon", "tweets", "nyt"),
+                  train_size: int = 500, val_size: int = 300, eval_size: int | None = 600, split_seed: int = 0,
+                  neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label") -> Protocol:
+    """Build the fixed train / validation / evaluation subsets (see the module docstring)."""
+    from .data import DOMAINS, as_dataset, load_domain, split_dataset, subsample
+
+    if isinstance(data, str) and data in DOMAINS:
+        in_name = data
+        full = load_domain(data, neutral_band=neutral_band)
+    else:
+        full = as_dataset(data, text_column=text_column, label_column=label_column)
+        in_name = full.name or "in_domain"
+    splits = split_dataset(full, seed=split_seed)
+    if train_size > len(splits["train"]):
+        raise ValueError(f"train_size={train_size} is larger than the {len(splits['train'])} examples in the train "
+                         f"part of {in_name!r}; use train_size <= {len(splits['train'])}.")
+    train = subsample(splits["train"], train_size, seed=split_seed)
+    validation = subsample(splits["validation"], min(val_size, len(splits["validation"])), seed=split_seed)
+
+    def cap(ds: Any) -> Any:
+        if eval_size is None or len(ds) <= eval_size:
+            return ds
+        return subsample(ds, eval_size, seed=split_seed)
+
+    evaluation = {in_name: cap(splits["test"])}
+    items = ood.items() if isinstance(ood, Mapping) else ((o, o) for o in ood)
+    for name, source in items:
+        if isinstance(source, str) and source in DOMAINS:
+            ds = load_domain(source, neutral_band=neutral_band)
+        elif isinstance(source, str) and not Path(source).exists():
+            raise ValueError(f"Unknown out-of-domain set {source!r}: expected one of {sorted(DOMAINS)} or a CSV path.")
+        else:
+            ds = as_dataset(source, text_column=text_column, label_column=label_column)
+        name = str(name)
+        if name in evaluation:
+            raise ValueError(f"Evaluation set name {name!r} appears twice; give each domain a distinct name.")
+        evaluation[name] = cap(ds)
+    fp = _fingerprint({"train": train, "validation": validation, **evaluation})
+    return Protocol(train=train, validation=validation, evaluation=evaluation, in_domain=in_name, fingerprint=fp)
+
+
+@dataclass
+class ComparisonResult:
+    """Tidy results of :func:`compare` (see ``docs/architecture.md`` for the columns)."""
+
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    history: pd.DataFrame
+    profiles: pd.DataFrame
+    summary: pd.DataFrame
+    paired: pd.DataFrame
+    config: dict[str, Any]
+    label_balance: pd.DataFrame = field(default_factory=pd.DataFrame)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def report(self, path: str | Path, *, title: str = "lnsr_viz: fine-tuning with and without LNSR") -> Path:
+        """Write the self-contained interactive HTML report and return its path."""
+        return build_report(self, title=title).save(path)
+
+
+def _model_label(model: Any) -> str:
+    if isinstance(model, str):
+        return model
+    cfg = getattr(model, "config", None)
+    return str(getattr(cfg, "_name_or_path", "") or type(model).__name__)
+
+
+def _validate(methods: Sequence[str], seeds: Sequence[int], method_params: Mapping[str, Mapping[str, Any]]) -> None:
+    if isinstance(methods, str):
+        raise ValueError("methods must be a list of method names, e.g. ['vanilla', 'lnsr'].")
+    if not methods:
+        raise ValueError("methods is empty: give at least one method, e.g. ['vanilla', 'lnsr'].")
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"Unknown method {m!r}. Expected one of {sorted(METHODS)}.")
+        get_method(m, **dict(method_params.get(m, {})))  # parameters checked before any work
+    unknown = set(method_params) - set(methods)
+    if unknown:
+        raise ValueError(f"method_params names methods that are not run: {sorted(unknown)}.")
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed (three or more to measure spread).")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct; got {list(seeds)}.")
+    for s in seeds:
+        check_number("seed", s, owner="compare", low=0, integer=True)
+
+
+def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] = (1, 2, 3), *,
+            model: Any = "minilm", data: Any = "movie", ood: Sequence[Any] | Mapping[str, Any] = ("amazon", "tweets",
+                                                                                                  "nyt"),
+            train_size: int = 500, val_size: int = 300, eval_size: int | None = 600, epochs: int = 4,
+            batch_size: int = 32, lr: float = 5e-5, max_length: int = 64, warmup_ratio: float = 0.1,
+            weight_decay: float = 0.01, max_grad_norm: float = 1.0,
+            method_params: Mapping[str, Mapping[str, Any]] | None = None, probe_n: int = 64, probe_draws: int = 4,
+            probe_noise: str = "gaussian", probe_scale: float = 0.05, results: str | Path = "results",
+            split_seed: int = 0, neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label",
+            baseline: str = "vanilla", save_checkpoints: bool = False, progress: bool = True,
+            verbose: bool = True) -> ComparisonResult:
+    """Fine-tune each method with each seed, evaluate in / out of domain, probe, and compare over seeds.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Method names (``vanilla``, ``lnsr``, ...).
+    seeds : sequence of int
+        One run per method and seed; at least 3 to measure spread.
+    model : str or path
+        ``minilm`` (the packaged default), a Hugging Face id, or a local checkpoint folder.
+    data : str, path, DataFrame or datasets.Dataset
+        The in-domain data: a packaged domain name or any labelled text data.
+    ood : sequence or mapping
+        Out-of-domain evaluation sets: packaged domain names, or ``{name: data}``.
+    train_size, val_size, eval_size : int
+        Sizes of the fixed subsets (see the module docstring); ``eval_size=None`` evaluates on everything.
+    epochs, batch_size, lr, max_length, warmup_ratio, weight_decay, max_grad_norm
+        Passed to :class:`~lnsr_viz.training.FineTuner`.
+    method_params : mapping, optional
+        ``{method: {param: value}}``, e.g. ``{'lnsr': {'lam': 10.0}}``.
+    probe_n, probe_draws, probe_noise, probe_scale
+        The stability probe's examples, draws, noise type and relative scale.
+    results : str or path
+        The run store's folder.
+    baseline : str
+        The method every other method is compared with, seed by seed.
+    progress, verbose : bool
+        Progress bars; one status line per run step.
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluation import evaluate
+    from .probe import StabilityProbe
+    from .store import RunStore
+    from .training import FineTuner
+
+    t_start = time.perf_counter()
+    method_params = {k: dict(v) for k, v in (method_params or {}).items()}
+    methods = list(methods)
+    seeds = [int(s) for s in seeds]
+    _validate(methods, seeds, method_params)
+    check_positive_int("train_size", train_size, owner="compare")
+    check_positive_int("val_size", val_size, owner="compare")
+    if eval_size is not None:
+        check_positive_int("eval_size", eval_size, owner="compare")
+    check_positive_int("probe_n", probe_n, owner="compare")
+    # Trainer parameters are checked here, before any data or model is loaded.
+    FineTuner("vanilla", epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
+              warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, progress=False)
+    store = RunStore(results)
+    protocol = make_protocol(data, ood=ood, train_size=train_size, val_size=val_size, eval_size=eval_size,
+                             split_seed=split_seed, neutral_band=neutral_band, text_column=text_column,
+                             label_column=label_column)
+    probe_texts = protocol.probe_texts[:probe_n]
+    n_labels = int(max(protocol.train.labels.max(), *(d.labels.max() for d in protocol.evaluation.values())) + 1)
+    model_label = _model_label(model)
+    data_cfg = {"in_domain": protocol.in_domain, "evaluation": sorted(protocol.evaluation), "train_size": train_size,
+                "val_size": val_size, "eval_size": eval_size, "split_seed": split_seed, "neutral_band": neutral_band,
+                "fingerprint": protocol.fingerprint}
+    train_cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length,
+                 "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm}
+    probe_cfg = {"n": len(probe_texts), "n_draws": probe_draws, "noise": probe_noise, "scale": probe_scale,
+                 "scale_kind": "relative", "injection_layers": "all", "max_length": max_length}
+    probe = StabilityProbe(probe_noise, scale=probe_scale, n_draws=probe_draws, max_length=max_length, seed=0,
+                           progress=False)
+
+    def run_config(method: str, seed: int | None) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"kind": "classification", "model": model_label, "method": method, "seed": seed,
+                               "data": data_cfg, "probe": probe_cfg}
+        if method != "pretrained":
+            cfg["method_params"] = get_method(method, **method_params.get(method, {})).params()
+            cfg["train"] = train_cfg
+        return cfg
+
+    jobs = [("pretrained", None)] + [(m, s) for m in methods for s in seeds]
+    say = tqdm.write if verbose else (lambda *_a, **_k: None)
+    rows = []
+    outer = tqdm(jobs, desc="compare", unit="run", disable=not progress)
+    for method, seed in outer:
+        cfg = run_config(method, seed)
+        what = "pre-trained model" if method == "pretrained" else f"{method}, seed {seed}"
+        if store.exists(cfg):
+            run = store.load(cfg)
+            rows.append({"run_id": run.run_id, "method": method, "seed": seed, "cached": True,
+                         "seconds": run.extra.get("seconds", float("nan"))})
+            say(f"  {what}: loaded from the run store ({run.run_id})")
+            continue
+        from .models import load_model
+
+        t0 = time.perf_counter()
+        if isinstance(model, (str, Path)):
+            net, tokenizer = load_model(model, num_labels=n_labels, seed=seed or 0)
+        else:  # an already-built model: every run starts from its own copy of the same weights
+            net, tokenizer = load_model(model, num_labels=n_labels, seed=seed or 0)
+            net = copy.deepcopy(net)
+        extra: dict[str, Any] = {}
+        metrics = pd.DataFrame(columns=["domain", "metric", "value"])
+        history = None
+        if method != "pretrained":
+            say(f"  {what}: fine-tuning on {len(protocol.train)} examples ...")
+            tuner = FineTuner(method, method_params=method_params.get(method, {}), epochs=epochs,
+                              batch_size=batch_size, lr=lr, max_length=max_length, warmup_ratio=warmup_ratio,
+                              weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed or 0,
+                              progress=progress)
+            tuner.fit(net, tokenizer, protocol.train, protocol.validation)
+            history = tuner.history_
+            extra["train_seconds"] = tuner.state_.seconds
+            say(f"  {what}: evaluating on {', '.join(protocol.evaluation)} ...")
+            metrics = evaluate(net, tokenizer, protocol.evaluation, max_length=max_length)
+        say(f"  {what}: stability probe ({len(probe_texts)} sentences, {probe_draws} draws) ...")
+        profile = probe.run(net, probe_texts, tokenizer=tokenizer, label=method)
+        extra["seconds"] = time.perf_counter() - t0
+        checkpoint_fn = None
+        if save_checkpoints and method != "pretrained":
+            def checkpoint_fn(folder: Path, net: Any = net, tokenizer: Any = tokenizer) -> None:
+                net.save_pretrained(folder)
+                tokenizer.save_pretrained(folder)
+        store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, checkpoint_fn=checkpoint_fn)
+        rows.append({"run_id": store.run_id(cfg), "method": method, "seed": seed, "cached": False,
+                     "seconds": extra["seconds"]})
+        say(f"  {what}: done in {extra['seconds']:.0f} s")
+    outer.close()
+
+    runs = pd.DataFrame(rows)
+    runs["seed"] = runs["seed"].astype("Int64")
+    result = _collect(store, runs, baseline=baseline, methods=methods)
+    balance = pd.DataFrame([{"domain": name, "n": len(ds), "positive_rate": float(np.mean(ds.labels == 1))}
+                            for name, ds in protocol.evaluation.items()])
+    config = {"model": model_label, "methods": methods, "seeds": seeds, "method_params": {
+        m: get_method(m, **method_params.get(m, {})).params() for m in methods}, "data": data_cfg,
+        "train": train_cfg, "probe": probe_cfg, "results": str(results), "baseline": baseline}
+    result.config = config
+    result.label_balance = balance
+    result.timings = {"total_seconds": time.perf_counter() - t_start,
+                      "trained_runs": int((~runs["cached"]).sum()), "cached_runs": int(runs["cached"].sum())}
+    return result
+
+
+def _collect(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence[str]) -> ComparisonResult:
+    """Gather the stored tables of ``runs`` and compute the statistics over seeds."""
+    from .stats import paired_comparison, summarize
+
+    metrics, history, profiles = [], [], []
+    for row in runs.itertuples():
+        run = store.load(row.run_id)
+        ids = {"run_id": row.run_id, "method": row.method, "seed": row.seed}
+        if run.metrics is not None and len(run.metrics):
+            metrics.append(run.metrics.assign(**ids))
+        if run.history is not None and len(run.history):
+            history.append(run.history.assign(**ids))
+        if run.profile is not None and len(run.profile):
+            profiles.append(run.profile.assign(**ids))
+    metrics_df = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(
+        columns=["domain", "metric", "value", "run_id", "method", "seed"])
+    history_df = pd.concat(history, ignore_index=True) if history else pd.DataFrame()
+    profiles_df = pd.concat(profiles, ignore_index=True) if profiles else pd.DataFrame()
+    scored = metrics_df[~metrics_df["metric"].isin(["n", "positive_rate"])]
+    summary = summarize(scored) if len(scored) else pd.DataFrame()
+    paired = []
+    if baseline in methods:
+        for m in methods:
+            if m != baseline:
+                paired.append(paired_comparison(scored, method=m, baseline=baseline))
+    paired_df = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
+    return ComparisonResult(runs=runs, metrics=metrics_df, history=history_df, profiles=profiles_df,
+                            summary=summary, paired=paired_df, config={})
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
+            platform.machine(), "cores": os.cpu_count(), "torch threads": torch.get_num_threads()}
+
+
+def build_report(result: ComparisonResult, *, title: str) -> Any:
+    """Assemble the HTML report of a comparison (figures, statistics in plain words, the protocol)."""
+    from . import plots
+    from .report import Report
+
+    cfg = result.config
+    rep = Report(title, subtitle=f"{cfg.get('model')} fine-tuned on {cfg['data']['train_size']} "
+                                 f"{cfg['data']['in_domain']} examples; methods {', '.join(cfg['methods'])}; "
+                                 f"seeds {', '.join(map(str, cfg['seeds']))}")
+    in_domain = cfg["data"]["in_domain"]
+    rep.add_text(
+        "Every number on this page comes from the runs listed at the bottom (stored in the run store "
+        f"`{cfg['results']}`). Each method was fine-tuned once per seed on the same training subset; the seeds vary "
+        "the head initialisation, data order, dropout and noise. Differences are reported with 95% confidence "
+        "intervals over seeds and paired tests; a difference whose interval includes zero is **within noise**.",
+        heading="What this report shows")
+    if len(result.paired):
+        verdicts = result.paired[result.paired["metric"].isin(["accuracy", "roc_auc"])]
+        lines = "\n".join(f"- **{r.domain}, {r.metric}**: {r.verdict}" for r in verdicts.itertuples())
+        rep.add_text(lines, heading="Verdicts in plain words")
+    if len(result.profiles):
+        prof = result.profiles
+        rep.add_figure(plots.plot_stability_curves(prof, metric="change_rel", injection_layer=0, color="model"),
+                       heading="Layer stability (paper Figure 1 style)",
+                       caption="Gaussian noise with 5% of each token's norm is added to the embedding output (layer "
+                               "0); each curve shows how much every higher layer's output changes, relative to its "
+                               "norm (mean over sentences; bands: 95% CI over seeds, or over sentences for the single "
+                               "pre-trained model). Lower curves at the top layers mean a more noise-stable model.")
+        rep.add_figure(plots.plot_stability_curves(prof, metric="change_l2", injection_layer=0, color="model"),
+                       heading="Layer stability, absolute change",
+                       caption="The same probe in absolute units: the L2 norm of the change of each layer's output. "
+                               "A model can look stable here simply by shrinking its representations; compare with "
+                               "the relative curve above.")
+    if len(result.metrics):
+        for metric, name in (("accuracy", "Accuracy per domain"), ("roc_auc", "ROC AUC per domain")):
+            sub = result.metrics[result.metrics["metric"] == metric]
+            if len(sub):
+                rep.add_figure(plots.plot_metric_by_domain(result.metrics, metric=metric, in_domain=in_domain),
+                               heading=name,
+                               caption=f"One dot per seed; the larger marker is the mean with its 95% CI over seeds. "
+                                       f"{in_domain} is in-domain (held-out test split); the others are "
+                                       "out-of-domain. ROC AUC ranks examples without a decision threshold, so a "
+                                       "shifted threshold lowers accuracy but not AUC.")
+    if len(result.label_balance):
+        rep.add_table(result.label_balance, heading="Evaluation sets and their label balance",
+                      caption="positive_rate: the fraction of positive examples; accuracy must be read against it.")
+    if len(result.history):
+        rep.add_figure(plots.plot_training_curves(result.history), heading="Training curves",
+                       caption="Training loss per epoch, split into the task loss and the regulariser's part "
+                               "(zero for vanilla), and training vs validation accuracy (measured in eval mode at "
+                               "the end of each epoch).")
+        rep.add_figure(plots.plot_generalisation_gap(result.history), heading="Generalisation gap",
+                       caption="Training accuracy minus validation accuracy per epoch; mean and 95% CI over seeds.")
+    if len(result.paired):
+        rep.add_figure(plots.plot_paired_differences(result.paired, metric="accuracy", in_domain=in_domain),
+                       heading="Paired differences (accuracy)",
+                       caption="Method minus baseline, seed by seed; the bar is the 95% CI of the mean difference. "
+                               "Hollow markers: the CI includes zero (within noise).")
+        rep.add_table(result.paired[["method", "baseline", "domain", "metric", "n_pairs", "mean_diff", "ci_low",
+                                     "ci_high", "p_sign", "p_permutation", "verdict"]],
+                      heading="Paired comparison table")
+    if len(result.summary):
+        rep.add_table(result.summary, heading="Mean, sd and 95% CI over seeds",
+                      caption="nll and ece: lower is better; the others: higher is better.")
+    rep.add_key_values({"model": cfg["model"], **{f"data.{k}": v for k, v in cfg["data"].items()},
+                        **{f"train.{k}": v for k, v in cfg["train"].items()},
+                        **{f"probe.{k}": v for k, v in cfg["probe"].items()},
+                        **{f"{m}.params": str(p) for m, p in cfg["method_params"].items()},
+                        **{f"time.{k}": (round(v, 1) if isinstance(v, float) else v)
+                           for k, v in result.timings.items()},
+                        **{f"machine.{k}": v for k, v in _machine().items()}},
+                       heading="Protocol, settings and machine")
+    rep.add_table(result.runs, heading="Runs", caption="cached: loaded from the run store instead of retrained.")
+    return rep

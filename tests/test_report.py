@@ -1,0 +1,203 @@
+"""Tests for :mod:`lnsr_viz.report`: self-contained, offline HTML reports.
+
+Covered: plotly.js is embedded exactly once even with several figures (and not at all without
+figures); no script, stylesheet or font is loaded over the network; every heading appears in the
+page and in the table of contents, with unique anchors; user text (title, headings, table cells,
+key/value pairs, captions) is escaped; the markdown subset of ``add_text`` and the ``html=True``
+pass-through; table number formatting; the footer with the version (and its "unknown" fallback);
+and ``save``: parent folders created, the path returned, no temporary file left, and an existing
+file left untouched when writing fails.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from plotly.offline import get_plotlyjs
+
+from lnsr_viz import report as report_module
+from lnsr_viz.report import Report
+
+PLOTLY_JS_HEAD = get_plotlyjs()[:300]
+
+
+def _fig(y):
+    return go.Figure(go.Scatter(x=[0, 1, 2], y=y, name="line"), layout={"title": {"text": "toy"}})
+
+
+def three_figure_report() -> Report:
+    rep = Report("Stability <study>", subtitle="3 seeds & 4 domains")
+    rep.add_text("Intro paragraph.", heading="Overview")
+    for i in range(3):
+        rep.add_figure(_fig([i, i + 1, i + 2]), heading=f"Figure {i}", caption=f"How to read figure **{i}**.")
+    return rep
+
+
+def test_plotly_js_embedded_exactly_once_with_three_figures():
+    html = three_figure_report().to_html()
+    assert html.count(PLOTLY_JS_HEAD) == 1
+    assert html.count("Plotly.newPlot(") == 3
+    # plotly.js is loaded before the first figure script runs
+    assert html.index(PLOTLY_JS_HEAD) < html.index("Plotly.newPlot(")
+
+
+def test_no_plotly_js_without_figures():
+    rep = Report("Tables only").add_table(pd.DataFrame({"a": [1.0]}))
+    html = rep.to_html()
+    assert PLOTLY_JS_HEAD not in html
+    assert len(html) < 20_000
+
+
+def test_offline_safe_no_remote_scripts_styles_or_fonts():
+    html = three_figure_report().to_html()
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html)  # no script is loaded from anywhere
+    assert not re.search(r"<script[^>]*src=[\"']?https?:", html)
+    assert "<link" not in html
+    assert "@import" not in html and "@font-face" not in html
+
+
+def test_each_heading_in_page_and_table_of_contents():
+    rep = three_figure_report()
+    rep.add_table(pd.DataFrame({"x": [1]}), heading="Figure 0")  # duplicate heading text
+    html = rep.to_html()
+    for heading, anchor in [
+        ("Overview", "overview"),
+        ("Figure 0", "figure-0"),
+        ("Figure 1", "figure-1"),
+        ("Figure 2", "figure-2"),
+        ("Figure 0", "figure-0-2"),
+    ]:
+        assert f'<section class="block" id="{anchor}"><h2>{heading}</h2>' in html
+        assert f'<a href="#{anchor}">{heading}</a>' in html
+    assert html.index('<nav class="toc">') < html.index("<main>")
+
+
+def test_title_subtitle_and_captions_are_escaped():
+    html = three_figure_report().to_html()
+    assert "<title>Stability &lt;study&gt;</title>" in html
+    assert "<h1>Stability &lt;study&gt;</h1>" in html
+    assert "3 seeds &amp; 4 domains" in html
+    assert "<figcaption>How to read figure <strong>1</strong>.</figcaption>" in html
+
+
+def test_table_cell_script_is_escaped():
+    df = pd.DataFrame({"method": ["<script>alert(1)</script>", "lnsr"], "<b>col</b>": [0.123456, float("nan")]})
+    html = Report("t").add_table(df, heading="Table").to_html()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;col&lt;/b&gt;" in html
+    assert '<td class="num">0.123</td>' in html
+    assert '<td class="num">–</td>' in html  # missing value
+
+
+def test_table_float_format_index_and_empty():
+    df = pd.DataFrame({"mean": [0.5, 0.25]}, index=pd.Index(["movie", "nyt"], name="domain"))
+    html = Report("t").add_table(df, float_format="{:.1%}", caption="CI over `seeds`").to_html()
+    assert '<th scope="col">domain</th>' in html and "<td>movie</td>" in html
+    assert '<td class="num">50.0%</td>' in html
+    assert '<p class="caption">CI over <code>seeds</code></p>' in html
+    empty = Report("t").add_table(pd.DataFrame({"a": []})).to_html()
+    assert "(no rows)" in empty
+
+
+def test_key_values_are_rendered_and_escaped():
+    html = (
+        Report("t")
+        .add_key_values({"lr": 2e-5, "model": "<minilm>", "domains": ["movie", "nyt"], "seed": 3}, heading="Config")
+        .to_html()
+    )
+    assert '<tr><th scope="row">lr</th><td>2e-05</td></tr>' in html
+    assert "<td>&lt;minilm&gt;</td>" in html
+    assert "<td>[&quot;movie&quot;, &quot;nyt&quot;]</td>" in html
+    assert '<tr><th scope="row">seed</th><td>3</td></tr>' in html
+
+
+def test_markdown_subset_and_html_passthrough():
+    text = "First **bold** and `a<b` code.\nSame paragraph.\n\n- one\n- two **2**\n\nAfter <i>x</i>."
+    html = Report("t").add_text(text).to_html()
+    assert "<p>First <strong>bold</strong> and <code>a&lt;b</code> code. Same paragraph.</p>" in html
+    assert "<ul><li>one</li><li>two <strong>2</strong></li></ul>" in html
+    assert "<p>After &lt;i&gt;x&lt;/i&gt;.</p>" in html
+    raw = Report("t").add_text("<p class='x'>raw</p>", html=True).to_html()
+    assert "<p class='x'>raw</p>" in raw
+
+
+def test_footer_has_version_and_time(monkeypatch):
+    html = Report("t").to_html()
+    assert re.search(r"<footer>Generated by lnsr_viz \S+ on \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", html)
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert "Generated by lnsr_viz unknown on" in Report("t").to_html()
+
+
+def test_bad_inputs_raise_type_errors():
+    rep = Report("t")
+    with pytest.raises(TypeError, match="expects a plotly.graph_objects.Figure"):
+        rep.add_figure({"data": []})
+    with pytest.raises(TypeError, match="expects a pandas DataFrame"):
+        rep.add_table([[1, 2]])
+    with pytest.raises(TypeError, match="expects a mapping"):
+        rep.add_key_values([("a", 1)])
+    with pytest.raises(TypeError, match="'heading' parameter of Report must be a str"):
+        rep.add_text("x", heading=3)
+
+
+def test_save_creates_folders_returns_path_and_leaves_no_tmp(tmp_path):
+    target = tmp_path / "reports" / "run1" / "report.html"
+    out = three_figure_report().save(target)
+    assert out == target
+    text = target.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and text.count(PLOTLY_JS_HEAD) == 1
+    assert os.listdir(target.parent) == ["report.html"]
+    Report("second").save(target)  # overwrite in place
+    assert "<h1>second</h1>" in target.read_text(encoding="utf-8")
+    assert os.listdir(target.parent) == ["report.html"]
+
+
+def test_save_failure_in_replace_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "report.html"
+    target.write_text("old report", encoding="utf-8")
+
+    def boom(src, dst):
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="simulated crash"):
+        Report("new").save(target)
+    assert target.read_text(encoding="utf-8") == "old report"
+    assert os.listdir(tmp_path) == ["report.html"]
+
+
+def test_save_failure_mid_write_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "report.html"
+    target.write_text("old report", encoding="utf-8")
+
+    def boom(fd):
+        raise OSError("simulated crash while writing")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError, match="simulated crash while writing"):
+        Report("new").add_text("body").save(target)
+    assert target.read_text(encoding="utf-8") == "old report"
+    assert os.listdir(tmp_path) == ["report.html"]
+
+
+def test_save_failure_while_rendering_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "report.html"
+    target.write_text("old report", encoding="utf-8")
+
+    def boom(self):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(report_module.Report, "to_html", boom)
+    with pytest.raises(RuntimeError, match="render failed"):
+        Report("new").save(target)
+    assert target.read_text(encoding="utf-8") == "old report"

@@ -10,7 +10,7 @@ DEMO_ARGS ?=
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets test demo lint clean
+.PHONY: install assets test demo lint clean lab
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ test: install assets
 
 demo: install assets
 	$(VPY) -m lnsr_viz demo $(DEMO_ARGS)
+
+# JupyterLab on the tutorial notebooks with the project's venv (its kernel is the venv's python3).
+# LAB_ARGS passes extra options, e.g. LAB_ARGS="--port=8899 --no-browser".
+LAB_ARGS ?=
+lab: install assets
+	$(VPY) -m jupyterlab --notebook-dir=notebooks $(LAB_ARGS)
 
 lint: install
 	$(VPY) -m ruff check .

@@ -20,6 +20,12 @@ __all__ = [
     # evaluation, statistics, store, experiments
     "evaluate", "predict_proba", "classification_metrics", "summarize", "paired_comparison", "RunStore",
     "compare", "ComparisonResult",
+    # analysis: drift, projections, theory, attributions, diagnosis
+    "linear_cka", "representation_drift", "weight_distance", "project_representations", "jacobian_norm",
+    "small_noise_identity", "hessian_trace", "theory_table", "token_attributions", "attribution_stability",
+    "diagnose",
+    # question answering
+    "load_squad", "squad_metrics", "topic_split",
     # figures and reports
     "Report", "plot_stability_curves", "plot_profile_heatmap", "plot_metric_by_domain", "plot_training_curves",
     "plot_generalisation_gap", "plot_paired_differences", "save_figure",
@@ -37,10 +43,22 @@ _WHERE = {
     "ComparisonResult": "experiments", "Report": "report", "plot_stability_curves": "plots",
     "plot_profile_heatmap": "plots", "plot_metric_by_domain": "plots", "plot_training_curves": "plots",
     "plot_generalisation_gap": "plots", "plot_paired_differences": "plots", "save_figure": "plots",
+    "linear_cka": "drift", "representation_drift": "drift", "weight_distance": "drift",
+    "project_representations": "projection", "jacobian_norm": "theory", "small_noise_identity": "theory",
+    "hessian_trace": "theory", "theory_table": "theory", "token_attributions": "attribution",
+    "attribution_stability": "attribution", "load_squad": "qa", "squad_metrics": "qa", "topic_split": "qa",
 }
 
 
+def _diagnose_module() -> Any:
+    # ``lnsr_viz.diagnose`` is a callable module: ``lnsr_viz.diagnose(model, base, data)`` runs the diagnosis and
+    # ``import lnsr_viz.diagnose`` keeps working, so the package attribute must be the module itself.
+    return importlib.import_module(".diagnose", __name__)
+
+
 def __getattr__(name: str) -> Any:
+    if name == "diagnose":
+        return _diagnose_module()
     if name in _WHERE:
         value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
         globals()[name] = value

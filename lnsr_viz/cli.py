@@ -134,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("assets", help="fetch the offline model and data once")
     p.add_argument("--only", default=None, help="one asset (minilm, vader, squad)")
+
+    p = sub.add_parser("diagnose", help="diagnose a fine-tuned checkpoint against its pre-trained base",
+                       description="Train vs held-out accuracy and loss, layer stability compared with the base, "
+                                   "drift per layer and calibration, with plain-language findings; writes "
+                                   "OUT/report.html and OUT/summary.json.")
+    p.add_argument("--model", required=True, help="the fine-tuned checkpoint folder (with config.json)")
+    p.add_argument("--base", default=None,
+                   help="the pre-trained base: a folder, a Hugging Face id or 'minilm' (default: read from the "
+                        "checkpoint's config.json)")
+    p.add_argument("--data", required=True,
+                   help="labelled CSV/TSV (text and label columns); a 'split' column with train / validation / "
+                        "test rows gives the train vs held-out gap")
+    p.add_argument("--held-out", default=None, help="a separate held-out CSV (then --data is the training data)")
+    p.add_argument("--text-column", default="text", help="(default: text)")
+    p.add_argument("--label-column", default="label", help="(default: label)")
+    p.add_argument("--split-column", default="split", help="(default: split)")
+    p.add_argument("--max-examples", type=int, default=2000, help="at most this many examples per split "
+                                                                   "(default: 2000)")
+    p.add_argument("--n-probe", type=int, default=64, help="sentences for the stability probe (default: 64)")
+    p.add_argument("--max-length", type=int, default=128, help="tokenizer truncation length (default: 128)")
+    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--out", default="diagnosis", help="output folder (default: diagnosis)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -216,6 +239,29 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import diagnose
+
+    for name in ("max_examples", "n_probe", "max_length"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder for report.html and summary.json.")
+    t0 = time.perf_counter()
+    diag = diagnose(args.model, args.base, args.data, held_out=args.held_out, text_column=args.text_column,
+                    label_column=args.label_column, split_column=args.split_column,
+                    max_examples=args.max_examples, n_probe=args.n_probe, max_length=args.max_length,
+                    seed=args.seed, progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    report = diag.report(out / "report.html")
+    diag.to_json(out / "summary.json")
+    print(diag.summary())
+    print(f"\nreport: {report.resolve()}\nsummary: {(out / 'summary.json').resolve()}")
+    print(f"total: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -230,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_probe(args)
         if args.command in ("compare", "demo"):
             return _run_compare(args)
+        if args.command == "diagnose":
+            return _cmd_diagnose(args)
         if args.command == "assets":
             from .assets import ASSETS, ensure_asset
 

@@ -278,8 +278,10 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
         checkpoint_fn = None
         if save_checkpoints and method != "pretrained":
             def checkpoint_fn(folder: Path, net: Any = net, tokenizer: Any = tokenizer) -> None:
-                net.save_pretrained(folder)
-                tokenizer.save_pretrained(folder)
+                from .diagnose import save_checkpoint
+
+                # records the base model in config.json so that `diagnose` can find it later
+                save_checkpoint(net, tokenizer, folder, base_model=model_label)
         store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, checkpoint_fn=checkpoint_fn)
         rows.append({"run_id": store.run_id(cfg), "method": method, "seed": seed, "cached": False,
                      "seconds": extra["seconds"]})
@@ -387,10 +389,14 @@ def build_report(result: ComparisonResult, *, title: str) -> Any:
         rep.add_table(result.label_balance, heading="Evaluation sets and their label balance",
                       caption="positive_rate: the fraction of positive examples; accuracy must be read against it.")
     if len(result.history):
-        rep.add_figure(plots.plot_training_curves(result.history), heading="Training curves",
-                       caption="Training loss per epoch, split into the task loss and the regulariser's part "
-                               "(zero for vanilla), and training vs validation accuracy (measured in eval mode at "
-                               "the end of each epoch).")
+        history = result.history.assign(
+            train_reg_contribution=result.history["train_loss"] - result.history["train_task_loss"])
+        rep.add_figure(plots.plot_training_curves(
+            history, metrics=("train_loss", "train_task_loss", "train_reg_contribution")), heading="Training curves",
+                       caption="Training loss per epoch, split into the task loss and the regulariser's share of it "
+                               "(its weight times its term; zero for vanilla), and training vs validation accuracy "
+                               "(measured in eval mode at the end of each epoch). The unweighted term is in the "
+                               "history table's train_reg_loss column.")
         rep.add_figure(plots.plot_generalisation_gap(result.history), heading="Generalisation gap",
                        caption="Training accuracy minus validation accuracy per epoch; mean and 95% CI over seeds.")
     if len(result.paired):

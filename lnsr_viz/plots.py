@@ -96,6 +96,7 @@ _METRIC_LABELS: dict[str, str] = {
     "train_loss": "training loss (nats per example)",
     "train_task_loss": "task loss (nats per example)",
     "train_reg_loss": "regulariser loss (loss units)",
+    "train_reg_contribution": "regulariser's share of the loss: weight x term (nats per example)",
     "train_accuracy": "training accuracy (fraction correct)",
     "val_accuracy": "validation accuracy (fraction correct)",
     "val_loss": "validation loss (nats per example)",

@@ -28,7 +28,8 @@ The extra cost is one pass over blocks k+1..L and its backward.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -39,7 +40,8 @@ from ._validation import check_choice, check_number
 from .adapter import ModelAdapter
 from .noise import NOISE_TYPES, NoiseInjector, make_noise
 
-__all__ = ["LossParts", "Method", "Vanilla", "LNSR", "lnsr_penalty", "get_method", "METHODS"]
+__all__ = ["LossParts", "Method", "Vanilla", "LNSR", "lnsr_penalty", "get_method", "METHODS", "Combined", "compose",
+           "unwrap_model"]
 
 
 @dataclass
@@ -51,6 +53,13 @@ class LossParts:
     reg_loss: torch.Tensor
     logits: torch.Tensor | None = None
     extras: dict[str, float] = field(default_factory=dict)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel / Accelerate wrappers (or ``model`` itself)."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
 
 
 def _task_forward(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, Any]:
@@ -68,13 +77,40 @@ def _logits(out: Any) -> torch.Tensor | None:
     return getattr(out, "logits", None)
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(unwrap_model(model).parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _method_generator(seed: int, rank: int | None, salt: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from (seed, rank, salt); ``rank=None`` gives the same stream on every process."""
+    value = (int(seed) * 7919 + 17 + 1_000_003 * int(salt)) if rank is None else \
+        (int(seed) * 7919 + 104_729 * int(rank) + 17 + 1_000_003 * int(salt))
+    return torch.Generator(device=device).manual_seed(value % (2**63 - 1))
+
+
 class Method:
-    """Base class of fine-tuning methods. Subclasses set ``name`` and override ``compute_loss``.
+    """Base class of fine-tuning methods. Subclasses set ``name`` and override ``compute_loss`` (and hooks).
 
     ``params()`` returns the constructor parameters as a JSON-serialisable dict (used for run-store keys).
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``get_method(name)``).
+    role : {'forward', 'penalty', 'passive'}
+        How the method composes (see :class:`Combined`): ``'forward'`` methods run the model's forward pass their
+        own way (LNSR's capture/replay, SMART's adversarial passes, ...) and at most one of them can be in a
+        combination; ``'penalty'`` methods add a term that needs only the weights (:meth:`weighted_penalty`);
+        ``'passive'`` methods act through ``setup`` and the gradient hooks and leave the loss alone.
+    needs_data : bool
+        True if :meth:`setup_data` must be called with the training batches before the first step.
     """
 
     name: ClassVar[str] = "method"
+    role: ClassVar[Literal["forward", "penalty", "passive"]] = "forward"
+    setup_priority: ClassVar[int] = 0  # Combined runs setups in increasing order (NoisyTune first)
+    needs_data: bool = False
     _param_names: ClassVar[tuple[str, ...]] = ()
 
     def params(self) -> dict[str, Any]:
@@ -85,14 +121,27 @@ class Method:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
 
-    def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0) -> None:
-        """Prepare for training ``model`` (called once, before the first step; ``rank`` is the process index)."""
+    def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        """Prepare for training ``model`` (called once, before the first step, before DDP wraps the model).
+
+        ``rank`` is the process index and ``world_size`` the number of processes (1 without distributed training).
+        """
+
+    def setup_data(self, model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> None:
+        """Look at the training data once before training (only called when ``needs_data`` is True)."""
 
     def after_backward(self, model: nn.Module) -> None:
-        """Called after ``loss.backward()`` and before clipping and the optimizer step (e.g. to mask gradients)."""
+        """Called after ``loss.backward()`` and before clipping and the optimizer step."""
+
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        """Called after gradient clipping, right before ``optimizer.step()`` (e.g. to mask gradients)."""
 
     def teardown(self, model: nn.Module) -> None:
-        """Undo anything ``setup`` attached to the model (hooks, wrappers); called when training ends."""
+        """Undo anything ``setup`` attached to the model (hooks, wrappers); called when training ends. Idempotent."""
+
+    def weighted_penalty(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight * term, term)`` of a ``'penalty'`` method: a loss term that depends on the weights only."""
+        raise NotImplementedError(f"{type(self).__name__} is not a penalty method (role={self.role!r}).")
 
     def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
         raise NotImplementedError
@@ -130,7 +179,7 @@ def _layer_weights(spec: str | Sequence[float], n: int) -> torch.Tensor:
 
 def lnsr_penalty(clean: Sequence[torch.Tensor], noisy: Sequence[torch.Tensor], mask: torch.Tensor,
                  weights: torch.Tensor, *, reduction: Literal["mean", "sum"] = "mean",
-                 relative: bool = False) -> torch.Tensor:
+                 relative: bool = False, normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
     """The LNSR penalty ``sum_l w_l * mean_{real tokens} d(h~_l, h_l)`` (see the module docstring).
 
     Parameters
@@ -140,9 +189,21 @@ def lnsr_penalty(clean: Sequence[torch.Tensor], noisy: Sequence[torch.Tensor], m
     mask : Tensor (batch, seq), bool
         Real tokens.
     weights : Tensor (len(clean),)
+    reduction : {'mean', 'sum'}, default='mean'
+        Over hidden dimensions, per token.
+    relative : bool, default=False
+        Divide each token's squared change by its clean squared norm (same reduction).
+    normalizer : Tensor or float, optional
+        What the summed per-token distances are divided by. Default: the number of real tokens in ``mask``. In
+        distributed training LNSR passes ``global_tokens / world_size``, so that the mean over processes of the
+        per-process values is exactly the penalty of the global batch.
+
+    Returns
+    -------
+    Tensor ()
     """
     maskf = mask.to(clean[0].dtype)
-    n_tokens = maskf.sum().clamp_min(1.0)
+    n_tokens = maskf.sum().clamp_min(1.0) if normalizer is None else normalizer
     total = clean[0].new_zeros(())
     for w, h, h_noisy in zip(weights.tolist(), clean, noisy, strict=True):
         sq = (h_noisy - h).pow(2)
@@ -233,20 +294,39 @@ class LNSR(Method):
         self._generator: torch.Generator | None = None
         self._weights: torch.Tensor | None = None
 
-    def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0) -> None:
+    def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         """Bind to ``model``: find its blocks, check the injection layer, seed the noise (per process ``rank``)."""
         self._adapter = ModelAdapter(model)
         self._adapter.check_layer(self.injection_layer, allow_last=False)
         base_seed = self.seed if self.seed is not None else seed
-        # Independent noise per process, reproducible from the seed.
-        self._generator = torch.Generator().manual_seed(int(base_seed) * 7919 + 104_729 * int(rank) + 17)
+        # Independent noise per process, reproducible from the seed. The generator lives on the model's device, so
+        # the noise is drawn where it is used (no host-to-device copy per step on a GPU; the same draws on CPU).
+        self._generator = _method_generator(int(base_seed), int(rank), 0, _model_device(model))
         self._weights = _layer_weights(self.layer_weights, self._adapter.n_layers - self.injection_layer)
+        self._world_size = int(world_size)
+
+    _world_size: int = 1
 
     def _ensure(self, model: nn.Module) -> ModelAdapter:
-        if self._adapter is None or self._adapter.model is not model:
+        adapter = self._adapter
+        if adapter is not None and adapter.model is not model and unwrap_model(adapter.model) is unwrap_model(model):
+            adapter.model = model  # set up on the bare model, now called through its DDP / Accelerate wrapper
+        if adapter is None or adapter.model is not model:
             self.setup(model, seed=self.seed or 0)
         assert self._adapter is not None
         return self._adapter
+
+    def _normalizer(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """``global real tokens / world_size`` under distributed training (one scalar all-reduce), else None."""
+        if self._world_size <= 1:
+            return None
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        count = mask.sum().to(torch.float64)
+        dist.all_reduce(count)  # token counts, not means, are reduced: the global mean is then exact
+        return count.clamp_min(1.0) / self._world_size
 
     def penalty(self, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, Any, dict[str, float]]:
         """Run the clean pass (returns the model output) and the noisy pass; return (penalty, output, extras)."""
@@ -262,13 +342,19 @@ class LNSR(Method):
         if self.detach_clean:
             clean = [h.detach() for h in clean]
         assert self._weights is not None
-        reg = lnsr_penalty(clean, noisy, cap.mask, self._weights, reduction=self.reduction, relative=self.relative)
-        with torch.no_grad():
+        normalizer = self._normalizer(cap.mask)
+        if normalizer is not None:
+            normalizer = normalizer.to(device=clean[0].device, dtype=clean[0].dtype)
+        reg = lnsr_penalty(clean, noisy, cap.mask, self._weights, reduction=self.reduction, relative=self.relative,
+                           normalizer=normalizer)
+        with torch.no_grad():  # diagnostics: two means over real tokens, read back to the host in one transfer
             top = cap.hidden[-1].detach()
-            extras = {"noise_norm": float(noise.norm(dim=-1)[cap.mask].mean()),
-                      "top_change_rel": float(((noisy[-1].detach() - top).norm(dim=-1)
-                                               / top.norm(dim=-1).clamp_min(1e-12))[cap.mask].mean())}
-        return reg, cap.output, extras
+            maskf = cap.mask.to(top.dtype)
+            count = maskf.sum().clamp_min(1.0)
+            rel = (noisy[-1].detach() - top).norm(dim=-1) / top.norm(dim=-1).clamp_min(1e-12)
+            values = torch.stack([(noise.norm(dim=-1) * maskf).sum(), (rel * maskf).sum()]) / count
+            noise_norm, top_change = values.tolist()
+        return reg, cap.output, {"noise_norm": noise_norm, "top_change_rel": top_change}
 
     def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
         reg, out, extras = self.penalty(model, inputs)
@@ -280,19 +366,236 @@ class LNSR(Method):
                          extras=extras)
 
 
-METHODS: dict[str, type[Method]] = {"vanilla": Vanilla, "lnsr": LNSR}
+class _Registry(dict):
+    """Name -> Method class. ``"a+b" in METHODS`` is True when every part is registered (a combination name)."""
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str) and "+" in key:
+            parts = key.split("+")
+            return len(parts) >= 2 and all(dict.__contains__(self, part) for part in parts)
+        return dict.__contains__(self, key)
+
+
+#: Registered methods by name; :mod:`lnsr_viz.baselines` adds the rival methods when this module is imported.
+METHODS: dict[str, type[Method]] = _Registry({"vanilla": Vanilla, "lnsr": LNSR})
+
+# Pairs that are refused even though their roles would allow them, with the reason shown to the user.
+_INCOMPATIBLE: dict[frozenset[str], str] = {
+    frozenset({"lnsr", "hype"}): (
+        "HyPe perturbs the input of every block, including LNSR's replay of blocks k+1..L, so the LNSR penalty "
+        "would measure HyPe's noise as well as its own; both are hidden-state noise methods, use one of them"),
+}
+
+
+class Combined(Method):
+    """Several methods trained together: their loss terms are summed and their setup-time changes all applied.
+
+    At most one component may run the forward pass its own way (``role='forward'``: LNSR, SMART, R3F, R-Drop);
+    the others add a weight-only term (L2-SP) or act through setup and the gradient hooks (Mixout, NoisyTune,
+    HyPe, ChildTuning). Build one with ``get_method("lnsr+mixout", ...)`` or :func:`compose`.
+
+    Parameters
+    ----------
+    methods : sequence of Method
+        Two or more distinct methods. Refused with a ``ValueError`` before training: ``vanilla`` (it is the absence
+        of a method), duplicates, two forward-owning methods (each needs the whole forward pass its own way), and
+        the pairs in ``_INCOMPATIBLE`` (LNSR + HyPe).
+
+    Notes
+    -----
+    * The name is canonical: the forward-owning method first, then the others in registry order
+      (``compose('mixout', 'lnsr').name == 'lnsr+mixout'``).
+    * ``setup`` runs NoisyTune first, so that anchors taken by other methods (L2-SP's and Mixout's pre-trained
+      weights) are the weights training starts from; ``teardown`` runs in reverse order.
+    * ``LossParts.reg_loss`` of a combination is the *weighted* sum of all regulariser terms (so that
+      ``loss = task_loss + reg_loss``); each component's own unweighted term is in ``extras['<name>.reg']``.
+    * Mixout draws its masks from torch's global generator, like dropout, so LNSR's ``dropout='same'`` replay reuses
+      the clean pass's Mixout masks too: in ``lnsr+mixout`` the LNSR penalty measures LNSR's noise only.
+
+    Examples
+    --------
+    >>> from lnsr_viz.regularizers import get_method
+    >>> get_method("mixout+lnsr", lam=2.0, p=0.5).name
+    'lnsr+mixout'
+    """
+
+    role = "forward"
+
+    def __init__(self, methods: Sequence[Method]) -> None:
+        methods = list(methods)
+        flat: list[Method] = []
+        for m in methods:
+            if not isinstance(m, Method):
+                raise ValueError(f"Combined takes Method instances; got {type(m).__name__}.")
+            flat.extend(m.methods if isinstance(m, Combined) else [m])
+        if len(flat) < 2:
+            raise ValueError("A combination needs at least two methods, e.g. 'lnsr+mixout'.")
+        names = [m.name for m in flat]
+        if "vanilla" in names:
+            raise ValueError(f"Cannot combine 'vanilla' with other methods ({'+'.join(names)}): vanilla is the "
+                             "absence of a regulariser. Drop it from the combination.")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"Method {dupes[0]!r} appears twice in {'+'.join(names)!r}; give each method once "
+                             "(set its parameters instead of repeating it).")
+        owners = [m.name for m in flat if m.role == "forward"]
+        if len(owners) > 1:
+            raise ValueError(f"Cannot combine {' and '.join(repr(o) for o in owners)}: each runs the model's forward "
+                             "pass its own way (clean/noisy or adversarial passes), so their losses cannot be summed "
+                             "over one forward pass. Combine at most one of lnsr, smart, r3f, rdrop with l2sp, "
+                             "mixout, noisytune, hype or childtuning.")
+        for pair, reason in _INCOMPATIBLE.items():
+            if pair <= set(names):
+                raise ValueError(f"Cannot combine {' and '.join(sorted(pair))}: {reason}.")
+        order = list(METHODS)
+        rank = {n: (0 if n in owners else 1, order.index(n) if n in order else len(order)) for n in names}
+        self.methods: list[Method] = sorted(flat, key=lambda m: rank[m.name])
+        self.name = "+".join(m.name for m in self.methods)  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"Combined([{', '.join(repr(m) for m in self.methods)}])"
+
+    def params(self) -> dict[str, Any]:
+        """``{component name: its params()}``."""
+        return {m.name: m.params() for m in self.methods}
+
+    @property
+    def needs_data(self) -> bool:  # type: ignore[override]
+        return any(m.needs_data for m in self.methods)
+
+    def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        for m in sorted(self.methods, key=lambda m: m.setup_priority):
+            m.setup(model, seed=seed, rank=rank, world_size=world_size)
+
+    def setup_data(self, model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> None:
+        batches = list(batches) if sum(m.needs_data for m in self.methods) > 1 else batches
+        for m in self.methods:
+            if m.needs_data:
+                m.setup_data(model, batches)
+
+    def after_backward(self, model: nn.Module) -> None:
+        for m in self.methods:
+            m.after_backward(model)
+
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        for m in self.methods:
+            m.before_optimizer_step(model)
+
+    def teardown(self, model: nn.Module) -> None:
+        for m in reversed(sorted(self.methods, key=lambda m: m.setup_priority)):
+            m.teardown(model)
+
+    def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
+        owner = next((m for m in self.methods if m.role == "forward"), None)
+        parts = (owner or Vanilla()).compute_loss(model, inputs)
+        loss = parts.loss
+        reg = parts.loss.detach() - parts.task_loss
+        extras = {f"{owner.name}.{k}": v for k, v in parts.extras.items()} if owner is not None else {}
+        if owner is not None:
+            extras[f"{owner.name}.reg"] = float(parts.reg_loss)
+        for m in self.methods:
+            if m.role == "penalty":
+                weighted, term = m.weighted_penalty(model)
+                loss = loss + weighted
+                reg = reg + weighted.detach()
+                extras[f"{m.name}.reg"] = float(term.detach())
+        return LossParts(loss=loss, task_loss=parts.task_loss, reg_loss=reg, logits=parts.logits, extras=extras)
+
+
+def _init_params(cls: type[Method]) -> set[str]:
+    return {n for n, p in inspect.signature(cls.__init__).parameters.items()
+            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _route_params(names: Sequence[str], params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Send each parameter of a combination to its method: ``lam=`` (unambiguous), ``'lnsr.lam'`` or ``lnsr={...}``."""
+    combo = "+".join(names)
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for key, value in params.items():
+        if key in out and isinstance(value, Mapping):
+            out[key].update(value)
+            continue
+        if "." in key:
+            comp, sub = key.split(".", 1)
+            if comp not in out:
+                raise ValueError(f"Parameter {key!r} names {comp!r}, which is not part of {combo!r}; expected one "
+                                 f"of {list(names)}.")
+            out[comp][sub] = value
+            continue
+        owners = [n for n in names if key in _init_params(METHODS[n])]
+        if not owners:
+            raise ValueError(f"No method in {combo!r} takes a parameter {key!r}. See help() of "
+                             f"{', '.join('lnsr_viz.' + METHODS[n].__name__ for n in names)}.")
+        if len(owners) > 1:
+            raise ValueError(f"Parameter {key!r} is ambiguous in {combo!r}: {' and '.join(owners)} both take it. "
+                             f"Write it as '{owners[0]}.{key}' (CLI: --param {combo}.{owners[0]}.{key}=...).")
+        out[owners[0]][key] = value
+    return out
+
+
+def _build(name: str, params: Mapping[str, Any]) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}. Expected one of {sorted(METHODS)} or a combination such as "
+                         "'lnsr+mixout'.")
+    try:
+        return METHODS[name](**params)
+    except TypeError as err:
+        raise ValueError(f"Bad parameters for method {name!r}: {err}. "
+                         f"See help(lnsr_viz.{METHODS[name].__name__}).") from None
+
+
+def compose(*methods: str | Method, **params: Any) -> Combined:
+    """Combine methods (names or instances) into one :class:`Combined`; ``params`` are routed by name.
+
+    Parameters
+    ----------
+    *methods : str or Method
+        E.g. ``compose('lnsr', 'mixout')`` or ``compose(LNSR(lam=2), Mixout(p=0.5))``.
+    **params
+        Parameters of the named methods: a name only one of them takes (``lam=2``), a dotted name
+        (``**{'mixout.p': 0.5}``) or a dict per method (``mixout={'p': 0.5}``).
+    """
+    names = [m for m in methods if isinstance(m, str)]
+    routed = _route_params(names, params) if names else {}
+    if params and not names:
+        raise ValueError("Pass parameters to the Methods' constructors when composing instances.")
+    built = [_build(m, routed.get(m, {})) if isinstance(m, str) else m for m in methods]
+    return Combined(built)
 
 
 def get_method(method: str | Method, **params: Any) -> Method:
-    """Build a method from its name and parameters (or return a Method instance unchanged)."""
+    """Build a method from its name and parameters (or return a Method instance unchanged).
+
+    Parameters
+    ----------
+    method : str or Method
+        A registered name (``sorted(METHODS)``), a combination joined by ``+`` (``'lnsr+mixout'``; see
+        :class:`Combined`), or a Method instance.
+    **params
+        Constructor parameters; for a combination see :func:`compose` for how they are routed.
+
+    Raises
+    ------
+    ValueError
+        Unknown name, bad or out-of-range parameter, or a combination that makes no sense.
+    """
     if isinstance(method, Method):
         if params:
             raise ValueError("Pass parameters to the Method's constructor, not to get_method, when giving an instance.")
         return method
+    if not isinstance(method, str):
+        raise ValueError(f"method must be a name such as 'lnsr' or a Method instance; got {type(method).__name__}.")
+    if "+" in method:
+        parts = [part.strip() for part in method.split("+")]
+        for part in parts:
+            if part not in METHODS:
+                raise ValueError(f"Unknown method {part!r} in {method!r}. Expected one of {sorted(METHODS)}.")
+        return compose(*parts, **params)
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}. Expected one of {sorted(METHODS)}.")
-    try:
-        return METHODS[method](**params)
-    except TypeError as err:
-        raise ValueError(f"Bad parameters for method {method!r}: {err}. "
-                         f"See help(lnsr_viz.{METHODS[method].__name__}).") from None
+    return _build(method, params)
+
+
+# The rival methods register themselves into METHODS when lnsr_viz.baselines is imported. The import sits at the bottom
+# because baselines imports this module's names; it works whichever of the two modules is imported first.
+from . import baselines as _baselines  # noqa: E402, F401

@@ -10,6 +10,21 @@ Per epoch the history records the training loss (total, and its task and regular
 epoch's steps), the training and validation accuracy and loss measured in eval mode at the end of the epoch
 (dropout off, so the gap is not inflated by dropout), and the generalisation gap = train accuracy - validation
 accuracy.
+
+Several processes (DistributedDataParallel)
+-------------------------------------------
+The same script runs unchanged under ``torchrun --nproc_per_node N script.py`` or ``accelerate launch
+--num_processes N script.py``: when the launcher's environment says ``WORLD_SIZE > 1`` (or a process group already
+exists), :meth:`FineTuner.fit` joins the process group (gloo on CPU, NCCL with one GPU per process,
+``cuda:LOCAL_RANK``), wraps the model in ``DistributedDataParallel`` and gives every process a
+``DistributedSampler``-style share of each global batch of ``batch_size`` examples (positions ``rank::world_size``;
+every process draws the same shuffled order from the seed). DDP averages the gradients, so a step equals the
+single-process step on the whole global batch (exactly so for LNSR's token-mean penalty and for per-example means
+when ``batch_size`` is a multiple of the number of processes). The method's noise and the dropout masks are
+independent per process and reproducible from ``seed``; the logged losses are averaged over processes; every process
+evaluates on the full training and validation data, so early stopping decides the same everywhere; only rank 0
+shows a progress bar. The process group is left open for the script's later calls (see
+:func:`lnsr_viz.distributed.cleanup_distributed`).
 """
 
 from __future__ import annotations
@@ -17,7 +32,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,7 +42,7 @@ import torch
 from torch import nn
 
 from ._validation import check_number, check_positive_int
-from .regularizers import Method, get_method
+from .regularizers import LossParts, Method, get_method
 
 __all__ = ["FineTuner", "TrainState", "TrainerCallback", "set_seed", "HISTORY_COLUMNS"]
 
@@ -184,6 +199,49 @@ class FineTuner:
                               max_length=self.max_length)
         return accuracy(probs, data.labels), nll(probs, data.labels)
 
+    def _batches(self, tokenizer: Any, data: Any, model: nn.Module, *,
+                 shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]:
+        """The training data in order, in batches of ``batch_size`` (this process's share of each)."""
+        from .distributed import shard_indices
+
+        rank, world = shard
+        order = np.arange(len(data))
+        for start in range(0, len(data), self.batch_size):
+            idx = shard_indices(order[start:start + self.batch_size], rank, world)
+            yield self._collate(tokenizer, [data.texts[i] for i in idx], data.labels[idx], model)
+
+    @staticmethod
+    def _wrap(model: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False)
+
+    def training_step(self, model: nn.Module, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer, *,
+                      train_model: nn.Module | None = None) -> LossParts:
+        """One optimisation step exactly as :meth:`fit` runs it (without the learning-rate schedule).
+
+        ``compute_loss`` -> ``backward`` -> ``after_backward`` -> gradient clipping -> ``before_optimizer_step`` ->
+        ``optimizer.step()`` -> ``zero_grad``. The method must have been set up on ``model``; ``train_model`` is
+        what the loss is computed through (``model`` itself, or its DistributedDataParallel wrapper). Used by
+        :meth:`fit` and by ``benchmarks/bench_methods.py``.
+        """
+        method = self.method_
+        parts = method.compute_loss(model if train_model is None else train_model, batch)
+        if not torch.isfinite(parts.loss):
+            raise FloatingPointError(
+                f"the loss became {float(parts.loss)} (task {float(parts.task_loss):.4g}, regulariser "
+                f"{float(parts.reg_loss):.4g}); lower the learning rate or the regulariser's weight")
+        parts.loss.backward()
+        method.after_backward(model)
+        if self.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+        method.before_optimizer_step(model)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return parts
+
     # ------------------------------------------------------------------ fit
     def fit(self, model: nn.Module, tokenizer: Any, train: Any, validation: Any = None) -> FineTuner:
         """Fine-tune ``model`` in place on ``train``; evaluate on ``validation`` after every epoch."""
@@ -200,10 +258,25 @@ class FineTuner:
         if self.early_stopping_patience is not None and validation is None:
             raise ValueError("early_stopping_patience needs validation data: pass validation= to fit().")
 
+        from .distributed import all_reduce_mean, init_distributed, shard_indices
+
+        dist = init_distributed()
+        rank, world = dist.rank, dist.world_size
+        if world > 1 and torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+            model.to(torch.device("cuda", dist.local_rank))
         set_seed(self.seed)
         method = self.method_
-        method.setup(model, seed=self.seed)
-        optimizer = self._optimizer(model)
+        method.setup(model, seed=self.seed, rank=rank, world_size=world)
+        try:
+            if method.needs_data:
+                method.setup_data(model, self._batches(tokenizer, train, model, shard=(rank, world)))
+            optimizer = self._optimizer(model)
+            train_model = self._wrap(model) if world > 1 else model
+        except BaseException:
+            method.teardown(model)
+            raise
+        if world > 1:  # dropout (and Mixout) masks: independent per process, reproducible from the seed
+            torch.manual_seed(self.seed + 1_000_003 * rank)
         steps_per_epoch = (len(train) + self.batch_size - 1) // self.batch_size
         total = steps_per_epoch * self.epochs
         scheduler = self._schedule(optimizer, total)
@@ -215,7 +288,7 @@ class FineTuner:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=f"fine-tune {method.name} (seed {self.seed})", unit="step",
-                   disable=not self.progress, leave=False)
+                   disable=not self.progress or rank != 0, leave=False)
         self._emit("on_train_begin", model=model)
         try:
             for epoch in range(1, self.epochs + 1):
@@ -227,27 +300,27 @@ class FineTuner:
                 model.train()
                 for step in range(steps_per_epoch):
                     idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+                    if world > 1:
+                        idx = shard_indices(idx, rank, world)
                     batch = self._collate(tokenizer, [train.texts[i] for i in idx], train.labels[idx], model)
-                    parts = method.compute_loss(model, batch)
-                    if not torch.isfinite(parts.loss):
-                        raise FloatingPointError(
-                            f"the loss became {float(parts.loss)} at epoch {epoch}, step {step + 1} "
-                            f"(task {float(parts.task_loss):.4g}, regulariser {float(parts.reg_loss):.4g}); "
-                            "lower the learning rate or the regulariser's weight.")
-                    parts.loss.backward()
-                    method.after_backward(model)
-                    if self.max_grad_norm > 0:
-                        nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
-                    optimizer.step()
+                    try:
+                        parts = self.training_step(model, batch, optimizer, train_model=train_model)
+                    except FloatingPointError as err:
+                        raise FloatingPointError(f"at epoch {epoch}, step {step + 1}: {err}") from None
                     scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    loss_v, task_v, reg_v = (float(parts.loss.detach()), float(parts.task_loss),
+                                             float(parts.reg_loss))
+                    if world > 1:
+                        loss_v, task_v, reg_v = all_reduce_mean(
+                            torch.tensor([loss_v, task_v, reg_v], dtype=torch.float64,
+                                         device=parts.loss.device)).tolist()
                     self.state_.global_step += 1
-                    self.state_.last_loss = float(parts.loss.detach())
-                    sums["loss"] += float(parts.loss.detach())
-                    sums["task"] += float(parts.task_loss)
-                    sums["reg"] += float(parts.reg_loss)
+                    self.state_.last_loss = loss_v
+                    sums["loss"] += loss_v
+                    sums["task"] += task_v
+                    sums["reg"] += reg_v
                     bar.update(1)
-                    bar.set_postfix(loss=f"{self.state_.last_loss:.3f}", reg=f"{float(parts.reg_loss):.2g}")
+                    bar.set_postfix(loss=f"{self.state_.last_loss:.3f}", reg=f"{reg_v:.2g}")
                     self._emit("on_step_end", model=model, parts=parts)
                 train_acc, _ = self._eval(model, tokenizer, train)
                 record = {
@@ -281,6 +354,7 @@ class FineTuner:
         finally:
             bar.close()
             method.teardown(model)
+            del train_model  # a DDP wrapper releases its gradient hooks
             model.eval()
         if best_state is not None and self.state_.best_epoch != self.state_.epoch:
             model.load_state_dict(best_state)

@@ -1,0 +1,253 @@
+"""The notebooks in a real JupyterLab, driven by headless Chromium: widgets render, respond, and nothing breaks.
+
+Covered (marked ``browser``; about 2-3 minutes):
+
+* a JupyterLab server started here on a free port, with fresh config / runtime / settings / workspace folders, the
+  news and update checks off, virtual (windowed) notebook rendering off so every output is in the page, and the
+  notebooks copied to a temporary folder (Lab autosaves executed notebooks; the committed ones stay stripped);
+* notebooks 01 and 02 opened in Debian's Chromium through Playwright, run with *Run > Run All Cells* in the quick
+  setting, every cell finished, no Python traceback in any output, no page error, no "Loading widget" left, and
+  plotly figures drawn;
+* a real widget interaction: in 01 the noise explorer's injection-layer slider is moved with the keyboard, in 02
+  the metrics dashboard's dropdown is changed, and the FigureWidget's plotted data must change in the page;
+* notebook 04 (it needs a stored checkpoint, which 02 has just made in the same run store): the drift heat-map,
+  projection and attribution dashboards render, and the projection's colour dropdown redraws it;
+* screenshots of both (``reports/screenshots/`` by default, ``LNSR_VIZ_SCREENSHOTS`` to choose).
+
+Skipped only when ``/usr/bin/chromium`` is missing (CI installs it: see ``.ci/run``). Never runs
+``playwright install``: Playwright drives the system Chromium through ``executable_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "lnsr-viz-browser-test"
+RUN_TIMEOUT_MS = 360_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is missing: install Debian's chromium "
+                       "(apt-get install -y chromium chromium-driver), as .ci/run does in CI"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _screenshot_dir() -> Path:
+    folder = Path(os.environ.get("LNSR_VIZ_SCREENSHOTS", ROOT / "reports" / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A running JupyterLab serving a copy of notebooks/ in the quick setting; yields its base URL."""
+    tmp = tmp_path_factory.mktemp("lab")
+    root = tmp / "notebooks"
+    root.mkdir()
+    for nb in sorted((ROOT / "notebooks").glob("0[124]_*.ipynb")):
+        shutil.copy(nb, root / nb.name)
+    dirs = {name: tmp / name for name in ("config", "runtime", "settings", "workspaces", "results")}
+    for folder in dirs.values():
+        folder.mkdir()
+    settings = {
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                             "checkForUpdates": False},
+        # Render every cell (JupyterLab 4 otherwise only attaches the cells near the viewport to the page).
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    }
+    for rel, value in settings.items():
+        path = dirs["settings"] / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+    port = _free_port()
+    env = {**os.environ,
+           "JUPYTER_CONFIG_DIR": str(dirs["config"]), "JUPYTER_RUNTIME_DIR": str(dirs["runtime"]),
+           "JUPYTERLAB_SETTINGS_DIR": str(dirs["settings"]), "JUPYTERLAB_WORKSPACES_DIR": str(dirs["workspaces"]),
+           "LNSR_VIZ_QUICK": "1", "LNSR_VIZ_RESULTS": str(dirs["results"]), "OMP_NUM_THREADS": "2",
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(tmp / "lab.log", "wb")  # noqa: SIM115 - closed after the server stops
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--IdentityProvider.token={TOKEN}",
+         "--ip=127.0.0.1", f"--port={port}", f"--ServerApp.root_dir={root}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"JupyterLab did not start:\n{(tmp / 'lab.log').read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and its kernels
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def _open_and_run(browser, base: str, name: str):
+    """Open notebook ``name``, run all cells, wait until every code cell has finished; return (page, errors)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base}/lab/tree/{name}?token={TOKEN}&reset", wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    # The toolbar says idle before the kernel exists; the status bar's "| Idle" means it really started.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => e.textContent.includes('| Idle'))",
+        timeout=90_000)
+    page.click(".lm-MenuBar-item:has-text('Run')")
+    page.click(".lm-Menu-item[data-command='runmenu:run-all']")
+    page.wait_for_function(
+        """() => {
+            const cells = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')];
+            if (!cells.length) return false;
+            return cells.every(c => /\\[\\d+\\]/.test(c.querySelector('.jp-InputPrompt')?.textContent || ''));
+        }""",
+        timeout=RUN_TIMEOUT_MS, polling=1000)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => e.textContent.includes('| Idle'))",
+        timeout=60_000)
+    # Widgets render asynchronously after the kernel is idle.
+    page.wait_for_function("() => !document.body.innerText.includes('Loading widget')", timeout=60_000)
+    return page, errors
+
+
+def _assert_clean(page, errors: list[str], name: str) -> None:
+    outputs = page.eval_on_selector_all(".jp-OutputArea-output", "els => els.map(e => e.innerText)")
+    tracebacks = [o for o in outputs if "Traceback" in o or "Error" in o.split("\n", 1)[0]]
+    assert not tracebacks, f"{name}: error output in the page:\n{tracebacks[0][:3000]}"
+    assert "Loading widget" not in page.inner_text("body"), f"{name}: a widget never rendered"
+    assert not errors, f"{name}: page errors: {errors}"
+
+
+def _plot_data(page, dashboard_class: str) -> str:
+    """The plotted data (JSON of x and y of every trace) of the FigureWidget inside a dashboard."""
+    return page.evaluate(
+        """(cls) => {
+            const el = document.querySelector(`.${cls} .js-plotly-plot`);
+            if (!el || !el.data) return null;
+            return JSON.stringify(el.data.map(t => [t.x, t.y]));
+        }""", dashboard_class)
+
+
+def test_notebook_01_explorer_responds_in_the_browser(lab, browser):
+    name = "01_noise_propagation.ipynb"
+    page, errors = _open_and_run(browser, lab, name)
+    _assert_clean(page, errors, name)
+    assert page.locator(".js-plotly-plot").count() >= 6  # static figures and the two dashboards
+    dash = ".lnsr-viz-noiseexplorer"
+    page.wait_for_function("(c) => { const e = document.querySelector(`.${c} .js-plotly-plot`); "
+                           "return e && e.data && e.data.length > 0; }", arg=dash[1:], timeout=60_000)
+    before = _plot_data(page, dash[1:])
+    slider = page.locator(f"{dash} .lnsr-viz-control-injection-layer")
+    slider.scroll_into_view_if_needed()
+    readout_before = slider.locator(".widget-readout").inner_text()
+    slider.locator(".noUi-handle").click()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("([c, b]) => { const e = document.querySelector(`.${c} .js-plotly-plot`); "
+                           "return e && e.data && JSON.stringify(e.data.map(t => [t.x, t.y])) !== b; }",
+                           arg=[dash[1:], before], timeout=60_000)
+    after = _plot_data(page, dash[1:])
+    assert after != before
+    assert slider.locator(".widget-readout").inner_text() != readout_before
+    # traces and layout arrive as separate messages: wait for the title to follow the data
+    page.wait_for_function("(c) => (document.querySelector(`.${c} .gtitle`)?.textContent || '')"
+                           ".includes('injected at layer 1')", arg=dash[1:], timeout=30_000)
+    assert page.locator(f"{dash} .lnsr-viz-message, {dash} .widget-html-content:has-text('Cannot draw')").count() == 0
+    page.locator(dash).scroll_into_view_if_needed()
+    folder = _screenshot_dir()
+    page.screenshot(path=str(folder / "01_noise_explorer_viewport.png"))
+    page.locator(dash).screenshot(path=str(folder / "01_noise_explorer.png"))
+    _assert_clean(page, errors, name)
+    page.close()
+
+
+def test_notebook_02_dashboards_respond_in_the_browser(lab, browser):
+    name = "02_finetune_with_and_without_lnsr.ipynb"
+    page, errors = _open_and_run(browser, lab, name)
+    _assert_clean(page, errors, name)
+    for dash in ("lnsr-viz-stabilitycurvesdashboard", "lnsr-viz-metricsdashboard", "lnsr-viz-trainingcurvesdashboard"):
+        assert page.locator(f".{dash} .js-plotly-plot").count() == 1, dash
+    dash = "lnsr-viz-metricsdashboard"
+    before = _plot_data(page, dash)
+    assert before is not None
+    select = page.locator(f".{dash} .lnsr-viz-control-metric select")
+    select.scroll_into_view_if_needed()
+    select.select_option("roc_auc")
+    page.wait_for_function("([c, b]) => { const e = document.querySelector(`.${c} .js-plotly-plot`); "
+                           "return e && e.data && JSON.stringify(e.data.map(t => [t.x, t.y])) !== b; }",
+                           arg=[dash, before], timeout=60_000)
+    page.wait_for_function("(c) => (document.querySelector(`.${c} .gtitle`)?.textContent || '').includes('ROC AUC')",
+                           arg=dash, timeout=30_000)
+    folder = _screenshot_dir()
+    page.locator(f".{dash}").screenshot(path=str(folder / "02_metrics_dashboard.png"))
+    stab = page.locator(".lnsr-viz-stabilitycurvesdashboard")
+    stab.scroll_into_view_if_needed()
+    stab.screenshot(path=str(folder / "02_stability_dashboard.png"))
+    _assert_clean(page, errors, name)
+    page.close()
+
+
+def test_notebook_04_analysis_dashboards_render_in_the_browser(lab, browser):
+    name = "04_diagnose_your_model.ipynb"
+    page, errors = _open_and_run(browser, lab, name)
+    _assert_clean(page, errors, name)
+    for dash in ("lnsr-viz-driftdashboard", "lnsr-viz-projectiondashboard", "lnsr-viz-attributiondashboard"):
+        assert page.locator(f".{dash} .js-plotly-plot").count() == 1, dash
+        assert _plot_data(page, dash) not in (None, "[]"), dash
+    dash = "lnsr-viz-projectiondashboard"
+    before = _plot_data(page, dash)
+    select = page.locator(f".{dash} .lnsr-viz-control-color select")
+    select.scroll_into_view_if_needed()
+    select.select_option("domain")
+    page.wait_for_function("([c, b]) => { const e = document.querySelector(`.${c} .js-plotly-plot`); "
+                           "return e && e.data && JSON.stringify(e.data.map(t => [t.x, t.y])) !== b; }",
+                           arg=[dash, before], timeout=60_000)
+    folder = _screenshot_dir()
+    for short in ("driftdashboard", "projectiondashboard", "attributiondashboard"):
+        loc = page.locator(f".lnsr-viz-{short}")
+        loc.scroll_into_view_if_needed()
+        loc.screenshot(path=str(folder / f"04_{short.replace('dashboard', '')}.png"))
+    _assert_clean(page, errors, name)
+    page.close()

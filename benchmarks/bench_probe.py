@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"machine: {results['machine']}")
     print(f"full profile, {args.n} sentences x {args.draws} draws, {args.reps} repetitions (median, spread):")
     for strategy in ("replay", "naive"):
-        print(f"  {strategy:>6}: {results[f'{strategy}_median_s']:.2f} s (spread {results[f'{strategy}_spread_s']:.2f})")
+        median, spread = results[f"{strategy}_median_s"], results[f"{strategy}_spread_s"]
+        print(f"  {strategy:>6}: {median:.2f} s (spread {spread:.2f})")
     u = results["layer_forward_units"]
     print(f"  replay / naive: {results['ratio_replay_to_naive']:.2f} measured, {u['ratio']:.2f} in layer-forward "
           f"units ({u['replay']} vs {u['naive']})")

@@ -52,9 +52,10 @@ def _add_common_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="minilm",
                    help="'minilm' (the packaged all-MiniLM-L6-v2), a Hugging Face model id, or a local checkpoint "
                         "folder (default: minilm)")
-    p.add_argument("--data", default="movie",
+    p.add_argument("--data", default=None,
                    help="a packaged domain (movie, amazon, tweets, nyt) or a CSV/TSV file with text and label "
-                        "columns (default: movie)")
+                        "columns (default: movie); with --task qa: 'squad' (the packaged SQuAD v1.1, default) or a "
+                        "SQuAD-format JSON file")
     p.add_argument("--text-column", default="text", help="text column of a CSV (default: text)")
     p.add_argument("--label-column", default="label", help="label column of a CSV (default: label)")
     p.add_argument("--max-length", type=int, default=64, help="tokenizer truncation length (default: 64)")
@@ -67,9 +68,15 @@ def _add_compare_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -
     p.add_argument("--seeds", type=_int_list, default=list(defaults["seeds"]),
                    help=f"comma-separated seeds, one run per method and seed (default: "
                         f"{','.join(map(str, defaults['seeds']))})")
-    p.add_argument("--ood", type=_str_list, default=["amazon", "tweets", "nyt"],
+    p.add_argument("--ood", type=_str_list, default=None,
                    help="comma-separated out-of-domain sets: packaged domains or CSV paths (default: "
-                        "amazon,tweets,nyt; pass '' for none)")
+                        "amazon,tweets,nyt; pass '' for none); with --task qa: further SQuAD files (the packaged "
+                        "SQuAD's other topic groups are always used)")
+    p.add_argument("--task", choices=["classification", "qa"], default="classification",
+                   help="sequence classification (default) or extractive question answering")
+    p.add_argument("--qa-group", default="science",
+                   help="with --task qa and the packaged SQuAD: the topic group to train on (science, places, "
+                        "people; default: science)")
     p.add_argument("--train-size", type=int, default=defaults["train_size"],
                    help=f"training examples (default: {defaults['train_size']})")
     p.add_argument("--val-size", type=int, default=defaults["val_size"],
@@ -163,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_probe_data(args: argparse.Namespace) -> Any:
     from .data import DOMAINS, as_dataset, load_domain
 
-    if args.data in DOMAINS:
-        return load_domain(args.data)
-    return as_dataset(args.data, text_column=args.text_column, label_column=args.label_column)
+    data = args.data or "movie"
+    if data in DOMAINS:
+        return load_domain(data)
+    return as_dataset(data, text_column=args.text_column, label_column=args.label_column)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -214,13 +222,16 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.out is None:
         args.out = str(Path(args.results) / "report.html")
     t0 = time.perf_counter()
+    qa = args.task == "qa"
+    data = args.data or ("squad" if qa else "movie")
+    ood = args.ood if args.ood is not None else ([] if qa else ["amazon", "tweets", "nyt"])
     result = compare(
-        args.methods, args.seeds, model=args.model, data=args.data, ood=args.ood, train_size=args.train_size,
+        args.methods, args.seeds, model=args.model, data=data, ood=ood, train_size=args.train_size,
         val_size=args.val_size, eval_size=args.eval_size or None, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, max_length=args.max_length, method_params=_params(args.param), probe_n=args.probe_n,
         probe_draws=args.probe_draws, results=args.results, split_seed=args.split_seed,
         neutral_band=args.neutral_band, text_column=args.text_column, label_column=args.label_column,
-        save_checkpoints=args.save_checkpoints, progress=not args.quiet)
+        save_checkpoints=args.save_checkpoints, progress=not args.quiet, task=args.task, qa_group=args.qa_group)
     from .store import atomic_write_csv
 
     tables = Path(args.results) / "tables"
@@ -229,8 +240,9 @@ def _run_compare(args: argparse.Namespace) -> int:
         atomic_write_csv(tables / f"{name}.csv", getattr(result, name))
     path = result.report(args.out)
     if len(result.paired):
-        print("\nVerdicts (accuracy):")
-        for row in result.paired[result.paired["metric"] == "accuracy"].itertuples():
+        headline = "f1" if qa else "accuracy"
+        print(f"\nVerdicts ({headline}):")
+        for row in result.paired[result.paired["metric"] == headline].itertuples():
             print(f"  {row.domain}: {row.verdict}")
     print(f"\ntables: {tables}/")
     print(f"report: {path.resolve()}")

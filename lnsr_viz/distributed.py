@@ -2,13 +2,14 @@
 
 :class:`~lnsr_viz.training.FineTuner` uses these so that the *same script* runs on one process or on several::
 
-    python train.py                                   # one process
-    torchrun --nproc_per_node 2 train.py              # two processes (gloo on CPU, NCCL on GPUs)
-    accelerate launch --num_processes 2 train.py      # the same through Accelerate
+    python train.py                                               # one process
+    torchrun --nproc_per_node 2 train.py                          # two processes (gloo on CPU, NCCL on GPUs)
+    accelerate launch --multi_gpu --num_processes 2 train.py      # the same through Accelerate (GPUs)
 
 Both launchers set ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 :func:`init_distributed` reads them (``env://``) and creates the default process group if none exists yet (an
-existing one, e.g. created by Accelerate or by the user, is used as it is).
+existing one, e.g. created by Accelerate or by the user, is used as it is). Accelerate's multi-CPU mode launches
+through ``mpirun`` without these variables; on CPUs use torchrun.
 """
 
 from __future__ import annotations

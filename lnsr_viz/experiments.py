@@ -48,10 +48,44 @@ class Protocol:
     evaluation: dict[str, Any]
     in_domain: str
     fingerprint: str
+    task: str = "classification"
+    qa_stride: int = 64
+
+    @property
+    def n_probe_examples(self) -> int:
+        return len(self.evaluation[self.in_domain])
 
     @property
     def probe_texts(self) -> list[str]:
+        """The in-domain evaluation sentences (classification), in order; the probe uses the first ones."""
         return list(self.evaluation[self.in_domain].texts)
+
+    def probe_inputs(self, n: int, tokenizer: Any, max_length: int, model: Any) -> Any:
+        """What the stability probe runs on: the first ``n`` in-domain sentences, or their QA windows."""
+        if self.task == "classification":
+            return self.probe_texts[:n]
+        from .qa import feature_batches, prepare_features
+
+        data = self.evaluation[self.in_domain].subset(range(n))
+        feats = prepare_features(data, tokenizer, max_length=max_length, stride=min(self.qa_stride, max_length // 2),
+                                 with_labels=False)
+        return feature_batches(feats, list(range(len(feats["input_ids"]))), with_labels=False, model=model)
+
+    def n_labels(self) -> int:
+        if self.task != "classification":
+            return 2
+        return int(max(self.train.labels.max(), *(d.labels.max() for d in self.evaluation.values())) + 1)
+
+    def evaluate(self, model: Any, tokenizer: Any, max_length: int) -> pd.DataFrame:
+        """The tidy ``domain, metric, value`` table of every evaluation set."""
+        if self.task == "classification":
+            from .evaluation import evaluate
+
+            return evaluate(model, tokenizer, self.evaluation, max_length=max_length)
+        from .qa import evaluate_qa
+
+        return evaluate_qa(model, tokenizer, self.evaluation, max_length=max_length,
+                           stride=min(self.qa_stride, max_length // 2))
 
 
 def _fingerprint(datasets: Mapping[str, Any]) -> str:
@@ -59,6 +93,10 @@ def _fingerprint(datasets: Mapping[str, Any]) -> str:
     for name in sorted(datasets):
         ds = datasets[name]
         h.update(name.encode())
+        if hasattr(ds, "examples"):  # QA: question ids identify the data
+            for ex in ds.examples:
+                h.update(ex.id.encode())
+            continue
         for text, label in zip(ds.texts, ds.labels, strict=True):
             h.update(text.encode("utf-8", "replace"))
             h.update(str(int(label)).encode())
@@ -104,6 +142,51 @@ def make_protocol(data: Any = "movie", *, ood: Sequence[Any] | Mapping[str, Any]
         evaluation[name] = cap(ds)
     fp = _fingerprint({"train": train, "validation": validation, **evaluation})
     return Protocol(train=train, validation=validation, evaluation=evaluation, in_domain=in_name, fingerprint=fp)
+
+
+def make_qa_protocol(data: Any = "squad", *, ood: Sequence[Any] = (), train_group: str = "science",
+                     train_size: int = 2000, val_size: int = 300, eval_size: int | None = 500, split_seed: int = 0,
+                     stride: int = 64) -> Protocol:
+    """Fixed QA subsets: topic groups of SQuAD v1.1 (``data='squad'``) or a random split of any SQuAD file.
+
+    With the packaged SQuAD, the ``train_group`` articles' questions are split (:func:`lnsr_viz.qa.topic_split`)
+    into a training pool and held-out questions; ``train_size`` questions are drawn from the pool, the held-out
+    questions give the validation set (``val_size``) and the in-group test set (the rest, at most ``eval_size``), and
+    every other topic group is an out-of-domain test set (at most ``eval_size`` questions each). With another SQuAD
+    file, its questions are split at random the same way and ``ood`` lists further SQuAD files.
+    """
+    from .qa import load_squad, topic_split
+
+    if isinstance(data, str) and data == "squad":
+        split = topic_split(load_squad("train"), train_group=train_group, held_out=0.3, seed=split_seed)
+        pool, held = split.pop("train"), split.pop(f"test:{train_group}")
+        others = {name.split(":", 1)[1]: ds for name, ds in split.items()}
+        in_name = train_group
+    else:
+        full = data if hasattr(data, "examples") else load_squad(data)
+        perm = np.random.default_rng(split_seed).permutation(len(full))
+        n_held = int(round(0.3 * len(full)))
+        held, pool = full.subset(sorted(perm[:n_held].tolist())), full.subset(sorted(perm[n_held:].tolist()))
+        others = {}
+        for path in ood:
+            ds = path if hasattr(path, "examples") else load_squad(path)
+            others[ds.name] = ds
+        in_name = full.name
+    if train_size > len(pool):
+        raise ValueError(f"train_size={train_size} is larger than the {len(pool)} training questions of {in_name!r}.")
+    train = pool.sample(train_size, seed=split_seed)
+    order = np.random.default_rng(split_seed + 1).permutation(len(held))
+    n_val = min(val_size, len(held) // 2)
+    validation = held.subset(sorted(order[:n_val].tolist()), name=f"{in_name}/validation")
+    test = held.subset(sorted(order[n_val:].tolist()), name=f"{in_name}/test")
+
+    def cap(ds: Any) -> Any:
+        return ds if eval_size is None or len(ds) <= eval_size else ds.sample(eval_size, seed=split_seed)
+
+    evaluation = {in_name: cap(test), **{name: cap(ds) for name, ds in others.items()}}
+    fp = _fingerprint({"train": train, "validation": validation, **evaluation})
+    return Protocol(train=train, validation=validation, evaluation=evaluation, in_domain=in_name, fingerprint=fp,
+                    task="qa", qa_stride=stride)
 
 
 @dataclass
@@ -152,6 +235,122 @@ def _validate(methods: Sequence[str], seeds: Sequence[int], method_params: Mappi
         check_number("seed", s, owner="compare", low=0, integer=True)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One run of a grid: a method with its parameters and a seed (``method='pretrained'``: probe only)."""
+
+    method: str
+    params: Mapping[str, Any]
+    seed: int | None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.method
+
+
+def _split_cfg(train_size: int, val_size: int, eval_size: int | None, split_seed: int,
+               neutral_band: float) -> dict[str, Any]:
+    return {"train_size": train_size, "val_size": val_size, "eval_size": eval_size, "split_seed": split_seed,
+            "neutral_band": neutral_band}
+
+
+def _data_cfg(protocol: Protocol, split: Mapping[str, Any]) -> dict[str, Any]:
+    return {"in_domain": protocol.in_domain, "evaluation": sorted(protocol.evaluation), **split,
+            "fingerprint": protocol.fingerprint}
+
+
+def _probe_cfg(probe: Mapping[str, Any], protocol: Protocol, max_length: int) -> dict[str, Any]:
+    n = min(int(probe["n"]), protocol.n_probe_examples)
+    return {"n": n, "n_draws": probe["n_draws"], "noise": probe["noise"], "scale": probe["scale"],
+            "scale_kind": "relative", "injection_layers": "all", "max_length": max_length}
+
+
+def run_config(job: Job, *, model_label: str, data_cfg: Mapping[str, Any], train: Mapping[str, Any],
+               probe_cfg: Mapping[str, Any], task: str = "classification") -> dict[str, Any]:
+    """The full configuration of one run, as hashed by the run store."""
+    cfg: dict[str, Any] = {"kind": task, "model": model_label, "method": job.method, "seed": job.seed,
+                           "data": dict(data_cfg), "probe": dict(probe_cfg)}
+    if job.method != "pretrained":
+        cfg["method_params"] = get_method(job.method, **dict(job.params)).params()
+        cfg["train"] = dict(train)
+    if job.label and job.label != job.method:  # a named setting of a sweep
+        cfg["label"] = job.label
+    return cfg
+
+
+def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any, train: Mapping[str, Any],
+             probe: Mapping[str, Any], split: Mapping[str, Any], save_checkpoints: bool = False,
+             progress: bool = True, verbose: bool = True, callbacks: Sequence[Any] = ()) -> pd.DataFrame:
+    """Run (or load from ``store``) every job on one data protocol; one row per job.
+
+    A job whose configuration is already stored is loaded, not retrained: this is how interrupted grids resume.
+    """
+    from tqdm.auto import tqdm
+
+    from .models import load_model
+    from .probe import StabilityProbe
+    from .training import FineTuner
+
+    max_length = int(train["max_length"])
+    probe_cfg = _probe_cfg(probe, protocol, max_length)
+    n_labels = protocol.n_labels()
+    model_label = _model_label(model)
+    data_cfg = _data_cfg(protocol, split)
+    prober = StabilityProbe(probe_cfg["noise"], scale=probe_cfg["scale"], n_draws=probe_cfg["n_draws"],
+                            max_length=max_length, seed=0, progress=False)
+    train_kw = {k: train[k] for k in ("epochs", "batch_size", "lr", "max_length", "warmup_ratio", "weight_decay",
+                                      "max_grad_norm")}
+    say = tqdm.write if verbose else (lambda *_a, **_k: None)
+    rows = []
+    outer = tqdm(jobs, desc="runs", unit="run", disable=not progress)
+    for job in outer:
+        cfg = run_config(job, model_label=model_label, data_cfg=data_cfg, train=train_kw, probe_cfg=probe_cfg,
+                         task=protocol.task)
+        what = "pre-trained model" if job.method == "pretrained" else f"{job.name}, seed {job.seed}"
+        if store.exists(cfg):
+            run = store.load(cfg)
+            rows.append({"run_id": run.run_id, "method": job.name, "seed": job.seed, "cached": True,
+                         "seconds": run.extra.get("seconds", float("nan"))})
+            say(f"  {what}: loaded from the run store ({run.run_id})")
+            continue
+        t0 = time.perf_counter()
+        net, tokenizer = load_model(model, task=protocol.task, num_labels=n_labels, seed=job.seed or 0)
+        if not isinstance(model, (str, Path)):  # a user's model object: every run starts from its own copy
+            net = copy.deepcopy(net)
+        extra: dict[str, Any] = {}
+        metrics = pd.DataFrame(columns=["domain", "metric", "value"])
+        history = None
+        if job.method != "pretrained":
+            say(f"  {what}: fine-tuning on {len(protocol.train)} examples ...")
+            tuner = FineTuner(job.method, method_params=dict(job.params), seed=job.seed or 0, progress=progress,
+                              callbacks=list(callbacks), **train_kw)
+            tuner.fit(net, tokenizer, protocol.train, protocol.validation)
+            history = tuner.history_
+            extra["train_seconds"] = tuner.state_.seconds
+            say(f"  {what}: evaluating on {', '.join(protocol.evaluation)} ...")
+            metrics = protocol.evaluate(net, tokenizer, max_length)
+        say(f"  {what}: stability probe ({probe_cfg['n']} examples, {probe_cfg['n_draws']} draws) ...")
+        probe_inputs = protocol.probe_inputs(probe_cfg["n"], tokenizer, max_length, net)
+        profile = prober.run(net, probe_inputs, tokenizer=tokenizer, label=job.name)
+        extra["seconds"] = time.perf_counter() - t0
+        checkpoint_fn = None
+        if save_checkpoints and job.method != "pretrained":
+            def checkpoint_fn(folder: Path, net: Any = net, tokenizer: Any = tokenizer) -> None:
+                from .diagnose import save_checkpoint
+
+                # records the base model in config.json so that `diagnose` can find it later
+                save_checkpoint(net, tokenizer, folder, base_model=model_label)
+        store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, checkpoint_fn=checkpoint_fn)
+        rows.append({"run_id": store.run_id(cfg), "method": job.name, "seed": job.seed, "cached": False,
+                     "seconds": extra["seconds"]})
+        say(f"  {what}: done in {extra['seconds']:.0f} s")
+    outer.close()
+    runs = pd.DataFrame(rows, columns=["run_id", "method", "seed", "cached", "seconds"])
+    runs["seed"] = runs["seed"].astype("Int64")
+    return runs
+
+
 def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] = (1, 2, 3), *,
             model: Any = "minilm", data: Any = "movie", ood: Sequence[Any] | Mapping[str, Any] = ("amazon", "tweets",
                                                                                                   "nyt"),
@@ -162,7 +361,7 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
             probe_noise: str = "gaussian", probe_scale: float = 0.05, results: str | Path = "results",
             split_seed: int = 0, neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label",
             baseline: str = "vanilla", save_checkpoints: bool = False, progress: bool = True,
-            verbose: bool = True) -> ComparisonResult:
+            verbose: bool = True, task: str = "classification", qa_group: str = "science") -> ComparisonResult:
     """Fine-tune each method with each seed, evaluate in / out of domain, probe, and compare over seeds.
 
     Parameters
@@ -191,11 +390,11 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
         The method every other method is compared with, seed by seed.
     progress, verbose : bool
         Progress bars; one status line per run step.
+    task : {'classification', 'qa'}
+        ``'qa'``: extractive question answering; ``data='squad'`` (the packaged SQuAD v1.1 with its topic groups,
+        trained on ``qa_group``) or a SQuAD-format file, ``ood`` further SQuAD files (see :func:`make_qa_protocol`).
     """
-    from tqdm.auto import tqdm
 
-    from .evaluation import evaluate
-    from .probe import StabilityProbe
     from .store import RunStore
     from .training import FineTuner
 
@@ -212,88 +411,34 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
     # Trainer parameters are checked here, before any data or model is loaded.
     FineTuner("vanilla", epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
               warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, progress=False)
+    if task not in ("classification", "qa"):
+        raise ValueError(f"task must be 'classification' or 'qa'; got {task!r}.")
     store = RunStore(results)
-    protocol = make_protocol(data, ood=ood, train_size=train_size, val_size=val_size, eval_size=eval_size,
-                             split_seed=split_seed, neutral_band=neutral_band, text_column=text_column,
-                             label_column=label_column)
-    probe_texts = protocol.probe_texts[:probe_n]
-    n_labels = int(max(protocol.train.labels.max(), *(d.labels.max() for d in protocol.evaluation.values())) + 1)
-    model_label = _model_label(model)
-    data_cfg = {"in_domain": protocol.in_domain, "evaluation": sorted(protocol.evaluation), "train_size": train_size,
-                "val_size": val_size, "eval_size": eval_size, "split_seed": split_seed, "neutral_band": neutral_band,
-                "fingerprint": protocol.fingerprint}
+    if task == "qa":
+        protocol = make_qa_protocol(data, ood=ood, train_group=qa_group, train_size=train_size, val_size=val_size,
+                                    eval_size=eval_size, split_seed=split_seed)
+    else:
+        protocol = make_protocol(data, ood=ood, train_size=train_size, val_size=val_size, eval_size=eval_size,
+                                 split_seed=split_seed, neutral_band=neutral_band, text_column=text_column,
+                                 label_column=label_column)
     train_cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length,
                  "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm}
-    probe_cfg = {"n": len(probe_texts), "n_draws": probe_draws, "noise": probe_noise, "scale": probe_scale,
-                 "scale_kind": "relative", "injection_layers": "all", "max_length": max_length}
-    probe = StabilityProbe(probe_noise, scale=probe_scale, n_draws=probe_draws, max_length=max_length, seed=0,
-                           progress=False)
-
-    def run_config(method: str, seed: int | None) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"kind": "classification", "model": model_label, "method": method, "seed": seed,
-                               "data": data_cfg, "probe": probe_cfg}
-        if method != "pretrained":
-            cfg["method_params"] = get_method(method, **method_params.get(method, {})).params()
-            cfg["train"] = train_cfg
-        return cfg
-
-    jobs = [("pretrained", None)] + [(m, s) for m in methods for s in seeds]
-    say = tqdm.write if verbose else (lambda *_a, **_k: None)
-    rows = []
-    outer = tqdm(jobs, desc="compare", unit="run", disable=not progress)
-    for method, seed in outer:
-        cfg = run_config(method, seed)
-        what = "pre-trained model" if method == "pretrained" else f"{method}, seed {seed}"
-        if store.exists(cfg):
-            run = store.load(cfg)
-            rows.append({"run_id": run.run_id, "method": method, "seed": seed, "cached": True,
-                         "seconds": run.extra.get("seconds", float("nan"))})
-            say(f"  {what}: loaded from the run store ({run.run_id})")
-            continue
-        from .models import load_model
-
-        t0 = time.perf_counter()
-        if isinstance(model, (str, Path)):
-            net, tokenizer = load_model(model, num_labels=n_labels, seed=seed or 0)
-        else:  # an already-built model: every run starts from its own copy of the same weights
-            net, tokenizer = load_model(model, num_labels=n_labels, seed=seed or 0)
-            net = copy.deepcopy(net)
-        extra: dict[str, Any] = {}
-        metrics = pd.DataFrame(columns=["domain", "metric", "value"])
-        history = None
-        if method != "pretrained":
-            say(f"  {what}: fine-tuning on {len(protocol.train)} examples ...")
-            tuner = FineTuner(method, method_params=method_params.get(method, {}), epochs=epochs,
-                              batch_size=batch_size, lr=lr, max_length=max_length, warmup_ratio=warmup_ratio,
-                              weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed or 0,
-                              progress=progress)
-            tuner.fit(net, tokenizer, protocol.train, protocol.validation)
-            history = tuner.history_
-            extra["train_seconds"] = tuner.state_.seconds
-            say(f"  {what}: evaluating on {', '.join(protocol.evaluation)} ...")
-            metrics = evaluate(net, tokenizer, protocol.evaluation, max_length=max_length)
-        say(f"  {what}: stability probe ({len(probe_texts)} sentences, {probe_draws} draws) ...")
-        profile = probe.run(net, probe_texts, tokenizer=tokenizer, label=method)
-        extra["seconds"] = time.perf_counter() - t0
-        checkpoint_fn = None
-        if save_checkpoints and method != "pretrained":
-            def checkpoint_fn(folder: Path, net: Any = net, tokenizer: Any = tokenizer) -> None:
-                from .diagnose import save_checkpoint
-
-                # records the base model in config.json so that `diagnose` can find it later
-                save_checkpoint(net, tokenizer, folder, base_model=model_label)
-        store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, checkpoint_fn=checkpoint_fn)
-        rows.append({"run_id": store.run_id(cfg), "method": method, "seed": seed, "cached": False,
-                     "seconds": extra["seconds"]})
-        say(f"  {what}: done in {extra['seconds']:.0f} s")
-    outer.close()
-
-    runs = pd.DataFrame(rows)
-    runs["seed"] = runs["seed"].astype("Int64")
+    probe_cfg = {"n": probe_n, "n_draws": probe_draws, "noise": probe_noise, "scale": probe_scale}
+    jobs = [Job("pretrained", {}, None)] + [Job(m, method_params.get(m, {}), s) for m in methods for s in seeds]
+    runs = run_jobs(jobs, protocol=protocol, model=model, store=store, train=train_cfg, probe=probe_cfg,
+                    split=_split_cfg(train_size, val_size, eval_size, split_seed, neutral_band),
+                    save_checkpoints=save_checkpoints, progress=progress, verbose=verbose)
+    model_label = _model_label(model)
+    data_cfg = _data_cfg(protocol, _split_cfg(train_size, val_size, eval_size, split_seed, neutral_band))
+    probe_cfg = _probe_cfg(probe_cfg, protocol, max_length)
     result = _collect(store, runs, baseline=baseline, methods=methods)
-    balance = pd.DataFrame([{"domain": name, "n": len(ds), "positive_rate": float(np.mean(ds.labels == 1))}
-                            for name, ds in protocol.evaluation.items()])
-    config = {"model": model_label, "methods": methods, "seeds": seeds, "method_params": {
+    if task == "qa":
+        balance = pd.DataFrame([{"domain": name, "n": len(ds), "articles": len(ds.titles)}
+                                for name, ds in protocol.evaluation.items()])
+    else:
+        balance = pd.DataFrame([{"domain": name, "n": len(ds), "positive_rate": float(np.mean(ds.labels == 1))}
+                                for name, ds in protocol.evaluation.items()])
+    config = {"task": task, "model": model_label, "methods": methods, "seeds": seeds, "method_params": {
         m: get_method(m, **method_params.get(m, {})).params() for m in methods}, "data": data_cfg,
         "train": train_cfg, "probe": probe_cfg, "results": str(results), "baseline": baseline}
     result.config = config
@@ -352,6 +497,8 @@ def build_report(result: ComparisonResult, *, title: str) -> Any:
                                  f"{cfg['data']['in_domain']} examples; methods {', '.join(cfg['methods'])}; "
                                  f"seeds {', '.join(map(str, cfg['seeds']))}")
     in_domain = cfg["data"]["in_domain"]
+    qa = cfg.get("task") == "qa"
+    headline = ["f1", "exact_match"] if qa else ["accuracy", "roc_auc"]
     rep.add_text(
         "Every number on this page comes from the runs listed at the bottom (stored in the run store "
         f"`{cfg['results']}`). Each method was fine-tuned once per seed on the same training subset; the seeds vary "
@@ -359,7 +506,7 @@ def build_report(result: ComparisonResult, *, title: str) -> Any:
         "intervals over seeds and paired tests; a difference whose interval includes zero is **within noise**.",
         heading="What this report shows")
     if len(result.paired):
-        verdicts = result.paired[result.paired["metric"].isin(["accuracy", "roc_auc"])]
+        verdicts = result.paired[result.paired["metric"].isin(headline)]
         lines = "\n".join(f"- **{r.domain}, {r.metric}**: {r.verdict}" for r in verdicts.itertuples())
         rep.add_text(lines, heading="Verdicts in plain words")
     if len(result.profiles):
@@ -376,18 +523,29 @@ def build_report(result: ComparisonResult, *, title: str) -> Any:
                                "A model can look stable here simply by shrinking its representations; compare with "
                                "the relative curve above.")
     if len(result.metrics):
-        for metric, name in (("accuracy", "Accuracy per domain"), ("roc_auc", "ROC AUC per domain")):
+        panels = ((("f1", "F1 per domain"), ("exact_match", "Exact match per domain")) if qa else
+                  (("accuracy", "Accuracy per domain"), ("roc_auc", "ROC AUC per domain")))
+        for metric, name in panels:
             sub = result.metrics[result.metrics["metric"] == metric]
             if len(sub):
                 rep.add_figure(plots.plot_metric_by_domain(result.metrics, metric=metric, in_domain=in_domain),
                                heading=name,
                                caption=f"One dot per seed; the larger marker is the mean with its 95% CI over seeds. "
                                        f"{in_domain} is in-domain (held-out test split); the others are "
-                                       "out-of-domain. ROC AUC ranks examples without a decision threshold, so a "
-                                       "shifted threshold lowers accuracy but not AUC.")
+                                       "out-of-domain. " + (
+                                           "SQuAD's official metrics in percent (answers normalised; the best "
+                                           "match over the reference answers)." if qa else
+                                           "ROC AUC ranks examples without a decision threshold, so a shifted "
+                                           "threshold lowers accuracy but not AUC."))
     if len(result.label_balance):
-        rep.add_table(result.label_balance, heading="Evaluation sets and their label balance",
-                      caption="positive_rate: the fraction of positive examples; accuracy must be read against it.")
+        if qa:
+            rep.add_table(result.label_balance, heading="Evaluation sets",
+                          caption="Questions (n) and articles per evaluation set; the in-domain set holds held-out "
+                                  "questions on the training articles, the others come from other topic groups.")
+        else:
+            rep.add_table(result.label_balance, heading="Evaluation sets and their label balance",
+                          caption="positive_rate: the fraction of positive examples; accuracy must be read "
+                                  "against it.")
     if len(result.history):
         history = result.history.assign(
             train_reg_contribution=result.history["train_loss"] - result.history["train_task_loss"])
@@ -400,8 +558,8 @@ def build_report(result: ComparisonResult, *, title: str) -> Any:
         rep.add_figure(plots.plot_generalisation_gap(result.history), heading="Generalisation gap",
                        caption="Training accuracy minus validation accuracy per epoch; mean and 95% CI over seeds.")
     if len(result.paired):
-        rep.add_figure(plots.plot_paired_differences(result.paired, metric="accuracy", in_domain=in_domain),
-                       heading="Paired differences (accuracy)",
+        rep.add_figure(plots.plot_paired_differences(result.paired, metric=headline[0], in_domain=in_domain),
+                       heading=f"Paired differences ({headline[0]})",
                        caption="Method minus baseline, seed by seed; the bar is the 95% CI of the mean difference. "
                                "Hollow markers: the CI includes zero (within noise).")
         rep.add_table(result.paired[["method", "baseline", "domain", "metric", "n_pairs", "mean_diff", "ci_low",

@@ -9,6 +9,8 @@ inputs checked first with messages that list what is available):
 * :func:`plot_scale_response` -- the change at one layer against the noise scale, with the straight line that a
   purely linear (first-order) response would give: where the small-noise identity holds and where it breaks;
 * :func:`plot_run_costs` -- seconds per run for each method, one dot per seed (what a method costs);
+* :func:`plot_step_costs` -- time per training step and peak memory of each method relative to vanilla, from
+  ``benchmarks/bench_methods.py``;
 * :func:`wrap_title` -- break a long title over lines so it is not cut off in a notebook-wide figure.
 """
 
@@ -37,7 +39,7 @@ from .plots import (
     color_for,
 )
 
-__all__ = ["plot_noise_types", "plot_scale_response", "plot_run_costs", "wrap_title"]
+__all__ = ["plot_noise_types", "plot_scale_response", "plot_run_costs", "plot_step_costs", "wrap_title"]
 
 def wrap_title(fig: go.Figure, *, width: int = 90) -> go.Figure:
     """Return a copy of ``fig`` whose title is broken into lines of at most ``width`` characters.
@@ -337,4 +339,86 @@ def plot_run_costs(
     )
     fig.update_xaxes(title_text="method", tickvals=list(range(len(order))), ticktext=[str(m) for m in order])
     fig.update_yaxes(title_text="seconds per run (wall clock)" if value == "seconds" else value, rangemode="tozero")
+    return fig
+
+
+def plot_step_costs(
+    bench: pd.DataFrame,
+    *,
+    baseline: str = "vanilla",
+    title: str | None = None,
+) -> go.Figure:
+    """Time per training step and peak memory of each method, relative to ``baseline``, side by side.
+
+    Left: the median over rounds of the per-step time ratio to the baseline (measured within each round, so a
+    shared machine's load hits both alike), with the min-max range over rounds. Right: the peak tensor memory a
+    method adds on top of the model's parameters, as a ratio to the baseline's. A dotted line marks 1 (as costly
+    as the baseline).
+
+    Parameters
+    ----------
+    bench : DataFrame
+        One row per method: ``method``, ``time_ratio_median`` and ``memory_ratio``; optionally ``time_ratios``
+        (the per-round ratios, a list per row) for the range. ``benchmarks/bench_methods.py`` writes these rows.
+    baseline : str, default='vanilla'
+        Named in the axis titles; its bars are 1 by construction.
+    title : str, optional
+    """
+    from plotly.subplots import make_subplots
+
+    func = "plot_step_costs"
+    df = _check_frame(bench, "df", func, ["method", "time_ratio_median", "memory_ratio"])
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=("time per training step", "peak memory added by a step"))
+    methods = [str(m) for m in df["method"]]
+    colours = [color_for(m) for m in methods]
+    time_ratio = df["time_ratio_median"].astype(float).to_numpy()
+    if "time_ratios" in df.columns:
+        low = np.array([min(r) if isinstance(r, (list, tuple)) and r else np.nan for r in df["time_ratios"]])
+        high = np.array([max(r) if isinstance(r, (list, tuple)) and r else np.nan for r in df["time_ratios"]])
+    else:
+        low = high = np.full(len(df), np.nan)
+    err_plus = np.where(np.isfinite(high), high - time_ratio, 0.0)
+    err_minus = np.where(np.isfinite(low), time_ratio - low, 0.0)
+    fig.add_trace(
+        go.Bar(
+            x=methods,
+            y=time_ratio,
+            marker={"color": colours},
+            name="time per step",
+            showlegend=False,
+            error_y={"type": "data", "symmetric": False, "array": err_plus, "arrayminus": err_minus,
+                     "color": "#444444"},
+            customdata=np.column_stack([low, high]),
+            hovertemplate=(
+                "<b>%{x}</b><br>time per step = %{y:.2f} x " + baseline
+                + "<br>range over rounds [%{customdata[0]:.2f}, %{customdata[1]:.2f}]<extra></extra>"
+            ),
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Bar(
+            x=methods,
+            y=df["memory_ratio"].astype(float),
+            marker={"color": colours, "opacity": 0.75},
+            name="peak memory",
+            showlegend=False,
+            hovertemplate="<b>%{x}</b><br>peak memory = %{y:.2f} x " + baseline + "<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    for col in (1, 2):
+        fig.add_hline(y=1.0, line_dash="dot", line_color="#888888", row=1, col=col)
+    fig.update_layout(
+        template=TEMPLATE,
+        title={"text": title or f"Cost of each method relative to {baseline}: time per training step (median and "
+                                "range over rounds) and peak memory"},
+        bargap=0.3,
+    )
+    fig.update_xaxes(title_text="method", tickangle=-30)
+    fig.update_yaxes(title_text=f"seconds per step / {baseline}'s (ratio)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text=f"peak step memory / {baseline}'s (ratio)", rangemode="tozero", row=1, col=2)
     return fig

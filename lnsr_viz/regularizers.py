@@ -24,6 +24,29 @@ the penalty ``hidden_size`` times larger), divided by ``||h_l||^2 / hidden_size`
 ``w_l = 1 / (L - k)`` by default, clean targets not detached by default, and the noisy pass replaying the clean
 pass's dropout masks (so the penalty measures the noise's effect, not dropout's).
 The extra cost is one pass over blocks k+1..L and its backward.
+
+Rival methods and combinations
+------------------------------
+The rival methods (L2-SP, Mixout, SMART, R3F, R-Drop, NoisyTune, HyPe, ChildTuning) live in
+:mod:`lnsr_viz.baselines` and are registered in :data:`METHODS` when this module is imported. Methods combine with
+``+`` (``get_method("lnsr+mixout")``, :func:`compose`) where that is meaningful; see :class:`Combined`.
+
+Hooks, in the order a trainer calls them (:class:`~lnsr_viz.training.FineTuner` and
+:class:`~lnsr_viz.hf.RegularizedTrainer` both follow it)::
+
+    setup(model, seed=, rank=, world_size=)     once, before the optimizer is built and before DDP wraps the model
+    setup_data(model, batches)                  once, only if ``needs_data`` (ChildTuning-D's Fisher pass)
+    per step:  compute_loss(model, batch) -> loss.backward() -> after_backward(model)
+               -> gradient clipping -> before_optimizer_step(model) -> optimizer.step()
+    teardown(model)                             once, when training ends (also after an error)
+
+Distributed training: ``setup`` receives the process ``rank`` and ``world_size``. Noise that augments the examples
+(LNSR, SMART, R3F, HyPe; dropout and Mixout masks come from torch's global generator, which the trainer seeds per
+process) is drawn independently per process but reproducibly from the seed; what must be identical on every process
+(NoisyTune's one-off perturbation, ChildTuning's gradient masks) is seeded from the seed alone. Under
+``world_size > 1`` LNSR divides its summed per-token distances by the *global* batch's token count (one all-reduce of
+a scalar per step; token counts are reduced, not means), so that the gradient DistributedDataParallel averages, and
+the mean of the logged values over processes, equal the single-process penalty of the whole batch exactly.
 """
 
 from __future__ import annotations
@@ -486,6 +509,8 @@ class Combined(Method):
             m.teardown(model)
 
     def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
+        # Weight-only terms first: their gradients are then computed last in the backward pass (see L2SP).
+        penalties = [(m, *m.weighted_penalty(model)) for m in self.methods if m.role == "penalty"]
         owner = next((m for m in self.methods if m.role == "forward"), None)
         parts = (owner or Vanilla()).compute_loss(model, inputs)
         loss = parts.loss
@@ -493,12 +518,10 @@ class Combined(Method):
         extras = {f"{owner.name}.{k}": v for k, v in parts.extras.items()} if owner is not None else {}
         if owner is not None:
             extras[f"{owner.name}.reg"] = float(parts.reg_loss)
-        for m in self.methods:
-            if m.role == "penalty":
-                weighted, term = m.weighted_penalty(model)
-                loss = loss + weighted
-                reg = reg + weighted.detach()
-                extras[f"{m.name}.reg"] = float(term.detach())
+        for m, weighted, term in penalties:
+            loss = loss + weighted
+            reg = reg + weighted.detach()
+            extras[f"{m.name}.reg"] = float(term.detach())
         return LossParts(loss=loss, task_loss=parts.task_loss, reg_loss=reg, logits=parts.logits, extras=extras)
 
 

@@ -40,10 +40,10 @@ __all__ = [
 ]
 
 #: Metrics for which a smaller value is the better one; verdicts flip "better"/"worse" for them.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"nll", "ece"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"nll", "ece", "span_loss"})
 #: Metrics for which a larger value is better. Metrics in neither set (``n``, ``positive_rate``, ...) get
 #: "higher"/"lower" without a judgement.
-HIGHER_IS_BETTER: frozenset[str] = frozenset({"accuracy", "macro_f1", "roc_auc"})
+HIGHER_IS_BETTER: frozenset[str] = frozenset({"accuracy", "macro_f1", "roc_auc", "f1", "exact_match"})
 
 SUMMARY_COLUMNS = ("n_seeds", "mean", "sd", "ci_low", "ci_high")
 COMPARISON_COLUMNS = (

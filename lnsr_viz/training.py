@@ -9,13 +9,15 @@ accuracy. Callbacks receive a small, JSON-serialisable :class:`TrainState` at fi
 Per epoch the history records the training loss (total, and its task and regulariser parts, averaged over the
 epoch's steps), the training and validation accuracy and loss measured in eval mode at the end of the epoch
 (dropout off, so the gap is not inflated by dropout), and the generalisation gap = train accuracy - validation
-accuracy.
+accuracy. For question answering (a ``QADataset``) the training items are the sliding windows, and the
+"accuracy" columns hold the SQuAD F1 divided by 100 (a ``score`` column says ``f1``).
 
 Several processes (DistributedDataParallel)
 -------------------------------------------
-The same script runs unchanged under ``torchrun --nproc_per_node N script.py`` or ``accelerate launch
---num_processes N script.py``: when the launcher's environment says ``WORLD_SIZE > 1`` (or a process group already
-exists), :meth:`FineTuner.fit` joins the process group (gloo on CPU, NCCL with one GPU per process,
+The same script runs unchanged under ``torchrun --nproc_per_node N script.py`` (CPU or GPUs) or, on GPUs,
+``accelerate launch --multi_gpu --num_processes N script.py`` (Accelerate's multi-CPU mode launches through
+``mpirun`` instead; use torchrun on CPUs): when the launcher's environment says ``WORLD_SIZE > 1`` (or a process
+group already exists), :meth:`FineTuner.fit` joins the process group (gloo on CPU, NCCL with one GPU per process,
 ``cuda:LOCAL_RANK``), wraps the model in ``DistributedDataParallel`` and gives every process a
 ``DistributedSampler``-style share of each global batch of ``batch_size`` examples (positions ``rank::world_size``;
 every process draws the same shuffled order from the seed). DDP averages the gradients, so a step equals the
@@ -43,6 +45,7 @@ from torch import nn
 
 from ._validation import check_number, check_positive_int
 from .regularizers import LossParts, Method, get_method
+from .tasks import QAData, as_task_data
 
 __all__ = ["FineTuner", "TrainState", "TrainerCallback", "set_seed", "HISTORY_COLUMNS"]
 
@@ -89,12 +92,6 @@ class TrainerCallback:
     def on_train_end(self, state: TrainState, **kwargs: Any) -> None: ...
 
 
-def _prepare(data: Any, name: str) -> Any:
-    from .data import as_dataset
-
-    return as_dataset(data, name=name)
-
-
 def _no_decay(name: str) -> bool:
     lowered = name.lower()
     return lowered.endswith("bias") or "layernorm" in lowered or "layer_norm" in lowered or ".ln_" in lowered
@@ -106,6 +103,8 @@ class FineTuner:
     Parameters
     ----------
     method : str or Method, default='vanilla'
+        A name of ``lnsr_viz.regularizers.METHODS`` (vanilla, lnsr, l2sp, mixout, smart, r3f, rdrop, noisytune, hype,
+        childtuning), a combination such as ``'lnsr+mixout'``, or a Method instance.
     method_params : dict, optional
         Parameters for the method when given by name, e.g. ``{'lam': 10.0, 'injection_layer': 0}``.
     epochs : int, default=4
@@ -163,12 +162,6 @@ class FineTuner:
         self.method_ = get_method(method, **self.method_params)
 
     # ------------------------------------------------------------------ helpers
-    def _collate(self, tokenizer: Any, texts: list[str], labels: np.ndarray, model: nn.Module) -> dict[str, Any]:
-        from .probe import _tokenize
-
-        enc = _tokenize(tokenizer, texts, self.max_length, model)
-        enc["labels"] = torch.as_tensor(labels, dtype=torch.long, device=enc["input_ids"].device)
-        return enc
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -193,11 +186,7 @@ class FineTuner:
             getattr(cb, event)(self.state_, **kwargs)
 
     def _eval(self, model: nn.Module, tokenizer: Any, data: Any) -> tuple[float, float]:
-        from .evaluation import accuracy, nll, predict_proba
-
-        probs = predict_proba(model, tokenizer, data.texts, batch_size=self.eval_batch_size,
-                              max_length=self.max_length)
-        return accuracy(probs, data.labels), nll(probs, data.labels)
+        return data.evaluate(model, tokenizer, batch_size=self.eval_batch_size, max_length=self.max_length)
 
     def _batches(self, tokenizer: Any, data: Any, model: nn.Module, *,
                  shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]:
@@ -208,7 +197,7 @@ class FineTuner:
         order = np.arange(len(data))
         for start in range(0, len(data), self.batch_size):
             idx = shard_indices(order[start:start + self.batch_size], rank, world)
-            yield self._collate(tokenizer, [data.texts[i] for i in idx], data.labels[idx], model)
+            yield data.batch(tokenizer, idx, model, self.max_length)
 
     @staticmethod
     def _wrap(model: nn.Module) -> nn.Module:
@@ -245,16 +234,15 @@ class FineTuner:
     # ------------------------------------------------------------------ fit
     def fit(self, model: nn.Module, tokenizer: Any, train: Any, validation: Any = None) -> FineTuner:
         """Fine-tune ``model`` in place on ``train``; evaluate on ``validation`` after every epoch."""
-        train = _prepare(train, "train")
-        validation = _prepare(validation, "validation") if validation is not None else None
-        n_labels = getattr(getattr(model, "config", None), "num_labels", None)
-        for ds in (train, validation):
-            if ds is not None and n_labels is not None and int(ds.labels.max()) >= n_labels:
-                raise ValueError(f"dataset {ds.name!r} has label {int(ds.labels.max())} but the model has "
-                                 f"num_labels={n_labels}; load the model with num_labels={int(ds.labels.max()) + 1}.")
-        if len(np.unique(train.labels)) < 2:
-            raise ValueError(f"training data {train.name!r} has only one class ({int(train.labels[0])}); "
-                             "classification needs at least two.")
+        train = as_task_data(train, "train")
+        validation = as_task_data(validation, "validation") if validation is not None else None
+        if validation is not None and type(validation) is not type(train):
+            raise ValueError(f"train is {train.task} data but validation is {validation.task} data.")
+        train.check(model, role="train")
+        if validation is not None:
+            validation.check(model, role="validation")
+        if isinstance(train, QAData):
+            train.features(tokenizer, self.max_length)  # the windows are the training items
         if self.early_stopping_patience is not None and validation is None:
             raise ValueError("early_stopping_patience needs validation data: pass validation= to fit().")
 
@@ -302,7 +290,7 @@ class FineTuner:
                     idx = order[step * self.batch_size:(step + 1) * self.batch_size]
                     if world > 1:
                         idx = shard_indices(idx, rank, world)
-                    batch = self._collate(tokenizer, [train.texts[i] for i in idx], train.labels[idx], model)
+                    batch = train.batch(tokenizer, idx, model, self.max_length)
                     try:
                         parts = self.training_step(model, batch, optimizer, train_model=train_model)
                     except FloatingPointError as err:
@@ -333,6 +321,8 @@ class FineTuner:
                     "val_loss": float("nan"),
                     "gap": float("nan"),
                 }
+                if train.score_name != "accuracy":  # QA: the accuracy columns hold F1 / 100
+                    record["score"] = train.score_name
                 if validation is not None:
                     val_acc, val_loss = self._eval(model, tokenizer, validation)
                     record.update(val_accuracy=val_acc, val_loss=val_loss, gap=train_acc - val_acc)
@@ -360,5 +350,7 @@ class FineTuner:
             model.load_state_dict(best_state)
         self.state_.seconds = time.perf_counter() - start_time
         self._emit("on_train_end", model=model)
-        self.history_ = pd.DataFrame(self.state_.history, columns=list(HISTORY_COLUMNS))
+        extra = [c for c in dict.fromkeys(k for row in self.state_.history for k in row) if c not in HISTORY_COLUMNS]
+        # columns added by callbacks (e.g. the collapse guard) come after the standard ones
+        self.history_ = pd.DataFrame(self.state_.history, columns=[*HISTORY_COLUMNS, *extra])
         return self

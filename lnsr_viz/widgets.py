@@ -51,6 +51,7 @@ __all__ = [
     "quick_mode",
     "setup_notebook",
     "results_dir",
+    "reports_dir",
     "comparison_settings",
     "explorer_models",
     "probe_sentences",
@@ -59,6 +60,7 @@ __all__ = [
     "check_checkpoint",
     "default_checkpoint",
     "comparison_protocol",
+    "benchmark_table",
 ]
 
 #: Environment variable that switches the notebooks to their quick setting (tiny models, few sentences/epochs).
@@ -787,6 +789,20 @@ def results_dir(name: str = "demo", *, quick: bool | None = None) -> Path:
     return root / "results" / ("quick" if quick else "") / name
 
 
+def reports_dir(*, quick: bool | None = None) -> Path:
+    """Where the notebooks write HTML reports and exported figures.
+
+    ``$LNSR_VIZ_RESULTS/reports`` if set (``.../quick/reports`` in the quick setting), otherwise
+    ``<project>/reports/notebooks`` (git-ignored), with a ``quick`` subfolder in the quick setting.
+    """
+    quick = quick_mode() if quick is None else quick
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env).expanduser() / ("quick" if quick else "") / "reports"
+    root = _project_root() or Path.cwd()
+    return root / "reports" / "notebooks" / ("quick" if quick else "")
+
+
 def stored_table(table: str = "profile", *, name: str = "demo", quick: bool | None = None) -> pd.DataFrame:
     """One table (``profile``, ``metrics`` or ``history``) of every run in ``results_dir(name)``.
 
@@ -866,6 +882,21 @@ def comparison_protocol(settings: Mapping[str, Any]) -> Any:
     keys = ("train_size", "val_size", "eval_size", "split_seed", "neutral_band", "text_column", "label_column")
     return make_protocol(settings.get("data", "movie"), ood=settings.get("ood", ("amazon", "tweets", "nyt")),
                          **{k: settings[k] for k in keys if k in settings})
+
+
+def benchmark_table(name: str = "bench_methods") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows and the machine / settings of ``benchmarks/results/<name>.json``, or an empty frame if absent.
+
+    ``benchmarks/bench_methods.py`` writes the per-method cost of a training step there.
+    """
+    import json
+
+    root = _project_root()
+    path = (root or Path.cwd()) / "benchmarks" / "results" / f"{name}.json"
+    if not path.is_file():
+        return pd.DataFrame(), {"path": str(path)}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return pd.DataFrame(doc.get("rows", [])), {"path": str(path), **{k: v for k, v in doc.items() if k != "rows"}}
 
 
 def probe_sentences(n: int = 16, *, quick: bool | None = None, domain: str = "movie") -> list[str]:

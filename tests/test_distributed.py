@@ -11,7 +11,8 @@ single-process computations in the test process. Checked:
     tokens) and averaged over processes equals the single-process penalty of the whole batch, while the naive mean
     of the two halves' own penalties does not;
 (c) methods with several forward passes per step (R-Drop, SMART), ChildTuning-D's all-reduced Fisher pass and
-    Mixout's per-process masks run under DDP and leave identical weights on both processes.
+    Mixout's per-process masks run under DDP and leave identical weights on both processes;
+(d) the noise differs between the processes and each process's draws are reproducible from the seed and rank.
 """
 
 from __future__ import annotations
@@ -112,6 +113,11 @@ def _worker(out: Path) -> None:
         dist.all_gather_object(gathered, flat.tolist())
         checks[name] = bool(torch.isfinite(flat).all()) and gathered[0] == gathered[1]
     results["ddp_checks"] = checks
+    lnsr = LNSR()
+    lnsr.setup(tiny_model("bert")[0], seed=7, rank=info.rank, world_size=info.world_size)
+    draws = [None, None]
+    dist.all_gather_object(draws, torch.randn(4, generator=lnsr._generator).tolist())
+    results["noise_draws"] = draws
     if info.is_main:
         (out / "results.json").write_text(json.dumps(results))
     cleanup_distributed()
@@ -155,6 +161,16 @@ def test_lnsr_term_reduced_over_two_processes_equals_the_whole_batch(two_process
     halves = [[texts[i] for i in range(r, len(texts), 2)] for r in range(2)]
     naive = float(np.mean([float(_penalty(h)) for h in halves]))  # mean of the halves' own token means
     assert abs(naive - whole) > 1e-6 * abs(whole)  # ... which is not the same, so the test can fail
+
+
+def test_noise_is_independent_per_process_and_reproducible_from_the_seed(two_processes):
+    _, results = two_processes
+    rank0, rank1 = results["noise_draws"]
+    assert rank0 != rank1
+    for rank, drawn in enumerate((rank0, rank1)):
+        lnsr = LNSR()
+        lnsr.setup(tiny_model("bert")[0], seed=7, rank=rank)
+        assert torch.randn(4, generator=lnsr._generator).tolist() == drawn
 
 
 def test_multi_pass_methods_and_shared_masks_run_under_ddp(two_processes):

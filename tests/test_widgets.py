@@ -22,7 +22,13 @@ import plotly.graph_objects as go
 import pytest
 
 from lnsr_viz import widgets
-from lnsr_viz.notebook_plots import plot_noise_types, plot_run_costs, plot_scale_response, wrap_title
+from lnsr_viz.notebook_plots import (
+    plot_noise_types,
+    plot_run_costs,
+    plot_scale_response,
+    plot_step_costs,
+    wrap_title,
+)
 from lnsr_viz.plots import color_for, plot_stability_curves
 from lnsr_viz.testing import tiny_model, toy_sentences
 from lnsr_viz.widgets import (
@@ -303,6 +309,7 @@ def test_results_dir_and_stored_table(monkeypatch, tmp_path):
     monkeypatch.setenv(widgets.RESULTS_ENV, str(tmp_path))
     assert widgets.results_dir("demo", quick=True) == tmp_path / "quick" / "demo"
     assert widgets.results_dir("demo", quick=False) == tmp_path / "demo"
+    assert widgets.reports_dir(quick=True) == tmp_path / "quick" / "reports"
     assert widgets.stored_table("profile", quick=True).empty
     assert not (tmp_path / "quick").exists()  # looking never creates a store
 
@@ -498,3 +505,30 @@ def test_comparison_protocol(tmp_path):
     protocol = widgets.comparison_protocol(settings)
     assert len(protocol.train) == settings["train_size"] and len(protocol.validation) == settings["val_size"]
     assert set(protocol.evaluation) == {"toy_in", "toy_ood"} and protocol.in_domain == "toy_in"
+
+
+def test_plot_step_costs():
+    bench = pd.DataFrame({"method": ["vanilla", "lnsr", "smart"], "time_ratio_median": [1.0, 1.9, 2.5],
+                          "time_ratios": [[1.0, 1.0], [1.8, 2.0], [2.4, 2.6]], "memory_ratio": [1.0, 1.6, 1.55]})
+    fig = plot_step_costs(bench)
+    time_bar, memory_bar = fig.data
+    assert list(time_bar.y) == [1.0, 1.9, 2.5] and list(memory_bar.y) == [1.0, 1.6, 1.55]
+    assert np.allclose(time_bar.error_y.array, [0.0, 0.1, 0.1])
+    assert list(time_bar.marker.color) == [color_for(m) for m in ("vanilla", "lnsr", "smart")]
+    assert "ratio" in fig.layout.yaxis.title.text and "ratio" in fig.layout.yaxis2.title.text
+    with pytest.raises(ValueError, match="missing column"):
+        plot_step_costs(bench.drop(columns="memory_ratio"))
+
+
+def test_benchmark_table_absent_is_empty(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    rows, info = widgets.benchmark_table("no_such_benchmark")
+    assert rows.empty and info["path"].endswith("no_such_benchmark.json")
+
+
+def test_default_folders_are_under_the_project(monkeypatch):
+    monkeypatch.delenv(widgets.RESULTS_ENV, raising=False)
+    root = widgets._project_root()
+    assert root is not None and (root / "pyproject.toml").is_file()
+    assert widgets.results_dir("demo", quick=False) == root / "results" / "demo"  # shared with `make demo`
+    assert widgets.reports_dir(quick=False) == root / "reports" / "notebooks"  # git-ignored

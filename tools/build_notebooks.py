@@ -71,6 +71,7 @@ from lnsr_viz.widgets import (
     StabilityCurvesDashboard,
     explorer_models,
     probe_sentences,
+    reports_dir,
     results_dir,
     setup_notebook,
     stored_table,
@@ -255,7 +256,7 @@ is still written.
     code("""
 import warnings
 
-out = results_dir("figures") / "01_noise_propagation_curve"
+out = reports_dir() / "figures" / "01_noise_propagation_curve"
 with warnings.catch_warnings(record=True):
     warnings.simplefilter("always")
     written = save_figure(fig_curve, out, formats=("html", "png"))
@@ -302,7 +303,7 @@ from lnsr_viz.widgets import (
     TrainingCurvesDashboard,
     comparison_protocol,
     comparison_settings,
-    results_dir,
+    reports_dir,
     setup_notebook,
     stored_checkpoints,
 )
@@ -424,7 +425,7 @@ else:
 Everything above, as one self-contained interactive HTML file (works offline, plotly.js embedded once).
 """),
     code("""
-report_path = result.report(results_dir("reports") / "02_finetune_with_and_without_lnsr.html")
+report_path = result.report(reports_dir() / "02_finetune_with_and_without_lnsr.html")
 assert report_path.stat().st_size > 50_000
 print(report_path)
 """),
@@ -627,7 +628,7 @@ from lnsr_viz.widgets import (
     comparison_protocol,
     comparison_settings,
     default_checkpoint,
-    results_dir,
+    reports_dir,
     setup_notebook,
 )
 
@@ -736,7 +737,7 @@ attributions
 ## 6 · The report
 """),
     code("""
-report_path = diagnosis.report(results_dir("reports") / "04_diagnosis.html")
+report_path = diagnosis.report(reports_dir() / "04_diagnosis.html")
 assert report_path.stat().st_size > 50_000
 print(report_path)
 """),
@@ -764,16 +765,19 @@ seconds afterwards (every run is stored). Quick setting: about a minute.
 """),
     md(QUICK_NOTE),
     code("""
+from IPython.display import display
+
 from lnsr_viz import compare
-from lnsr_viz.notebook_plots import plot_run_costs, wrap_title
+from lnsr_viz.notebook_plots import plot_run_costs, plot_step_costs, wrap_title
 from lnsr_viz.plots import plot_paired_differences
 from lnsr_viz.regularizers import METHODS
 from lnsr_viz.widgets import (
     MetricsDashboard,
     StabilityCurvesDashboard,
     TrainingCurvesDashboard,
+    benchmark_table,
     comparison_settings,
-    results_dir,
+    reports_dir,
     setup_notebook,
 )
 
@@ -810,6 +814,22 @@ runs.groupby("method")["seconds"].agg(["count", "mean"]).round(1)
 """),
     code("""
 wrap_title(plot_run_costs(runs))
+"""),
+    md("""
+Wall-clock seconds of whole runs depend on what else the machine was doing. `benchmarks/bench_methods.py`
+measures the cost of one training step of each method on MiniLM, interleaved in rounds so that a shared machine's
+load hits every method alike, and reports it as a ratio to vanilla, with the peak memory a step adds. If its
+results file is present it is shown here (run `python benchmarks/bench_methods.py` to make or refresh it).
+"""),
+    code("""
+bench, bench_info = benchmark_table("bench_methods")
+if len(bench):
+    machine = bench_info.get("machine", {})
+    print(f"measured on {machine.get('cpu')} ({machine.get('cores')} cores, torch threads "
+          f"{machine.get('torch_threads')}), settings {bench_info.get('settings')}")
+    display(wrap_title(plot_step_costs(bench)))
+else:
+    print(f"no benchmark results at {bench_info['path']}: run `python benchmarks/bench_methods.py` to measure")
 """),
     md("""
 ## 3 · Stability of every method
@@ -849,7 +869,7 @@ assert training.error is None, training.error
 training
 """),
     code("""
-report_path = result.report(results_dir("reports") / "05_rival_regularisers.html",
+report_path = result.report(reports_dir() / "05_rival_regularisers.html",
                             title="lnsr_viz: LNSR and its rivals")
 print(report_path)
 """),

@@ -6,11 +6,12 @@ VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 >/dev/null 2>&1 && echo python3.11 || echo python3)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BENCH_ARGS ?=
 
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets test demo lint clean lab
+.PHONY: install assets test demo lint clean bench lab
 
 install: $(STAMP)
 
@@ -43,6 +44,10 @@ demo: install assets
 LAB_ARGS ?=
 lab: install assets
 	$(VPY) -m jupyterlab --notebook-dir=notebooks $(LAB_ARGS)
+
+# Speed and memory figures (never timed tests): methods, probe, CKA; BENCH_ARGS="--demo" adds the demo end to end.
+bench: install assets
+	$(VPY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: install
 	$(VPY) -m ruff check .

@@ -13,13 +13,14 @@ __all__ = [
     "ModelAdapter", "GaussianNoise", "InManifoldNoise", "make_noise", "StabilityProbe",
     # methods and training
     "LNSR", "Vanilla", "Method", "LossParts", "get_method", "lnsr_penalty", "FineTuner", "TrainerCallback",
-    "TrainState",
+    "TrainState", "L2SP", "Mixout", "SMART", "R3F", "RDrop", "NoisyTune", "HyPe", "ChildTuning", "Combined",
+    "compose", "RegularizedTrainer", "CollapseGuard",
     # data and models
     "TextDataset", "load_domain", "load_splits", "split_dataset", "subsample", "as_dataset", "load_model",
     "ensure_asset",
     # evaluation, statistics, store, experiments
     "evaluate", "predict_proba", "classification_metrics", "summarize", "paired_comparison", "RunStore",
-    "compare", "ComparisonResult",
+    "compare", "ComparisonResult", "run_sweep", "load_sweep_config", "merge_stores", "select_from_store",
     # analysis: drift, projections, theory, attributions, diagnosis
     "linear_cka", "representation_drift", "weight_distance", "project_representations", "jacobian_norm",
     "small_noise_identity", "hessian_trace", "theory_table", "token_attributions", "attribution_stability",
@@ -47,6 +48,10 @@ _WHERE = {
     "project_representations": "projection", "jacobian_norm": "theory", "small_noise_identity": "theory",
     "hessian_trace": "theory", "theory_table": "theory", "token_attributions": "attribution",
     "attribution_stability": "attribution", "load_squad": "qa", "squad_metrics": "qa", "topic_split": "qa",
+    "L2SP": "baselines", "Mixout": "baselines", "SMART": "baselines", "R3F": "baselines", "RDrop": "baselines",
+    "NoisyTune": "baselines", "HyPe": "baselines", "ChildTuning": "baselines", "Combined": "regularizers",
+    "compose": "regularizers", "RegularizedTrainer": "hf", "CollapseGuard": "collapse", "run_sweep": "sweep",
+    "load_sweep_config": "sweep", "merge_stores": "sweep", "select_from_store": "sweep",
 }
 
 

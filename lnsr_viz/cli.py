@@ -1,4 +1,4 @@
-"""Command line: ``python -m lnsr_viz {probe, compare, demo, assets}`` (also installed as ``lnsr-viz``).
+"""Command line: ``python -m lnsr_viz {probe, compare, demo, sweep, merge, diagnose, assets}`` (``lnsr-viz``).
 
 Every option is checked before any model or data is loaded; errors print one readable line and exit with status 2.
 """
@@ -139,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_options(p, DEMO_SETTINGS)
     p.set_defaults(results="results/demo", out="reports/demo.html")
 
+    p = sub.add_parser("sweep", help="run a grid of methods x parameters x training sizes x seeds",
+                       description="Run (or resume) the grid described by a YAML/TOML file; stored runs are reused. "
+                                   "With --shard i/n only every n-th job from the i-th runs, so shards can run as "
+                                   "separate processes or machines; merge their stores with `merge`. Ends with the "
+                                   "settings chosen on validation accuracy only.")
+    p.add_argument("config", help="the sweep file (.yaml, .yml or .toml)")
+    p.add_argument("--results", default=None, help="run-store folder (default: the file's 'results' or "
+                                                   "results/sweep)")
+    p.add_argument("--shard", default=None, help="i/n: run the i-th of n shards (1-based)")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("merge", help="merge run stores (e.g. sweep shards) into one",
+                       description="Copy every complete run of the given stores into --into; refuses stores written "
+                                   "by different lnsr_viz versions or on different data.")
+    p.add_argument("stores", nargs="+", help="run-store folders")
+    p.add_argument("--into", required=True, help="the destination store")
+
     p = sub.add_parser("assets", help="fetch the offline model and data once")
     p.add_argument("--only", default=None, help="one asset (minilm, vader, squad)")
 
@@ -274,6 +292,27 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .store import RunStore
+    from .sweep import expand, load_sweep_config, parse_shard, run_sweep, select_from_store
+
+    config = load_sweep_config(args.config)
+    i, n = parse_shard(args.shard)
+    jobs = [j for k, j in enumerate(expand(config)) if k % n == i - 1]
+    print(f"{len(jobs)} jobs in shard {i}/{n} of {len(expand(config))}")
+    if args.dry_run:
+        for j in jobs:
+            print(f"  train_size={j.train_size} {j.job.name} seed={j.job.seed}")
+        return 0
+    results = args.results or config.get("results") or "results/sweep"
+    runs = run_sweep(config, results=results, shard=args.shard, progress=not args.quiet)
+    print(f"{int((~runs['cached']).sum())} runs trained, {int(runs['cached'].sum())} loaded from {results}")
+    chosen = select_from_store(RunStore(results))
+    print("\nChosen on validation accuracy only (last epoch, mean over seeds):")
+    print(chosen.to_string(index=False))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -290,6 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_compare(args)
         if args.command == "diagnose":
             return _cmd_diagnose(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
+        if args.command == "merge":
+            from .sweep import merge_stores
+
+            print(f"merged {merge_stores(args.stores, args.into)} runs into {args.into}")
+            return 0
         if args.command == "assets":
             from .assets import ASSETS, ensure_asset
 

@@ -15,6 +15,8 @@ A sweep is described by a small YAML or TOML file::
         lam: [1, 10, 100]
         scale: [0.05, 0.2]
         noise: [gaussian, in_manifold]
+      # or a list of grids whose settings are pooled (one-at-a-time variations):
+      # lnsr: [{lam: [1, 10, 100]}, {lam: 10, noise: in_manifold}, {lam: 10, injection_layer: 3}]
 
 ``expand(config)`` turns it into a list of jobs (train size x method setting x seed), in a fixed order. A job whose
 configuration is stored is loaded, not retrained (resume); ``--shard i/n`` runs every n-th job starting at the i-th
@@ -106,7 +108,19 @@ def validate_config(config: dict[str, Any], *, source: str = "sweep config") -> 
     return config
 
 
-def _settings(method: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _settings(method: str, params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """The method's settings: the product of its parameter lists, or the union of several such grids (a list)."""
+    if isinstance(params, Sequence) and not isinstance(params, str):
+        if not params:
+            raise ValueError(f"method {method!r} has an empty list of grids: the grid would be empty.")
+        out: list[dict[str, Any]] = []
+        for grid in params:
+            for setting in _settings(method, grid):
+                if setting not in out:
+                    out.append(setting)
+        return out
+    if params is not None and not isinstance(params, Mapping):
+        raise ValueError(f"method {method!r}: parameters must be a mapping or a list of mappings; got {params!r}.")
     axes = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in dict(params or {}).items()}
     if any(len(v) == 0 for v in axes.values()):
         raise ValueError(f"method {method!r} has an empty parameter list: the grid would be empty.")

@@ -1,0 +1,64 @@
+"""`make bench`: every benchmark in one run on one machine, figures printed and written as JSON.
+
+Runs, each in its own process (so one's memory does not inflate another's):
+
+1. ``bench_methods.py`` — seconds per training step and peak step memory of every method, as ratios to vanilla;
+2. ``bench_probe.py`` — the stability probe's full profile against the naive re-run-everything baseline, and its
+   memory on 10,000 sentences;
+3. ``bench_drift.py`` at n = 2,000 and n = 10,000 — linear CKA in feature space against the Gram-matrix form;
+4. with ``--demo``: ``python -m lnsr_viz demo`` end to end into a fresh run store (minutes), then again (re-render
+   from the store).
+
+Results go to ``benchmarks/results/*.json`` and a summary ``benchmarks/results/summary.json``. Never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _run(args: list[str]) -> float:
+    print(f"\n$ {' '.join(args)}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, *args], check=True)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run every lnsr_viz benchmark.")
+    parser.add_argument("--demo", action="store_true", help="also time `python -m lnsr_viz demo` end to end")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (a rough look, not for the README)")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(exist_ok=True)
+    reps = "1" if args.quick else "3"
+    summary: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+    summary["methods_s"] = _run([str(HERE / "bench_methods.py"), "--reps", reps,
+                                 "--out", str(RESULTS / "bench_methods.json")])
+    summary["probe_s"] = _run([str(HERE / "bench_probe.py"), "--reps", reps,
+                               "--big", "2000" if args.quick else "10000", "--json", str(RESULTS / "bench_probe.json")])
+    for n in (2000, 10000):
+        summary[f"drift_{n}_s"] = _run([str(HERE / "bench_drift.py"), "--n", str(n), "--reps", reps,
+                                         "--json", str(RESULTS / f"bench_drift_{n}.json")])
+    if args.demo:
+        with tempfile.TemporaryDirectory() as tmp:
+            demo = ["-m", "lnsr_viz", "demo", "--results", f"{tmp}/store", "--out", f"{tmp}/demo.html", "--quiet"]
+            summary["demo_first_s"] = _run(demo)
+            summary["demo_second_s"] = _run(demo)
+        print(f"\ndemo end to end: {summary['demo_first_s']:.0f} s; second call (from the store): "
+              f"{summary['demo_second_s']:.1f} s")
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nwrote {RESULTS}/*.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

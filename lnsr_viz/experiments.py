@@ -311,7 +311,7 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
         if store.exists(cfg):
             run = store.load(cfg)
             rows.append({"run_id": run.run_id, "method": job.name, "seed": job.seed, "cached": True,
-                         "seconds": run.extra.get("seconds", float("nan"))})
+                         "seconds": run.extra.get("seconds", float("nan")), "collapsed": run.extra.get("collapsed")})
             say(f"  {what}: loaded from the run store ({run.run_id})")
             continue
         t0 = time.perf_counter()
@@ -323,11 +323,20 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
         history = None
         if job.method != "pretrained":
             say(f"  {what}: fine-tuning on {len(protocol.train)} examples ...")
+            guards = []
+            if protocol.task == "classification":  # watch the representations' spread (collapse guard)
+                from .collapse import CollapseGuard
+
+                guards = [CollapseGuard(list(protocol.validation.texts[:64]), tokenizer, max_length=max_length)]
             tuner = FineTuner(job.method, method_params=dict(job.params), seed=job.seed or 0, progress=progress,
-                              callbacks=list(callbacks), **train_kw)
+                              callbacks=[*guards, *callbacks], **train_kw)
             tuner.fit(net, tokenizer, protocol.train, protocol.validation)
             history = tuner.history_
             extra["train_seconds"] = tuner.state_.seconds
+            if guards:
+                extra["collapsed"] = bool(guards[0].collapsed)
+                if guards[0].collapsed:
+                    say(f"  {what}: WARNING: the representations collapsed (see the history's collapse columns)")
             say(f"  {what}: evaluating on {', '.join(protocol.evaluation)} ...")
             metrics = protocol.evaluate(net, tokenizer, max_length)
         say(f"  {what}: stability probe ({probe_cfg['n']} examples, {probe_cfg['n_draws']} draws) ...")
@@ -343,10 +352,10 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
                 save_checkpoint(net, tokenizer, folder, base_model=model_label)
         store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, checkpoint_fn=checkpoint_fn)
         rows.append({"run_id": store.run_id(cfg), "method": job.name, "seed": job.seed, "cached": False,
-                     "seconds": extra["seconds"]})
+                     "seconds": extra["seconds"], "collapsed": extra.get("collapsed")})
         say(f"  {what}: done in {extra['seconds']:.0f} s")
     outer.close()
-    runs = pd.DataFrame(rows, columns=["run_id", "method", "seed", "cached", "seconds"])
+    runs = pd.DataFrame(rows, columns=["run_id", "method", "seed", "cached", "seconds", "collapsed"])
     runs["seed"] = runs["seed"].astype("Int64")
     return runs
 
@@ -505,6 +514,12 @@ def build_report(result: ComparisonResult, *, title: str) -> Any:
         "the head initialisation, data order, dropout and noise. Differences are reported with 95% confidence "
         "intervals over seeds and paired tests; a difference whose interval includes zero is **within noise**.",
         heading="What this report shows")
+    collapsed = result.runs[result.runs["collapsed"].fillna(False).astype(bool)] if "collapsed" in result.runs else []
+    if len(collapsed):
+        rep.add_text("**Collapsed runs** (the collapse guard saw the top-layer representations lose their spread; "
+                     "their numbers are in every table and figure below but measure a degenerate model): "
+                     + ", ".join(f"{r.method} seed {r.seed}" for r in collapsed.itertuples()),
+                     heading="Warning: collapsed runs")
     if len(result.paired):
         verdicts = result.paired[result.paired["metric"].isin(headline)]
         lines = "\n".join(f"- **{r.domain}, {r.metric}**: {r.verdict}" for r in verdicts.itertuples())

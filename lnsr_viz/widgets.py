@@ -845,8 +845,9 @@ def check_checkpoint(path: str | os.PathLike[str] | None, *, variable: str = "CH
     deep inside transformers.
     """
     how = (f"Set {variable} in the first code cell (or the environment variable LNSR_VIZ_{variable}) to a folder "
-           "holding config.json and the model weights, e.g. one that notebook 02 stored under "
-           f"{results_dir('demo')}/runs/<run_id>/checkpoint, or any model saved with save_pretrained().")
+           "holding config.json and the model weights (any model saved with save_pretrained()), e.g. one that "
+           f"notebook 02 stored under {results_dir('demo')}/runs/<run_id>/checkpoint. Runs first made by `make demo` "
+           "keep no checkpoints: to get some, set LNSR_VIZ_RESULTS to a fresh folder and run notebook 02.")
     if path is None or str(path).strip() == "":
         raise FileNotFoundError(f"{variable} is not set. {how}")
     folder = Path(path).expanduser()

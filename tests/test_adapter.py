@@ -132,3 +132,24 @@ def test_unknown_architecture_errors_and_explicit_blocks_work():
     assert adapter.n_layers == 2
     with pytest.raises(ValueError, match="not a submodule"):
         ModelAdapter(stack, blocks="nope")
+
+
+@pytest.mark.slow
+def test_replay_is_exact_on_the_packaged_minilm():
+    """The real default model: 6 BERT blocks, hidden 384; replay from every layer reproduces its hidden states."""
+    from lnsr_viz.data import load_domain
+    from lnsr_viz.models import load_model
+
+    model, tok = load_model("minilm")
+    adapter = ModelAdapter(model)
+    assert adapter.n_layers == 6
+    enc = _tokenize(tok, load_domain("movie").texts[:8], 64, model)
+    assert (enc["attention_mask"] == 0).any()
+    with torch.no_grad():
+        cap = adapter.capture(enc)
+        reference = model(**enc, output_hidden_states=True).hidden_states
+        for layer, h in enumerate(reference):
+            torch.testing.assert_close(cap.hidden[layer], h, rtol=0, atol=1e-5)
+        for k in range(6):
+            for i, h in enumerate(adapter.replay(cap, cap.hidden[k], start=k)):
+                torch.testing.assert_close(h, cap.hidden[k + 1 + i], rtol=0, atol=1e-5)

@@ -1,6 +1,6 @@
 """The notebooks in a real JupyterLab, driven by headless Chromium: widgets render, respond, and nothing breaks.
 
-Covered (marked ``browser``; about 2-3 minutes):
+Covered (marked ``browser``; about one minute on two idle cores, two when they are busy):
 
 * a JupyterLab server started here on a free port, with fresh config / runtime / settings / workspace folders, the
   news and update checks off, virtual (windowed) notebook rendering off so every output is in the page, and the
@@ -9,7 +9,8 @@ Covered (marked ``browser``; about 2-3 minutes):
   setting, every cell finished, no Python traceback in any output, no page error, no "Loading widget" left, and
   plotly figures drawn;
 * a real widget interaction: in 01 the noise explorer's injection-layer slider is moved with the keyboard, in 02
-  the metrics dashboard's dropdown is changed, and the FigureWidget's plotted data must change in the page;
+  the metrics dashboard's dropdown is changed, and the FigureWidget's plotted data must change in the page; in 01
+  an impossible combination (the 2-block model with the slider at layer 4) must show the readable message;
 * notebook 04 (it needs a stored checkpoint, which 02 has just made in the same run store): the drift heat-map,
   projection and attribution dashboards render, and the projection's colour dropdown redraws it;
 * screenshots of both (``reports/screenshots/`` by default, ``LNSR_VIZ_SCREENSHOTS`` to choose).
@@ -199,6 +200,16 @@ def test_notebook_01_explorer_responds_in_the_browser(lab, browser):
     folder = _screenshot_dir()
     page.screenshot(path=str(folder / "01_noise_explorer_viewport.png"))
     page.locator(dash).screenshot(path=str(folder / "01_noise_explorer.png"))
+    # An impossible combination in the page: the 2-block model with the slider at its end (layer 4).
+    page.locator(f"{dash} .lnsr-viz-control-model select").select_option("tiny-bert-2")
+    slider.locator(".noUi-handle").click()
+    page.keyboard.press("End")
+    message = page.locator(f"{dash} .lnsr-viz-message")
+    message.wait_for(timeout=30_000)
+    text = message.inner_text()
+    assert "Cannot draw this combination" in text and "above the last layer of 'tiny-bert-2'" in text, text
+    assert "Traceback" not in page.locator(dash).inner_text()
+    page.locator(dash).screenshot(path=str(folder / "01_noise_explorer_message.png"))
     _assert_clean(page, errors, name)
     page.close()
 

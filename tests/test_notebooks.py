@@ -9,7 +9,8 @@ Covered:
   runs that earlier ones stored, as a user would; a failing cell fails the test with the cell's error;
 * no cell writes to stderr a Python traceback (a widget callback error would show up there, not as a failure).
 
-Each notebook is a separate test; all of them together take about 1-2 minutes on two CPU cores.
+Each notebook is a separate test; all of them together take under a minute on two idle CPU cores (2-4 minutes
+when the cores are shared with other jobs).
 """
 
 from __future__ import annotations

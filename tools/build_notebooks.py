@@ -57,8 +57,9 @@ NB01: list[Cell] = [
 * when the response to noise is linear in its size (the small-noise regime the theory of notebook 03 is about);
 * how to explore all of this live with the noise-propagation dashboard, and how to export a figure.
 
-**Time on a laptop CPU:** about 1-2 minutes in the full setting (MiniLM, 32 movie snippets), under 20 s in the
-quick setting. Nothing is trained here; notebook 02 fine-tunes.
+**Time on a laptop CPU:** about half a minute in the full setting (MiniLM, 32 movie snippets: measured 30 s on
+two cores, 2.5 minutes when they were shared with other jobs), about 10 s in the quick setting. Nothing is
+trained here; notebook 02 fine-tunes.
 """),
     md(QUICK_NOTE),
     code("""
@@ -282,10 +283,11 @@ NB02: list[Cell] = [
 * how far fine-tuning moved each layer (representation drift);
 * how to write the whole thing as a self-contained HTML report.
 
-**Time on a laptop CPU:** the full setting trains 6 models (2 methods x 3 seeds, 500 examples, 4 epochs):
-roughly 15-40 minutes the first time, depending on the CPU. The runs are stored; afterwards this notebook loads
-them in seconds. `make demo` uses the same run store, so if you ran it, nothing is retrained. Quick setting: under
-a minute.
+**Time on a laptop CPU:** the first time, the full setting fine-tunes 6 models (2 methods x 3 seeds, 500
+examples, 4 epochs): measured 55 minutes on two CPU cores shared with other jobs (6-12 minutes per run, LNSR runs
+about 1.3x vanilla's). The runs are stored, so afterwards this notebook loads them and finishes in under half a
+minute (measured 17 s). `make demo` uses the same run store: if you ran it, nothing is retrained. Quick setting:
+about 10 s.
 """),
     md(QUICK_NOTE),
     code("""
@@ -450,8 +452,9 @@ NB03: list[Cell] = [
 * how noise stability relates to the generalisation gap and the out-of-domain gap **across runs**, with
   confidence intervals, and why a handful of runs proves little.
 
-**Time on a laptop CPU:** about 5-10 minutes in the full setting once notebook 02's runs are stored (otherwise
-`compare` below trains them first: see notebook 02); under a minute in the quick setting.
+**Time on a laptop CPU:** about 12 minutes in the full setting once notebook 02's runs are stored (measured
+12.5 minutes on two cores, most of it the Hessian traces of the six checkpoints; without stored runs `compare`
+below trains them first, see notebook 02); about 10 s in the quick setting.
 """),
     md(QUICK_NOTE),
     code("""
@@ -507,8 +510,9 @@ stack_identity[["sigma", "noise_sensitivity", "jacobian_fro2", "ratio", "regime"
 Now the pre-trained model (MiniLM; a tiny random BERT in the quick setting), noise on the embedding output,
 *f* = all blocks. Points: the measured noise sensitivity E‖Δ‖²/(σ²T) per token with a 95% CI over sentences;
 dashed line: the Hutchinson estimate of ‖J‖²_F (band ±2 standard errors). The points sit on the line over a wide
-middle range of σ. At large σ they leave it because the network is not linear over the noise (LayerNorm, GELU,
-softmax); at tiny σ float32 round-off in f(h+e) − f(h) dominates.
+range of σ (in the full setting MiniLM's identity holds from about 1e-5 up to 1). For large enough σ they leave it
+because the network is not linear over the noise (LayerNorm, GELU, softmax); at tiny σ float32 round-off in
+f(h+e) − f(h) dominates.
 """),
     code("""
 model, tokenizer = load_model(SETTINGS["model"])
@@ -527,7 +531,7 @@ measure the Jacobian of the upper layers.
 """),
     code("""
 hidden = ModelAdapter(model).hidden_states(tokenizer(texts, padding=True, truncation=True, max_length=64,
-                           return_tensors="pt"))[0]
+                                                     return_tensors="pt"))[0]
 sigma_probe = float(0.05 * hidden.norm(dim=-1).mean() / hidden.shape[-1] ** 0.5)
 print(f"5% relative noise ~ sigma = {sigma_probe:.2g} per coordinate")
 """),
@@ -544,15 +548,18 @@ result = compare(**SETTINGS, save_checkpoints=True, progress=False, verbose=Fals
 protocol = comparison_protocol(SETTINGS)
 train_small = protocol.train.subset(range(min(32, len(protocol.train))))
 checkpoints = stored_checkpoints()
-assert len(checkpoints), "no stored checkpoints: run notebook 02 first (it stores them)"
+if checkpoints.empty:
+    print("No checkpoints stored with these runs (made by `make demo` without --save-checkpoints?): the Jacobian "
+          "norms and Hessian traces need the fine-tuned weights, so they are left out below. Set LNSR_VIZ_RESULTS "
+          "to a fresh folder and run notebook 02 to store runs with checkpoints.")
 measured = pd.DataFrame([
     {"run_id": row.run_id, **theory_measurements(net, train_small, tok, layer=0, n_probes=N_PROBES,
-                       max_length=SETTINGS["max_length"])}
+                                                 max_length=SETTINGS["max_length"])}
     for row in checkpoints.itertuples()
     for net, tok in [load_model(row.path)]
-])
+], columns=["run_id", "jacobian_fro2", "jacobian_fro2_se", "hessian_trace", "hessian_trace_se"])
 checkpoints.merge(measured, on="run_id")[["method", "seed", "jacobian_fro2", "jacobian_fro2_se", "hessian_trace",
-                "hessian_trace_se"]].round(4)
+                                          "hessian_trace_se"]].round(4)
 """),
     md("""
 ## 4 · Across runs: does stability go with generalisation?
@@ -602,8 +609,8 @@ NB04: list[Cell] = [
   representations coloured by label or domain, and token attributions of base and model side by side;
 * how to save it all as one HTML report.
 
-**Time on a laptop CPU:** about 2-5 minutes in the full setting (MiniLM, 600 held-out movie snippets, UMAP of
-400 sentences); under a minute in the quick setting.
+**Time on a laptop CPU:** under a minute in the full setting (MiniLM, 500 training and 600 held-out movie
+snippets, UMAP of 400 sentences: measured 39 s on two cores); about 10 s in the quick setting.
 
 **Your own model:** set `CHECKPOINT` below (or the environment variable `LNSR_VIZ_CHECKPOINT`) to a folder with
 `config.json` and the weights (anything saved with `save_pretrained`), and `DATA` to labelled data: a CSV path with
@@ -729,7 +736,7 @@ for the base (with its untrained head) and the fine-tuned model. Pick a sentence
     code("""
 sentences = list(DATA["held_out"].texts[:6])
 attributions = AttributionDashboard((base, base_tokenizer), (model, tokenizer), sentences, names=("base", "model"),
-          n_steps=16 if QUICK else 32)
+                                    n_steps=16 if QUICK else 32)
 assert attributions.error is None, attributions.error
 attributions
 """),
@@ -760,8 +767,10 @@ NB05: list[Cell] = [
 * that with a few seeds most differences are **within noise**, and how to read that honestly.
 
 **Time on a laptop CPU:** the full setting fine-tunes 8 rival methods x 3 seeds on top of notebook 02's runs
-(which are reused): 24 MiniLM fine-tunings of 5-10 minutes each on a laptop CPU, i.e. 2-4 hours the first time,
-seconds afterwards (every run is stored). Quick setting: about a minute.
+(which are reused): 24 MiniLM fine-tunings, an estimated 4 hours on two CPU cores the first time (from notebook
+02's measured 6-10 minutes per vanilla run and each method's per-step cost relative to vanilla in
+`benchmarks/bench_methods.py`: up to 2.5x for SMART), seconds afterwards (every run is stored). Quick setting:
+about 10 s (16 tiny fine-tunings).
 """),
     md(QUICK_NOTE),
     code("""
@@ -804,9 +813,9 @@ assert set(result.paired["method"]) == set(ALL_METHODS) - {"vanilla"}
 ## 2 · What each method costs
 
 Wall-clock seconds per run (fine-tuning, evaluation and the stability probe), one dot per seed. Methods that add
-a second forward pass (LNSR, SMART, R3F, R-Drop) cost more than those that only change the weights or the
-gradients (L2-SP, Mixout, NoisyTune, Child-Tuning). Runs loaded from the store report the time of the run that
-made them.
+a second forward pass (LNSR, SMART, R3F, R-Drop) cost more than those that only change the weights, the
+gradients or the hidden states of the one pass (L2-SP, Mixout, NoisyTune, HyPe, Child-Tuning). Runs loaded from
+the store report the time of the run that made them.
 """),
     code("""
 runs = result.runs.dropna(subset=["seconds"])
@@ -857,7 +866,7 @@ wrap_title(plot_paired_differences(result.paired, metric="accuracy", in_domain=I
 """),
     code("""
 verdicts = result.paired[result.paired["metric"] == "accuracy"][["method", "domain", "mean_diff", "ci_low",
-                                       "ci_high", "verdict"]]
+                                                                 "ci_high", "verdict"]]
 verdicts.round(4)
 """),
     md("""

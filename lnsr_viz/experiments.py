@@ -423,7 +423,12 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
     if task not in ("classification", "qa"):
         raise ValueError(f"task must be 'classification' or 'qa'; got {task!r}.")
     store = RunStore(results)
+    split = _split_cfg(train_size, val_size, eval_size, split_seed, neutral_band)
     if task == "qa":
+        if isinstance(data, str) and data == "movie":  # the classification defaults mean "the packaged SQuAD"
+            data = "squad"
+        if not isinstance(ood, Mapping) and tuple(ood) == ("amazon", "tweets", "nyt"):
+            ood = ()
         protocol = make_qa_protocol(data, ood=ood, train_group=qa_group, train_size=train_size, val_size=val_size,
                                     eval_size=eval_size, split_seed=split_seed)
     else:
@@ -435,10 +440,9 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
     probe_cfg = {"n": probe_n, "n_draws": probe_draws, "noise": probe_noise, "scale": probe_scale}
     jobs = [Job("pretrained", {}, None)] + [Job(m, method_params.get(m, {}), s) for m in methods for s in seeds]
     runs = run_jobs(jobs, protocol=protocol, model=model, store=store, train=train_cfg, probe=probe_cfg,
-                    split=_split_cfg(train_size, val_size, eval_size, split_seed, neutral_band),
-                    save_checkpoints=save_checkpoints, progress=progress, verbose=verbose)
+                    split=split, save_checkpoints=save_checkpoints, progress=progress, verbose=verbose)
     model_label = _model_label(model)
-    data_cfg = _data_cfg(protocol, _split_cfg(train_size, val_size, eval_size, split_seed, neutral_band))
+    data_cfg = _data_cfg(protocol, split)
     probe_cfg = _probe_cfg(probe_cfg, protocol, max_length)
     result = _collect(store, runs, baseline=baseline, methods=methods)
     if task == "qa":

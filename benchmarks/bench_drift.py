@@ -13,26 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
-
-
-def machine() -> dict[str, object]:
-    """CPU model, cores and torch threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+from machine import machine  # benchmarks/machine.py (scripts run from this folder)
 
 
 def gram_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -36,7 +36,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from machine import machine  # noqa: E402  (benchmarks/machine.py; scripts run from this folder)
 
 from lnsr_viz.adapter import ModelAdapter  # noqa: E402
 from lnsr_viz.regularizers import METHODS, LossParts, Method  # noqa: E402
@@ -73,26 +73,6 @@ class ReplayFloor(Method):
 
 def _method(name: str) -> FineTuner:
     return FineTuner(ReplayFloor() if name == FLOOR else name, progress=False)
-
-
-def _machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
 
 
 def _batch(tokenizer: Any, batch_size: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -215,14 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         if m != FLOOR:
             FineTuner(m)  # unknown names fail here, before any measurement
     device = torch.device(args.device)
-    machine = _machine(device)
+    host = machine(device)
     torch.manual_seed(0)
     pristine, tokenizer = load_model("minilm")
     batch = _batch(tokenizer, args.batch_size, args.seq_len, device)
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with "
-          f"{machine['torch_threads']} threads, device {machine['device']}"
-          + (f" ({machine['gpu']})" if "gpu" in machine else "")
-          + (f", load average {machine['load_average_at_start']}" if "load_average_at_start" in machine else ""))
+    print(f"machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']} with "
+          f"{host['torch_threads']} threads, device {host['device']}"
+          + (f" ({host['gpu']})" if "gpu" in host else "")
+          + (f", load average {host['load_average_at_start']}" if "load_average_at_start" in host else ""))
     print(f"model: all-MiniLM-L6-v2 + 2-class head; batch {args.batch_size} x {args.seq_len} tokens; "
           f"{args.reps} rounds x {args.steps} timed steps (+{args.warmup} warm-up)")
 
@@ -270,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             line += f" {r['memory_added_mib']:.0f} | {r['memory_ratio']:.2f}x |"
         print(line)
     print(f"\nmemory: {next(iter(memory.values()))['how']}" if memory else "")
-    result = {"machine": machine, "settings": {"model": "minilm", "batch_size": args.batch_size,
+    result = {"machine": host, "settings": {"model": "minilm", "batch_size": args.batch_size,
                                                "seq_len": args.seq_len, "reps": args.reps, "steps": args.steps,
                                                "warmup": args.warmup},
               "rows": rows, "seconds_total": time.perf_counter() - t0}

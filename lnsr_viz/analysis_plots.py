@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ._validation import check_choice
-from .plots import FALLBACK_COLORS, METHOD_COLORS, TEMPLATE, color_for
+from .plots import FALLBACK_COLORS, METHOD_COLORS, TEMPLATE, _unique, color_for
 
 __all__ = [
     "plot_drift_heatmap",
@@ -62,16 +62,6 @@ def _check_frame(df: Any, name: str, func: str, required: Sequence[str]) -> pd.D
     if df.empty:
         raise ValueError(f"{func}: {name!r} is empty, so there is nothing to plot.")
     return df
-
-
-def _unique(values: Any) -> list[Any]:
-    """Unique values in order of first appearance, NaN left out, numpy scalars as Python values."""
-    out = []
-    for v in dict.fromkeys(values):
-        if isinstance(v, float) and math.isnan(v):
-            continue
-        out.append(v.item() if isinstance(v, np.generic) else v)
-    return out
 
 
 def _hover_text(text: str, width: int = 60) -> str:

@@ -75,3 +75,25 @@ def check_choice(name: str, value: Any, choices: Iterable[Any], *, owner: str, h
             msg += f" {hint}"
         raise ValueError(msg)
     return value
+
+
+def check_device(device: Any, *, owner: str) -> str | None:
+    """Validate a torch device name (``'cpu'``, ``'cuda'``, ``'cuda:1'``, ``'mps'``) before any work starts."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{owner}: device={device!r} is not a torch device name; use 'cpu', 'cuda' or "
+                         "'cuda:N'.") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{owner}: device={device!r} asks for a GPU but torch sees none "
+                             f"(torch {torch.__version__}); leave the device out to run on the CPU.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{owner}: device={device!r} but torch sees {torch.cuda.device_count()} GPU(s).")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{owner}: device='mps' but the MPS backend is not available here.")
+    return str(dev)

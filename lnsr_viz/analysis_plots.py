@@ -34,6 +34,7 @@ from .plots import FALLBACK_COLORS, METHOD_COLORS, TEMPLATE, _unique, color_for
 
 __all__ = [
     "plot_drift_heatmap",
+    "plot_drift_by_layer",
     "plot_projection",
     "plot_theory_scatter",
     "plot_small_noise_identity",
@@ -391,4 +392,64 @@ def plot_attributions(
     fig.update_layout(template=TEMPLATE, title={"text": title or default}, height=180 + 90 * len(models))
     fig.update_xaxes(title_text="token position", dtick=1)
     fig.update_yaxes(title_text="model · explained class", autorange="reversed")
+    return fig
+
+
+def plot_drift_by_layer(
+    drift: pd.DataFrame,
+    *,
+    metric: str = "cka",
+    color: str = "method",
+    confidence: float = 0.95,
+    title: str | None = None,
+) -> go.Figure:
+    """Drift from the reference model per layer: one line per ``color`` group, mean over seeds with a t-interval band.
+
+    Parameters
+    ----------
+    drift : DataFrame
+        Rows of :func:`lnsr_viz.drift.representation_drift` for several runs, with a ``color`` column (e.g.
+        ``method``) and optionally ``seed`` (e.g. ``ComparisonResult.drift``): ``layer, metric, kind, value``.
+    metric : str, default='cka'
+        One of the metrics present (see :data:`lnsr_viz.drift.DRIFT_METRICS`).
+    color : str, default='method'
+        The column whose values get one line each.
+    confidence : float, default=0.95
+        Of the band over seeds (no band with one seed).
+    title : str, optional
+    """
+    from .drift import DRIFT_METRICS
+    from .plots import _band, _t_interval
+
+    func = "plot_drift_by_layer"
+    df = _check_frame(drift, "drift", func, ["layer", "metric", "kind", "value", color])
+    present = _unique(df["metric"])
+    check_choice("metric", metric, present, owner=func, hint="(the metrics present in the drift table)")
+    sub = df[df["metric"] == metric]
+    kind = str(sub["kind"].iloc[0])
+    fig = go.Figure()
+    for group in _unique(sub[color]):
+        rows = sub[sub[color] == group]
+        layers = sorted(rows["layer"].unique())
+        stats = [_t_interval(rows.loc[rows["layer"] == layer, "value"], confidence) for layer in layers]
+        col = color_for(group)
+        band = _band(layers, [st[1] for st in stats], [st[2] for st in stats], color=col, name=str(group),
+                     group=str(group))
+        if band is not None:
+            fig.add_trace(band)
+        fig.add_trace(go.Scatter(
+            x=layers, y=[st[0] for st in stats], mode="lines+markers", name=str(group), legendgroup=str(group),
+            line={"color": col}, customdata=[[st[3]] for st in stats],
+            hovertemplate=f"{html.escape(str(group))}<br>layer %{{x}}<br>{metric} %{{y:.4f}} "
+                          "(mean of %{customdata[0]} runs)<extra></extra>"))
+    meaning = DRIFT_METRICS.get(metric, (kind, metric))[1]
+    direction = "1 = unchanged" if kind == "similarity" else "0 = unchanged"
+    fig.update_layout(
+        template=TEMPLATE,
+        title=title or f"Drift from the pre-trained model per layer: {metric} ({direction})",
+        xaxis_title="layer (0 = embeddings)",
+        yaxis_title=f"{metric}: {textwrap.shorten(meaning, 60)}",
+        legend_title_text=color,
+    )
+    fig.update_xaxes(dtick=1)
     return fig

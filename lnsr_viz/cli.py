@@ -99,6 +99,8 @@ def _add_compare_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -
     p.add_argument("--results", default="results", help="run-store folder (default: results)")
     p.add_argument("--out", default=None, help="HTML report path (default: RESULTS/report.html)")
     p.add_argument("--save-checkpoints", action="store_true", help="also store each fine-tuned model")
+    p.add_argument("--device", default=None,
+                   help="where to train: cpu (default), cuda, cuda:N; recorded with each run, not part of its key")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -149,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "results/sweep)")
     p.add_argument("--shard", default=None, help="i/n: run the i-th of n shards (1-based)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs and exit")
+    p.add_argument("--device", default=None,
+                   help="where to train: cpu (default), cuda, cuda:N; recorded with each run, not part of its key")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("merge", help="merge run stores (e.g. sweep shards) into one",
@@ -249,12 +253,13 @@ def _run_compare(args: argparse.Namespace) -> int:
         lr=args.lr, max_length=args.max_length, method_params=_params(args.param), probe_n=args.probe_n,
         probe_draws=args.probe_draws, results=args.results, split_seed=args.split_seed,
         neutral_band=args.neutral_band, text_column=args.text_column, label_column=args.label_column,
-        save_checkpoints=args.save_checkpoints, progress=not args.quiet, task=args.task, qa_group=args.qa_group)
+        save_checkpoints=args.save_checkpoints, progress=not args.quiet, task=args.task, qa_group=args.qa_group,
+        device=args.device)
     from .store import atomic_write_csv
 
     tables = Path(args.results) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics", "history", "profiles", "summary", "paired"):
+    for name in ("metrics", "history", "profiles", "summary", "paired", "drift"):
         atomic_write_csv(tables / f"{name}.csv", getattr(result, name))
     path = result.report(args.out)
     if len(result.paired):
@@ -305,7 +310,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  train_size={j.train_size} {j.job.name} seed={j.job.seed}")
         return 0
     results = args.results or config.get("results") or "results/sweep"
-    runs = run_sweep(config, results=results, shard=args.shard, progress=not args.quiet)
+    runs = run_sweep(config, results=results, shard=args.shard, progress=not args.quiet, device=args.device)
     print(f"{int((~runs['cached']).sum())} runs trained, {int(runs['cached'].sum())} loaded from {results}")
     chosen = select_from_store(RunStore(results))
     print("\nChosen on validation accuracy only (last epoch, mean over seeds):")

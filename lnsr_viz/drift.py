@@ -402,6 +402,19 @@ def _vocab(tok: Any) -> dict[str, int] | None:
         return None
 
 
+def _slice_inputs(data: Mapping[str, Any], start: int, stop: int, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Rows ``start:stop`` of pre-tokenized inputs, on the model's device, without labels or inputs it does not take."""
+    import inspect
+
+    params = inspect.signature(_inner(model).forward).parameters
+    device = next(model.parameters()).device
+    return {k: v[start:stop].to(device) for k, v in data.items()
+            if torch.is_tensor(v) and k in params and k not in _LABEL_KEYS}
+
+
+_LABEL_KEYS = ("labels", "start_positions", "end_positions")
+
+
 def _batches(texts: Sequence[str], batch_size: int) -> Iterator[list[str]]:
     for i in range(0, len(texts), batch_size):
         yield list(texts[i:i + batch_size])
@@ -531,8 +544,9 @@ def representation_drift(
         string is loaded with :func:`lnsr_viz.models.load_model` (alias, folder or Hugging Face id).
     model_b : same as ``model_a``
         The model that moved (usually the fine-tuned one).
-    data : sequence of str, TextDataset, CSV path, domain name or DataFrame
-        The sentences both models read.
+    data : sequence of str, TextDataset, CSV path, domain name, DataFrame, or a mapping of token tensors
+        The sentences both models read, or pre-tokenized inputs (a mapping holding an ``input_ids`` tensor, e.g. QA
+        question+context windows); label tensors in it are ignored and "sentences" then means rows (windows).
     tokenizer : tokenizer, optional
         Used for both models unless ``tokenizer_b`` is given; defaults to the tokenizer that came with
         ``model_a`` (a pair or a loaded name).
@@ -588,16 +602,24 @@ def representation_drift(
     names = names or (_model_label(net_a, "model_a"), _model_label(net_b, "model_b"))
     if names[0] == names[1] and net_a is not net_b:
         names = (f"{names[0]} (a)", f"{names[1]} (b)")
-    texts = _texts_from(data)
-    if max_examples is not None:
+    pretokenized = isinstance(data, Mapping) and torch.is_tensor(data.get("input_ids"))
+    if pretokenized:  # token ids both models read as they are (e.g. QA question+context windows)
+        n_total = int(data["input_ids"].shape[0])
+        keep = n_total if max_examples is None else min(
+            n_total, check_positive_int("max_examples", max_examples, owner=owner))
+        texts = [""] * keep  # stands for the windows in the size checks below
+    else:
+        texts = _texts_from(data)
+    if max_examples is not None and not pretokenized:
         texts = texts[: check_positive_int("max_examples", max_examples, owner=owner)]
     if "cka_debiased" in wanted and len(texts) < 4:
         raise ValueError(f"{owner}: debiased CKA needs at least 4 sentences (its unbiased HSIC estimator divides by "
                          f"n(n-3)); got {len(texts)}. Pass more sentences, or metrics= without 'cka_debiased'.")
     if len(texts) < 2 and any(m.startswith("cka") for m in wanted):
         raise ValueError(f"{owner}: CKA needs at least 2 sentences; got {len(texts)}.")
-    check_same_tokenizer(tok_a, tok_b, names=(f"model_a ({names[0]})", f"model_b ({names[1]})"), texts=texts[:64],
-                         max_length=max_length)
+    if not pretokenized:
+        check_same_tokenizer(tok_a, tok_b, names=(f"model_a ({names[0]})", f"model_b ({names[1]})"),
+                             texts=texts[:64], max_length=max_length)
     emb_a = getattr(getattr(_inner(net_a), "config", None), "vocab_size", None)
     emb_b = getattr(getattr(_inner(net_b), "config", None), "vocab_size", None)
     if emb_a is not None and emb_b is not None and emb_a != emb_b:
@@ -623,11 +645,17 @@ def representation_drift(
         net_b.eval()
         try:
             with torch.no_grad():
-                for chunk in tqdm(list(_batches(texts, batch_size)), desc="drift", unit="batch",
-                                  disable=not progress, leave=False):
-                    inputs = _encode(tok_a, chunk, max_length, net_a)
+                chunks = (list(range(0, len(texts), batch_size)) if pretokenized
+                          else list(_batches(texts, batch_size)))
+                for chunk in tqdm(chunks, desc="drift", unit="batch", disable=not progress, leave=False):
+                    if pretokenized:
+                        stop = min(chunk + batch_size, len(texts))
+                        inputs = _slice_inputs(data, chunk, stop, net_a)
+                        inputs_b = inputs if net_b is net_a else _slice_inputs(data, chunk, stop, net_b)
+                    else:
+                        inputs = _encode(tok_a, chunk, max_length, net_a)
+                        inputs_b = inputs if net_b is net_a else _encode(tok_b, chunk, max_length, net_b)
                     cap_a = ad_a.capture(inputs)
-                    inputs_b = inputs if net_b is net_a else _encode(tok_b, chunk, max_length, net_b)
                     cap_b = cap_a if net_b is net_a else ad_b.capture(inputs_b)
                     for la, lb in pairs:
                         ha, hb = cap_a.hidden[la], cap_b.hidden[lb]

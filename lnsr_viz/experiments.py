@@ -69,7 +69,8 @@ class Protocol:
         data = self.evaluation[self.in_domain].subset(range(n))
         feats = prepare_features(data, tokenizer, max_length=max_length, stride=min(self.qa_stride, max_length // 2),
                                  with_labels=False)
-        return feature_batches(feats, list(range(len(feats["input_ids"]))), with_labels=False, model=model)
+        return feature_batches(feats, list(range(len(feats["input_ids"]))), with_labels=False, model=model,
+                               device=next(model.parameters()).device)
 
     def n_labels(self) -> int:
         if self.task != "classification":
@@ -202,6 +203,7 @@ class ComparisonResult:
     config: dict[str, Any]
     label_balance: pd.DataFrame = field(default_factory=pd.DataFrame)
     timings: dict[str, float] = field(default_factory=dict)
+    drift: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def report(self, path: str | Path, *, title: str = "lnsr_viz: fine-tuning with and without LNSR") -> Path:
         """Write the self-contained interactive HTML report and return its path."""
@@ -279,19 +281,35 @@ def run_config(job: Job, *, model_label: str, data_cfg: Mapping[str, Any], train
     return cfg
 
 
+def _reference_model(model: Any, task: str, n_labels: int, device: str | None) -> Any:
+    """The pre-trained model that drift is measured from (its head is never read: drift covers layers 0..L)."""
+    from .models import load_model
+
+    ref, _ = load_model(model, task=task, num_labels=n_labels, seed=0)
+    if device is not None:
+        ref.to(device)
+    return ref.eval()
+
+
 def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any, train: Mapping[str, Any],
              probe: Mapping[str, Any], split: Mapping[str, Any], save_checkpoints: bool = False,
-             progress: bool = True, verbose: bool = True, callbacks: Sequence[Any] = ()) -> pd.DataFrame:
+             progress: bool = True, verbose: bool = True, callbacks: Sequence[Any] = (),
+             device: str | None = None) -> pd.DataFrame:
     """Run (or load from ``store``) every job on one data protocol; one row per job.
 
     A job whose configuration is already stored is loaded, not retrained: this is how interrupted grids resume.
+    ``device`` (e.g. ``'cuda'``) is where each model trains; it is recorded with the run (``extra.json``) but is not
+    part of the run's key, so a stored run is reused whichever device made it.
     """
     from tqdm.auto import tqdm
 
+    from ._validation import check_device
+    from .drift import representation_drift
     from .models import load_model
     from .probe import StabilityProbe
     from .training import FineTuner
 
+    device = check_device(device, owner="run_jobs")
     max_length = int(train["max_length"])
     probe_cfg = _probe_cfg(probe, protocol, max_length)
     n_labels = protocol.n_labels()
@@ -302,6 +320,9 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
     train_kw = {k: train[k] for k in ("epochs", "batch_size", "lr", "max_length", "warmup_ratio", "weight_decay",
                                       "max_grad_norm")}
     say = tqdm.write if verbose else (lambda *_a, **_k: None)
+    reference = None  # the pre-trained model, loaded once when the first fine-tuned run needs it
+    if not isinstance(model, (str, Path)):
+        reference = copy.deepcopy(model).to(device) if device is not None else copy.deepcopy(model)
     rows = []
     outer = tqdm(jobs, desc="runs", unit="run", disable=not progress)
     for job in outer:
@@ -318,7 +339,9 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
         net, tokenizer = load_model(model, task=protocol.task, num_labels=n_labels, seed=job.seed or 0)
         if not isinstance(model, (str, Path)):  # a user's model object: every run starts from its own copy
             net = copy.deepcopy(net)
-        extra: dict[str, Any] = {}
+        if device is not None:
+            net.to(device)
+        extra: dict[str, Any] = {"device": str(next(net.parameters()).device)}
         metrics = pd.DataFrame(columns=["domain", "metric", "value"])
         history = None
         if job.method != "pretrained":
@@ -342,6 +365,12 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
         say(f"  {what}: stability probe ({probe_cfg['n']} examples, {probe_cfg['n_draws']} draws) ...")
         probe_inputs = protocol.probe_inputs(probe_cfg["n"], tokenizer, max_length, net)
         profile = prober.run(net, probe_inputs, tokenizer=tokenizer, label=job.name)
+        drift = None
+        if job.method != "pretrained":  # how far each layer moved from the pre-trained model, on the probe inputs
+            if reference is None:
+                reference = _reference_model(model, protocol.task, n_labels, device)
+            drift = representation_drift(reference, net, probe_inputs, tokenizer, names=("pretrained", job.name),
+                                         max_length=max_length)
         extra["seconds"] = time.perf_counter() - t0
         checkpoint_fn = None
         if save_checkpoints and job.method != "pretrained":
@@ -350,7 +379,8 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
 
                 # records the base model in config.json so that `diagnose` can find it later
                 save_checkpoint(net, tokenizer, folder, base_model=model_label)
-        store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, checkpoint_fn=checkpoint_fn)
+        store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, drift=drift,
+                   checkpoint_fn=checkpoint_fn)
         rows.append({"run_id": store.run_id(cfg), "method": job.name, "seed": job.seed, "cached": False,
                      "seconds": extra["seconds"], "collapsed": extra.get("collapsed")})
         say(f"  {what}: done in {extra['seconds']:.0f} s")
@@ -370,7 +400,8 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
             probe_noise: str = "gaussian", probe_scale: float = 0.05, results: str | Path = "results",
             split_seed: int = 0, neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label",
             baseline: str = "vanilla", save_checkpoints: bool = False, progress: bool = True,
-            verbose: bool = True, task: str = "classification", qa_group: str = "science") -> ComparisonResult:
+            verbose: bool = True, task: str = "classification", qa_group: str = "science",
+            device: str | None = None) -> ComparisonResult:
     """Fine-tune each method with each seed, evaluate in / out of domain, probe, and compare over seeds.
 
     Parameters
@@ -402,8 +433,10 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
     task : {'classification', 'qa'}
         ``'qa'``: extractive question answering; ``data='squad'`` (the packaged SQuAD v1.1 with its topic groups,
         trained on ``qa_group``) or a SQuAD-format file, ``ood`` further SQuAD files (see :func:`make_qa_protocol`).
+    device : str, optional
+        Where to train and evaluate (``'cuda'``, ``'cuda:1'``, ...); default: the CPU. Not part of the run key.
     """
-
+    from ._validation import check_device
     from .store import RunStore
     from .training import FineTuner
 
@@ -422,6 +455,7 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
               warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, progress=False)
     if task not in ("classification", "qa"):
         raise ValueError(f"task must be 'classification' or 'qa'; got {task!r}.")
+    device = check_device(device, owner="compare")
     store = RunStore(results)
     split = _split_cfg(train_size, val_size, eval_size, split_seed, neutral_band)
     if task == "qa":
@@ -440,7 +474,7 @@ def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] =
     probe_cfg = {"n": probe_n, "n_draws": probe_draws, "noise": probe_noise, "scale": probe_scale}
     jobs = [Job("pretrained", {}, None)] + [Job(m, method_params.get(m, {}), s) for m in methods for s in seeds]
     runs = run_jobs(jobs, protocol=protocol, model=model, store=store, train=train_cfg, probe=probe_cfg,
-                    split=split, save_checkpoints=save_checkpoints, progress=progress, verbose=verbose)
+                    split=split, save_checkpoints=save_checkpoints, progress=progress, verbose=verbose, device=device)
     model_label = _model_label(model)
     data_cfg = _data_cfg(protocol, split)
     probe_cfg = _probe_cfg(probe_cfg, protocol, max_length)
@@ -465,10 +499,12 @@ def _collect(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence
     """Gather the stored tables of ``runs`` and compute the statistics over seeds."""
     from .stats import paired_comparison, summarize
 
-    metrics, history, profiles = [], [], []
+    metrics, history, profiles, drifts = [], [], [], []
     for row in runs.itertuples():
         run = store.load(row.run_id)
         ids = {"run_id": row.run_id, "method": row.method, "seed": row.seed}
+        if run.drift is not None and len(run.drift):
+            drifts.append(run.drift.assign(**ids))
         if run.metrics is not None and len(run.metrics):
             metrics.append(run.metrics.assign(**ids))
         if run.history is not None and len(run.history):
@@ -479,6 +515,7 @@ def _collect(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence
         columns=["domain", "metric", "value", "run_id", "method", "seed"])
     history_df = pd.concat(history, ignore_index=True) if history else pd.DataFrame()
     profiles_df = pd.concat(profiles, ignore_index=True) if profiles else pd.DataFrame()
+    drift_df = pd.concat(drifts, ignore_index=True) if drifts else pd.DataFrame()
     scored = metrics_df[~metrics_df["metric"].isin(["n", "positive_rate"])]
     summary = summarize(scored) if len(scored) else pd.DataFrame()
     paired = []
@@ -488,7 +525,7 @@ def _collect(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence
                 paired.append(paired_comparison(scored, method=m, baseline=baseline))
     paired_df = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
     return ComparisonResult(runs=runs, metrics=metrics_df, history=history_df, profiles=profiles_df,
-                            summary=summary, paired=paired_df, config={})
+                            summary=summary, paired=paired_df, config={}, drift=drift_df)
 
 
 def _machine() -> dict[str, Any]:
@@ -576,6 +613,15 @@ def build_report(result: ComparisonResult, *, title: str) -> Any:
                                "history table's train_reg_loss column.")
         rep.add_figure(plots.plot_generalisation_gap(result.history), heading="Generalisation gap",
                        caption="Training accuracy minus validation accuracy per epoch; mean and 95% CI over seeds.")
+    if len(result.drift):
+        from .analysis_plots import plot_drift_by_layer
+
+        rep.add_figure(plot_drift_by_layer(result.drift, metric="cka"), heading="Drift from the pre-trained model",
+                       caption="Linear CKA between each layer's mean-pooled representations of the probe inputs in "
+                               "the pre-trained and the fine-tuned model (1 = unchanged up to rotation and scale); "
+                               "mean and 95% CI over seeds. Layers that fine-tuning moved more sit lower.")
+        rep.add_figure(plot_drift_by_layer(result.drift, metric="weight_distance_rel"), caption=(
+            "The same per layer in weight space: ||W_ft - W_pre||_F / ||W_pre||_F."))
     if len(result.paired):
         rep.add_figure(plots.plot_paired_differences(result.paired, metric=headline[0], in_domain=in_domain),
                        heading=f"Paired differences ({headline[0]})",

@@ -175,8 +175,9 @@ class StabilityProbe:
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         layers = self._layers(adapter)
-        if isinstance(data, Mapping):
-            batches = [dict(data)]
+        if isinstance(data, Mapping):  # pre-tokenized: moved to the model's device (it may be on a GPU)
+            device = next(adapter.model.parameters()).device
+            batches = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in data.items()}]
             n_total = int(next(iter(data.values())).shape[0])
             chunks: list[Any] = [None]
         else:
@@ -235,8 +236,8 @@ class StabilityProbe:
         for k in layers:
             gen = self._generator(chunk, k)
             n_layers_out = adapter.n_layers - k + 1
-            sum_l2 = torch.zeros(n_layers_out, batch, dtype=torch.float64)
-            sum_rel = torch.zeros(n_layers_out, batch, dtype=torch.float64)
+            sum_l2 = torch.zeros(n_layers_out, batch, dtype=torch.float64, device=mask.device)
+            sum_rel = torch.zeros(n_layers_out, batch, dtype=torch.float64, device=mask.device)
             done = 0
             while done < self.n_draws:
                 s = min(draws_per_pass, self.n_draws - done)
@@ -252,7 +253,7 @@ class StabilityProbe:
                 ex = np.arange(offset, offset + batch)
                 rows.append(np.column_stack([
                     ex, np.full(batch, k), np.full(batch, k + i),
-                    (sum_l2[i] / self.n_draws).numpy(), (sum_rel[i] / self.n_draws).numpy(),
+                    (sum_l2[i] / self.n_draws).cpu().numpy(), (sum_rel[i] / self.n_draws).cpu().numpy(),
                 ]))
         return np.concatenate(rows, axis=0)
 

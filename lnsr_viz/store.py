@@ -83,7 +83,8 @@ __all__ = [
 #: Version of the on-disk layout; bump it when the layout changes incompatibly.
 SCHEMA_VERSION = 1
 #: The per-run tables and their file names.
-TABLES: dict[str, str] = {"metrics": "metrics.csv", "history": "history.csv", "profile": "profile.csv"}
+TABLES: dict[str, str] = {"metrics": "metrics.csv", "history": "history.csv", "profile": "profile.csv",
+                          "drift": "drift.csv"}
 _METRICS_COLUMNS = ("domain", "metric", "value")
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _TMP_PREFIX = ".tmp-"
@@ -290,8 +291,8 @@ class Run:
         The configuration as it was hashed (``config_hash(run.config) == run.run_id``).
     metrics : DataFrame
         Tidy ``domain, metric, value``.
-    history, profile : DataFrame or None
-        ``None`` when the run was saved without them.
+    history, profile, drift : DataFrame or None
+        ``None`` when the run was saved without them (``drift``: per-layer drift from the pre-trained model).
     extra : dict
         ``extra=`` of :meth:`RunStore.save` (empty if none).
     meta : dict
@@ -306,6 +307,7 @@ class Run:
     profile: pd.DataFrame | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    drift: pd.DataFrame | None = None
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -484,6 +486,7 @@ class RunStore:
         history: pd.DataFrame | None = None,
         profile: pd.DataFrame | None = None,
         extra: Mapping[str, Any] | None = None,
+        drift: pd.DataFrame | None = None,
         checkpoint_fn: Callable[[Path], None] | None = None,
         overwrite: bool = False,
     ) -> Path:
@@ -495,8 +498,8 @@ class RunStore:
             JSON-serialisable configuration; its :func:`config_hash` is the run id.
         metrics : DataFrame
             Tidy metrics with at least the columns ``domain, metric, value``.
-        history, profile : DataFrame, optional
-            Per-epoch history and stability profile (any columns).
+        history, profile, drift : DataFrame, optional
+            Per-epoch history, stability profile and per-layer drift (any columns).
         extra : mapping, optional
             Any other JSON-serialisable results (numpy values are converted), stored in ``extra.json``.
         checkpoint_fn : callable, optional
@@ -522,7 +525,7 @@ class RunStore:
                 f"metrics must be the tidy table with columns {list(_METRICS_COLUMNS)}; missing {missing} "
                 f"(got {list(metrics.columns)}). lnsr_viz.evaluation.evaluate returns this shape."
             )
-        for name, table in (("history", history), ("profile", profile)):
+        for name, table in (("history", history), ("profile", profile), ("drift", drift)):
             if table is not None and not isinstance(table, pd.DataFrame):
                 raise ValueError(f"{name} must be a pandas DataFrame or None; got {type(table).__name__}.")
         if extra is not None and not isinstance(extra, Mapping):
@@ -551,7 +554,7 @@ class RunStore:
                 "config": plain_config,
             }
             _write_durable(tmp / _CONFIG, _dumps(doc, sort_keys=False))
-            for name, table in (("metrics", metrics), ("history", history), ("profile", profile)):
+            for name, table in (("metrics", metrics), ("history", history), ("profile", profile), ("drift", drift)):
                 if table is not None:
                     _write_durable(tmp / TABLES[name], table.to_csv(index=False, lineterminator="\n"))
             if extra is not None:
@@ -641,6 +644,7 @@ class RunStore:
             profile=tables["profile"],
             extra=extra,
             meta=meta,
+            drift=tables["drift"],
         )
 
     def list_runs(self) -> pd.DataFrame:

@@ -173,10 +173,16 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 
 
 def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, shard: str | None = None,
-              progress: bool = True, verbose: bool = True) -> pd.DataFrame:
-    """Run this shard's jobs of the grid (loading stored ones) and return one row per job."""
+              progress: bool = True, verbose: bool = True, device: str | None = None) -> pd.DataFrame:
+    """Run this shard's jobs of the grid (loading stored ones) and return one row per job.
+
+    ``device`` (e.g. ``'cuda'``) is where the models train; it is a property of the machine, not of the study, so it
+    is not part of the run keys (it is recorded in each run's ``extra.json``).
+    """
+    from ._validation import check_device
     from .store import RunStore
 
+    device = check_device(device, owner="run_sweep")
     i, n = parse_shard(shard)
     root = Path(results or config.get("results") or "results/sweep")
     store = RunStore(root)
@@ -193,7 +199,7 @@ def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, s
         split = _split_cfg(size, config["val_size"], config["eval_size"], config["split_seed"],
                            config["neutral_band"])
         runs = run_jobs(jobs, protocol=protocol, model=config["model"], store=store, train=config["train"],
-                        probe=config["probe"], split=split, progress=progress, verbose=verbose)
+                        probe=config["probe"], split=split, progress=progress, verbose=verbose, device=device)
         frames.append(runs.assign(train_size=size))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

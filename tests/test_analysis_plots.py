@@ -10,6 +10,7 @@ import pytest
 
 from lnsr_viz.analysis_plots import (
     plot_attributions,
+    plot_drift_by_layer,
     plot_drift_heatmap,
     plot_projection,
     plot_small_noise_identity,
@@ -185,3 +186,22 @@ def test_plots_accept_real_outputs():
     texts, _ = toy_sentences(8)
     assert isinstance(plot_drift_heatmap(representation_drift(model, other, texts, tok)), go.Figure)
     assert isinstance(plot_attributions(token_attributions(model, other, texts[0], tok, n_steps=8)), go.Figure)
+
+
+def test_drift_by_layer_plots_the_mean_over_seeds_with_a_band():
+    rows = []
+    for method, base in (("vanilla", 0.9), ("lnsr", 0.95)):
+        for seed, off in ((1, -0.01), (2, 0.0), (3, 0.01)):
+            for layer in range(3):
+                rows.append({"method": method, "seed": seed, "layer": layer, "metric": "cka", "kind": "similarity",
+                             "value": base - 0.1 * layer + off})
+    fig = plot_drift_by_layer(pd.DataFrame(rows))
+    lines = {t.name: t for t in fig.data if t.mode == "lines+markers"}
+    assert set(lines) == {"vanilla", "lnsr"}
+    np.testing.assert_allclose(lines["lnsr"].y, [0.95, 0.85, 0.75])
+    assert len(fig.data) == 4  # a band and a line per method
+    assert "1 = unchanged" in fig.layout.title.text
+    with pytest.raises(ValueError, match="metric"):
+        plot_drift_by_layer(pd.DataFrame(rows), metric="weight_distance")
+    with pytest.raises(ValueError, match="method"):
+        plot_drift_by_layer(pd.DataFrame(rows).drop(columns="method"))

@@ -6,6 +6,7 @@ import copy
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -175,6 +176,20 @@ def test_a_model_against_itself_shows_zero_drift():
         expected = 1.0 if kind == "similarity" else 0.0
         np.testing.assert_allclose(rows["value"], expected, atol=1e-9)
     assert set(df["n_of"]) == {"sentences", "tokens", "parameters"}
+
+
+def test_pretokenized_inputs_give_the_same_drift_as_the_texts():
+    model, tok = tiny_model("bert", n_layers=3)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        moved.bert.encoder.layer[0].output.dense.weight.mul_(1.5)
+    texts, _ = toy_sentences(10)
+    from_texts = representation_drift(model, moved, texts, tok, batch_size=4, max_length=32)
+    enc = dict(tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt"))
+    enc["start_positions"] = torch.zeros(len(texts), dtype=torch.long)  # labels in the mapping are ignored
+    from_ids = representation_drift(model, moved, enc, tok, batch_size=4, max_length=32)
+    pd.testing.assert_frame_equal(from_texts, from_ids, atol=1e-6, rtol=1e-6)
+    assert from_ids.loc[from_ids.metric == "cka", "value"].iloc[-1] < 1.0
 
 
 def test_weight_distance_has_the_known_value_and_only_the_changed_block_moves():

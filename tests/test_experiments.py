@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from lnsr_viz import cli
 from lnsr_viz.experiments import compare
+from lnsr_viz.store import RunStore
 from lnsr_viz.testing import tiny_model, toy_sentences
 from lnsr_viz.training import FineTuner
 
@@ -156,3 +158,27 @@ def test_cli_probe_writes_a_profile(tiny_setup, tmp_path):
     assert set(profile["injection_layer"]) == {0, 1, 2}
     assert html.exists() and not list(tmp_path.glob("*.tmp*"))
     assert Path(out).read_text().startswith("model,injection_layer,layer")
+
+
+def test_runs_store_their_drift_from_the_pretrained_model(tiny_setup, tmp_path):
+    result = compare(["vanilla", "lnsr"], [1, 2], **_small(tiny_setup, tmp_path / "store"))
+    drift = result.drift
+    assert set(drift["method"]) == {"vanilla", "lnsr"} and set(drift["model_a"]) == {"pretrained"}
+    cka = drift[drift["metric"] == "cka"]
+    assert cka["run_id"].nunique() == 4
+    # the embeddings' weights move, but layer 0's representations of the same tokens start identical: CKA < 1
+    # only where fine-tuning changed something; every value is a similarity in [0, 1]
+    assert cka["value"].between(-1e-9, 1 + 1e-9).all()
+    moved = drift[(drift["metric"] == "weight_distance") & (drift["layer"] > 0)]
+    assert (moved["value"] > 0).all()  # every block was trained
+    assert {r.extra["device"] for r in (RunStore(tmp_path / "store").load(i) for i in result.runs["run_id"])} == {
+        "cpu"}
+
+
+def test_a_device_that_is_not_there_is_refused_before_any_work(tiny_setup, tmp_path):
+    with pytest.raises(ValueError, match="not a torch device"):
+        compare(["vanilla"], [1, 2], device="gpu0", **_small(tiny_setup, tmp_path / "s"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees none"):
+            compare(["vanilla"], [1, 2], device="cuda", **_small(tiny_setup, tmp_path / "s"))
+    assert not (tmp_path / "s" / "runs").exists() or not any((tmp_path / "s" / "runs").iterdir())

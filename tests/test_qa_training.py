@@ -72,8 +72,16 @@ def test_compare_runs_qa_end_to_end(qa_setup, tmp_path):
     assert metrics.loc[metrics.metric == "f1", "value"].between(0, 100).all()
     assert set(result.profiles["model"]) == {"pretrained", "vanilla", "lnsr"}
     assert set(result.paired["metric"]) >= {"f1", "exact_match"}
+    # drift from the pre-trained model, per layer, measured on the probe's QA windows, for every fine-tuned run
+    drift = result.drift
+    assert set(drift["method"]) == {"vanilla", "lnsr"} and set(drift["model_a"]) == {"pretrained"}
+    cka = drift[drift.metric == "cka"]
+    assert cka["run_id"].nunique() == 4 and cka.groupby("run_id")["layer"].apply(lambda s: sorted(s) == list(
+        range(len(s)))).all()
+    assert cka["value"].between(-1e-9, 1 + 1e-9).all()
     html = result.report(tmp_path / "qa.html").read_text()
     assert "F1 per domain" in html and "Exact match per domain" in html
+    assert "Drift from the pre-trained model" in html
     again = compare(["vanilla", "lnsr"], [1, 2], task="qa", model=str(root / "model"), data=str(train_path),
                     ood=[str(other)], train_size=16, val_size=6, eval_size=10, epochs=1, batch_size=8,
                     max_length=32, probe_n=4, probe_draws=1, results=tmp_path / "store", progress=False,

@@ -21,6 +21,7 @@ __all__ = [
     # evaluation, statistics, store, experiments
     "evaluate", "predict_proba", "classification_metrics", "summarize", "paired_comparison", "RunStore",
     "compare", "ComparisonResult", "run_sweep", "load_sweep_config", "merge_stores", "select_from_store",
+    "load_study", "write_study",
     # analysis: drift, projections, theory, attributions, diagnosis
     "linear_cka", "representation_drift", "weight_distance", "project_representations", "jacobian_norm",
     "small_noise_identity", "hessian_trace", "theory_table", "token_attributions", "attribution_stability",
@@ -51,7 +52,8 @@ _WHERE = {
     "L2SP": "baselines", "Mixout": "baselines", "SMART": "baselines", "R3F": "baselines", "RDrop": "baselines",
     "NoisyTune": "baselines", "HyPe": "baselines", "ChildTuning": "baselines", "Combined": "regularizers",
     "compose": "regularizers", "RegularizedTrainer": "hf", "CollapseGuard": "collapse", "run_sweep": "sweep",
-    "load_sweep_config": "sweep", "merge_stores": "sweep", "select_from_store": "sweep",
+    "load_sweep_config": "sweep", "merge_stores": "sweep", "select_from_store": "sweep", "load_study": "study",
+    "write_study": "study",
 }
 
 

@@ -155,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to train: cpu (default), cuda, cuda:N; recorded with each run, not part of its key")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("study", help="write the study's write-up (claims a-d) from a sweep's run store",
+                       description="Choose each method's setting on validation accuracy only, test the four LNSR "
+                                   "claims against vanilla seed by seed, and write the markdown write-up, its figure "
+                                   "and the tidy tables. Run the sweep first; nothing is trained here.")
+    p.add_argument("config", help="the sweep file the runs came from")
+    p.add_argument("--results", default=None, help="run-store folder (default: the file's 'results')")
+    p.add_argument("--out", default="docs/study.md", help="markdown output (default: docs/study.md)")
+
     p = sub.add_parser("merge", help="merge run stores (e.g. sweep shards) into one",
                        description="Copy every complete run of the given stores into --into; refuses stores written "
                                    "by different lnsr_viz versions or on different data.")
@@ -318,6 +326,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study import study_claims, write_study
+    from .sweep import load_sweep_config
+
+    config = load_sweep_config(args.config)
+    results = args.results or config.get("results") or "results/sweep"
+    if not (Path(results) / "runs").is_dir():
+        raise ValueError(f"no run store at {results!r}: run `python -m lnsr_viz sweep {args.config}` first.")
+    result = study_claims(results)
+    path = write_study(results, args.out, config=config, config_path=args.config, result=result)
+    for row in result.claims.itertuples():
+        print(f"  ({row.claim}) {row.train_size} examples, {row.setting}: {row.verdict}")
+    print(f"wrote {path} (figure and tables beside it and in {results}/tables)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -336,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_diagnose(args)
         if args.command == "sweep":
             return _cmd_sweep(args)
+        if args.command == "study":
+            return _cmd_study(args)
         if args.command == "merge":
             from .sweep import merge_stores
 

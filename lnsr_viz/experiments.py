@@ -502,7 +502,9 @@ def _collect(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence
     metrics, history, profiles, drifts = [], [], [], []
     for row in runs.itertuples():
         run = store.load(row.run_id)
-        ids = {"run_id": row.run_id, "method": row.method, "seed": row.seed}
+        flag = getattr(row, "collapsed", None)  # None / NaN for probe-only runs and runs without the guard
+        ids = {"run_id": row.run_id, "method": row.method, "seed": row.seed,
+               "collapsed": bool(flag) if isinstance(flag, (bool, np.bool_)) else False}
         if run.drift is not None and len(run.drift):
             drifts.append(run.drift.assign(**ids))
         if run.metrics is not None and len(run.metrics):

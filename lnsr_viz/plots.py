@@ -492,7 +492,8 @@ def plot_metric_by_domain(
     Parameters
     ----------
     metrics : DataFrame
-        Metrics table: ``method, seed, domain, metric, value`` (``run_id`` optional).
+        Metrics table: ``method, seed, domain, metric, value`` (``run_id`` optional; a boolean ``collapsed``
+        column marks the runs whose representations collapsed with a black cross).
     metric : str, default='accuracy'
         Value of the ``metric`` column to plot.
     summary : DataFrame, optional
@@ -512,6 +513,8 @@ def plot_metric_by_domain(
     step = min(0.8 / len(methods), 0.25)
     offsets = _offsets(len(methods), step)
     fig = go.Figure()
+    collapsed_x: list[float] = []
+    collapsed_y: list[float] = []
     for method, off in zip(methods, offsets):
         mcolor = color_for(method)
         dots_x, dots_y, dots_c = [], [], []
@@ -522,10 +525,15 @@ def plot_metric_by_domain(
                 continue
             spread = _offsets(len(g), step * 0.5 / max(len(g) - 1, 1)) if len(g) > 1 else [0.0]
             runs = g["run_id"].astype(str).tolist() if "run_id" in g.columns else [""] * len(g)
-            for s, v, seed, run in zip(spread, g["value"], g["seed"], runs):
+            flags = (g["collapsed"].fillna(False).astype(bool).tolist() if "collapsed" in g.columns
+                     else [False] * len(g))
+            for s, v, seed, run, flag in zip(spread, g["value"], g["seed"], runs, flags):
                 dots_x.append(i + off + s)
                 dots_y.append(float(v))
-                dots_c.append([domain, str(seed), run])
+                dots_c.append([domain, str(seed), run + (" (COLLAPSED)" if flag else "")])
+                if flag:
+                    collapsed_x.append(i + off + s)
+                    collapsed_y.append(float(v))
             mean, low, high, n = _t_interval(g["value"])
             source = f"95% t-interval over {n} seeds (computed here)" if n >= 2 else "single seed: no CI"
             if summ is not None:
@@ -579,6 +587,10 @@ def plot_metric_by_domain(
                 ),
             )
         )
+    if collapsed_x:  # runs the collapse guard flagged (a ``collapsed`` column), marked wherever they appear
+        fig.add_trace(go.Scatter(x=collapsed_x, y=collapsed_y, mode="markers", name="collapsed run",
+                                 marker={"symbol": "x-thin", "size": 11, "line": {"width": 2, "color": "black"}},
+                                 hoverinfo="skip"))
     ticktext = [f"{d} (in-domain)" if d == in_domain else str(d) for d in domains]
     if len(domains) > 1 and domains[0] == in_domain:
         fig.add_vline(x=0.5, line_dash="dot", line_color="#BBBBBB", annotation_text="out-of-domain →")

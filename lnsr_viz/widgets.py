@@ -789,6 +789,16 @@ def results_dir(name: str = "demo", *, quick: bool | None = None) -> Path:
     return root / "results" / ("quick" if quick else "") / name
 
 
+def study_dir(name: str = "study") -> Path:
+    """The committed study's run store: ``<project>/results/<name>`` (written by ``python -m lnsr_viz sweep``)."""
+    root = _project_root() or Path.cwd()
+    path = root / "results" / name
+    if not (path / "runs").is_dir():
+        raise FileNotFoundError(f"no study run store at {path}: run `python -m lnsr_viz sweep configs/study.yaml` "
+                                "(about 2 hours on 2 CPU cores) or check out the committed results/study folder.")
+    return path
+
+
 def reports_dir(*, quick: bool | None = None) -> Path:
     """Where the notebooks write HTML reports and exported figures.
 

@@ -592,3 +592,16 @@ def test_save_figure_failed_write_leaves_old_file(tmp_path, monkeypatch):
 def test_save_figure_rejects_unknown_format(tmp_path):
     with pytest.raises(ValueError, match=r"The 'formats' parameter of save_figure must be one of"):
         save_figure(go.Figure(), tmp_path / "f", formats=("gif",))
+
+
+def test_metric_by_domain_marks_collapsed_runs():
+    rows = [{"method": m, "seed": s, "domain": d, "metric": "accuracy", "value": 0.5 + 0.01 * s,
+             "collapsed": m == "lnsr" and s == 2}
+            for m in ("vanilla", "lnsr") for s in (1, 2, 3) for d in ("movie", "amazon")]
+    fig = plot_metric_by_domain(pd.DataFrame(rows), in_domain="movie")
+    crosses = [t for t in fig.data if t.name == "collapsed run"]
+    assert len(crosses) == 1 and list(crosses[0].y) == [0.52, 0.52]  # the collapsed run in both domains
+    dots = next(t for t in fig.data if t.name == "lnsr (seeds)")
+    assert sum("COLLAPSED" in c[2] for c in dots.customdata) == 2
+    clean = plot_metric_by_domain(pd.DataFrame(rows).drop(columns="collapsed"), in_domain="movie")
+    assert not [t for t in clean.data if t.name == "collapsed run"]

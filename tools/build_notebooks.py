@@ -884,12 +884,108 @@ print(report_path)
 """),
 ]
 
+# ------------------------------------------------------------------------------------------------------------------
+# 06
+
+NB06: list[Cell] = [
+    md("""
+# 06 · The study: where LNSR helps and where it does not
+
+**What you will learn**
+
+* what the committed study (`configs/study.yaml`: vanilla and seven LNSR settings, 100 and 500 training
+  examples, 5 seeds each) says about the paper's four claims: (a) lower top-layer noise sensitivity, (b) higher
+  in-domain accuracy with few examples, (c) lower variance over seeds, (d) better out-of-domain accuracy;
+* how the settings were chosen without peeking (validation accuracy only), and what every setting did;
+* whether a model that is less sensitive to noise is also better out of domain, run by run;
+* how to run the same study on your own model and data.
+
+**Time on a laptop CPU:** seconds. Nothing is trained here: the notebook reads the committed run store
+`results/study` (the sweep itself took the CPU hours stated in `docs/study.md`).
+
+This notebook reads the same runs in the quick setting: there is nothing to make quicker.
+"""),
+    code("""
+from IPython.display import Markdown, display
+
+from lnsr_viz.study import load_study, plot_sensitivity_vs_ood
+from lnsr_viz.widgets import FigureDashboard, setup_notebook, study_dir
+
+QUICK = setup_notebook()
+STUDY = study_dir()
+study = load_study(STUDY)
+cost = study.cost
+print(f"{cost['runs']} fine-tuning runs in {STUDY}; their own wall-clock times sum to "
+      f"{cost['run_seconds_sum'] / 3600:.2f} h")
+"""),
+    md("""
+## 1 · The selection rule
+
+Per training-set size, the LNSR setting with the best mean **validation** accuracy (last epoch, over seeds) is
+chosen; test and out-of-domain numbers are read only afterwards (`lnsr_viz.sweep.select_settings`).
+"""),
+    code("""
+study.chosen
+"""),
+    md("""
+## 2 · The four claims
+
+Each row compares the chosen LNSR setting with vanilla, seed by seed. `effect` is the mean paired difference
+(LNSR - vanilla) with its 95% CI for (a), (b) and (d), and the ratio of the standard deviations over seeds for (c).
+*Supported* / *contradicted*: the CI excludes zero in / against the claimed direction; otherwise *not shown*.
+"""),
+    code("""
+cols = ["claim", "statement", "train_size", "setting", "baseline_mean", "method_mean", "effect", "ci_low",
+        "ci_high", "p_value", "verdict"]
+study.claims[cols].round(4)
+"""),
+    md("""
+## 3 · Noise sensitivity against out-of-domain accuracy, run by run
+
+One marker per run: colour = setting, shape = training-set size; crosses mark runs whose representations
+collapsed. Choose other columns of the runs table for either axis.
+"""),
+    code("""
+numeric = [c for c in ["top_sensitivity", "ood_accuracy", "ood_roc_auc", "accuracy", "roc_auc", "val_accuracy",
+                       "reg_to_task_ratio", "repr_effective_rank"] if c in study.runs]
+scatter = FigureDashboard(plot_sensitivity_vs_ood, study.runs,
+                          choices={"x": numeric, "y": [numeric[1], *[c for c in numeric if c != numeric[1]]]})
+assert scatter.error is None, scatter.error
+scatter
+"""),
+    md("""
+## 4 · Every setting, and the label balance of the evaluation sets
+"""),
+    code("""
+study.settings.round(4)
+"""),
+    code("""
+study.balance
+"""),
+    md("""
+## 5 · The write-up
+
+`docs/study.md` is generated from the same store by `python -m lnsr_viz study configs/study.yaml`; it is shown
+below as committed. To run the study on your own model or data, copy `configs/study.yaml`, change `model`, `data`
+and `ood`, and run `python -m lnsr_viz sweep YOUR.yaml` (add `--shard 1/2` and `2/2` to use two processes or
+machines, then `merge`), then `python -m lnsr_viz study YOUR.yaml --out your-study.md`.
+"""),
+    code("""
+doc = STUDY.parent.parent / "docs" / "study.md"
+if doc.is_file():
+    display(Markdown(doc.read_text(encoding="utf-8").replace("](study-", "](../docs/study-")))
+else:
+    print(f"{doc} is not there yet: run `python -m lnsr_viz study configs/study.yaml`")
+"""),
+]
+
 NOTEBOOKS_SPEC: dict[str, list[Cell]] = {
     "01_noise_propagation.ipynb": NB01,
     "02_finetune_with_and_without_lnsr.ipynb": NB02,
     "03_theory_to_practice.ipynb": NB03,
     "04_diagnose_your_model.ipynb": NB04,
     "05_rival_regularisers.ipynb": NB05,
+    "06_study.ipynb": NB06,
 }
 
 

@@ -149,8 +149,22 @@ def _draw(shape: torch.Size, like: torch.Tensor, generator: torch.Generator, kin
     return out.to(device=like.device, dtype=like.dtype)
 
 
+def _prediction_logits(out: Any) -> torch.Tensor | None:
+    """The predicted distributions' logits: ``logits`` (batch, classes), or for extractive QA the start and end
+    logits stacked along the batch, ``(2 * batch, tokens)``: each example then contributes two distributions over
+    token positions (where the answer starts and where it ends), and divergences average over both."""
+    logits = _logits(out)
+    if logits is not None:
+        return logits
+    get = out.get if isinstance(out, Mapping) else (lambda k: getattr(out, k, None))
+    start, end = get("start_logits"), get("end_logits")
+    if start is not None and end is not None:
+        return torch.cat([start, end], dim=0)
+    return None
+
+
 def _logits_of(model: nn.Module, inputs: Mapping[str, Any], owner: str) -> torch.Tensor:
-    logits = _logits(model(**inputs))
+    logits = _prediction_logits(model(**inputs))
     if logits is None:
         raise ValueError(f"{owner} compares predictions and needs a model that returns logits.")
     return logits
@@ -550,7 +564,7 @@ class SMART(Method):
                 out = torch.func.functional_call(inner, params, args=(), kwargs=dict(inputs), strict=False)
         finally:
             inner.train(was_training)
-        logits = _logits(out)
+        logits = _prediction_logits(out)
         assert logits is not None
         return logits
 
@@ -568,9 +582,10 @@ class SMART(Method):
 
     def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
         loss, out = _task_forward(model, inputs)
-        logits = _logits(out)
+        logits = _prediction_logits(out)
         if logits is None:
-            raise ValueError("SMART compares predictions and needs a model that returns logits.")
+            raise ValueError("SMART compares predictions and needs a model that returns logits (or start and end "
+                             "logits).")
         _, v = self.adversarial_perturbation(model, inputs, logits)
         with _perturbed_embeddings(model, lambda e: e + v, "SMART"):
             adv = _logits_of(model, _without_labels(inputs), "SMART")
@@ -582,8 +597,8 @@ class SMART(Method):
             breg = self.divergence(logits, teacher)
             total = total + self.mu * breg
             extras["bregman"] = float(breg.detach())
-        return LossParts(loss=total, task_loss=loss.detach(), reg_loss=reg.detach().to(loss.dtype), logits=logits,
-                         extras=extras)
+        return LossParts(loss=total, task_loss=loss.detach(), reg_loss=reg.detach().to(loss.dtype),
+                         logits=_logits(out), extras=extras)
 
 
 # ---------------------------------------------------------------------------------------------------- R3F
@@ -629,9 +644,10 @@ class R3F(Method):
             self.setup(model, seed=self.seed or 0)
         assert self._generator is not None
         loss, out = _task_forward(model, inputs)
-        logits = _logits(out)
+        logits = _prediction_logits(out)
         if logits is None:
-            raise ValueError("R3F compares predictions and needs a model that returns logits.")
+            raise ValueError("R3F compares predictions and needs a model that returns logits (or start and end "
+                             "logits).")
         if _regression(logits):
             reg = torch.zeros((), device=loss.device)
         else:
@@ -644,7 +660,7 @@ class R3F(Method):
                 noised = _logits_of(model, _without_labels(inputs), "R3F")
             reg = symmetric_kl(noised, logits)
         return LossParts(loss=loss + self.lam * reg, task_loss=loss.detach(), reg_loss=reg.detach().to(loss.dtype),
-                         logits=logits)
+                         logits=_logits(out))
 
 
 # ---------------------------------------------------------------------------------------------------- R-Drop
@@ -680,9 +696,10 @@ class RDrop(Method):
     def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
         loss1, out1 = _task_forward(model, inputs)
         loss2, out2 = _task_forward(model, inputs)
-        a, b = _logits(out1), _logits(out2)
+        a, b = _prediction_logits(out1), _prediction_logits(out2)
         if a is None or b is None:
-            raise ValueError("R-Drop compares predictions and needs a model that returns logits.")
+            raise ValueError("R-Drop compares predictions and needs a model that returns logits (or start and end "
+                             "logits).")
         if _regression(a):
             reg = (a.float() - b.float()).pow(2).sum()
             reg = reg / a.shape[0] if self.reduction == "batchmean" else reg
@@ -690,7 +707,7 @@ class RDrop(Method):
             reg = 0.5 * symmetric_kl(a, b, reduction=self.reduction)
         task = 0.5 * (loss1 + loss2)
         return LossParts(loss=task + self.alpha * reg, task_loss=task.detach(), reg_loss=reg.detach().to(task.dtype),
-                         logits=a)
+                         logits=_logits(out1))
 
 
 # ---------------------------------------------------------------------------------------------------- NoisyTune

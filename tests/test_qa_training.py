@@ -88,3 +88,42 @@ def test_compare_runs_qa_end_to_end(qa_setup, tmp_path):
                     verbose=False)
     assert again.runs["cached"].all()
     pd.testing.assert_frame_equal(result.metrics, again.metrics)
+
+
+@pytest.mark.parametrize("method", [m for m in __import__("lnsr_viz.regularizers", fromlist=["METHODS"]).METHODS])
+def test_every_method_trains_a_qa_model(qa_setup, method):
+    """One interface: each regulariser runs on an AutoModelForQuestionAnswering model (start/end logits)."""
+    import math
+
+    root, train_path, _ = qa_setup
+    model, tok = tiny_model("bert", task="qa", seed=0)
+    data = load_squad(train_path)
+    tuner = FineTuner(method, epochs=1, batch_size=8, lr=1e-3, max_length=32, progress=False, seed=1)
+    tuner.fit(model, tok, data.subset(range(16)), data.subset(range(30, 36)))
+    h = tuner.history_
+    assert len(h) == 1 and math.isfinite(h["train_loss"].iloc[0]) and h["train_reg_loss"].iloc[0] >= 0
+    assert h["val_accuracy"].between(0, 1).all()
+
+
+def test_prediction_divergences_on_qa_use_the_start_and_end_distributions(qa_setup):
+    import torch
+
+    from lnsr_viz.baselines import RDrop, _prediction_logits, symmetric_kl
+    from lnsr_viz.qa import feature_batches, prepare_features
+
+    _, train_path, _ = qa_setup
+    model, tok = tiny_model("bert", task="qa", seed=0)
+    data = load_squad(train_path).subset(range(6))
+    batch = feature_batches(prepare_features(data, tok, max_length=32, stride=16), list(range(6)), model=model)
+    out = model(**{k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")})
+    stacked = _prediction_logits(out)
+    assert stacked.shape == (12, out.start_logits.shape[1])
+    torch.testing.assert_close(stacked[:6], out.start_logits)
+    torch.testing.assert_close(stacked[6:], out.end_logits)
+    model.eval()  # dropout off: the two passes agree and R-Drop's term is exactly zero
+    assert float(RDrop(alpha=1.0).compute_loss(model, batch).reg_loss) == 0.0
+    model.train()
+    parts = RDrop(alpha=1.0, reduction="batchmean").compute_loss(model, batch)
+    assert float(parts.reg_loss) > 0
+    other = torch.randn_like(stacked)
+    assert float(symmetric_kl(stacked.detach(), other)) > 0  # batchmean over 12 distributions: start and end

@@ -7,7 +7,9 @@ Runs, each in its own process (so one's memory does not inflate another's):
    memory on 10,000 sentences;
 3. ``bench_drift.py`` at n = 2,000 and n = 10,000 — linear CKA in feature space against the Gram-matrix form;
 4. with ``--demo``: ``python -m lnsr_viz demo`` end to end into a fresh run store (minutes), then again (re-render
-   from the store).
+   from the store);
+5. with ``--qa``: ``bench_qa.py`` — the QA comparison's training steps, evaluation and probe on this CPU, and the
+   projected wall time of the README's QA command.
 
 Results go to ``benchmarks/results/*.json`` and a summary ``benchmarks/results/summary.json``. Never a test.
 """
@@ -36,6 +38,7 @@ def _run(args: list[str]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every lnsr_viz benchmark.")
     parser.add_argument("--demo", action="store_true", help="also time `python -m lnsr_viz demo` end to end")
+    parser.add_argument("--qa", action="store_true", help="also measure the QA comparison's cost (bench_qa.py)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a rough look, not for the README)")
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in (2000, 10000):
         summary[f"drift_{n}_s"] = _run([str(HERE / "bench_drift.py"), "--n", str(n), "--reps", reps,
                                          "--json", str(RESULTS / f"bench_drift_{n}.json")])
+    if args.qa:
+        summary["qa_s"] = _run([str(HERE / "bench_qa.py"), "--out", str(RESULTS / "bench_qa.json")])
     if args.demo:
         with tempfile.TemporaryDirectory() as tmp:
             demo = ["-m", "lnsr_viz", "demo", "--results", f"{tmp}/store", "--out", f"{tmp}/demo.html", "--quiet"]

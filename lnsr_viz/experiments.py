@@ -321,8 +321,10 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
                                       "max_grad_norm")}
     say = tqdm.write if verbose else (lambda *_a, **_k: None)
     reference = None  # the pre-trained model, loaded once when the first fine-tuned run needs it
-    if not isinstance(model, (str, Path)):
-        reference = copy.deepcopy(model).to(device) if device is not None else copy.deepcopy(model)
+    if not isinstance(model, (str, Path)):  # a user's model object: drift is measured from it as given
+        reference = copy.deepcopy(model)
+        if device is not None and hasattr(reference, "to"):
+            reference.to(device)
     rows = []
     outer = tqdm(jobs, desc="runs", unit="run", disable=not progress)
     for job in outer:

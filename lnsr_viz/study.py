@@ -39,7 +39,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 __all__ = ["CLAIMS", "StudyResult", "study_runs", "study_claims", "plot_sensitivity_vs_ood", "write_study",
-           "load_study"]
+           "load_study", "setting_colors"]
 
 #: The four claims, as the write-up states them: (measure, column, direction, text).
 CLAIMS: dict[str, dict[str, str]] = {
@@ -280,6 +280,26 @@ def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float, int]:
     return float(res.statistic), float(res.pvalue), int(ok.sum())
 
 
+#: Distinct colours for a study's settings (Okabe-Ito, then Paul Tol's muted set); vanilla keeps its usual blue.
+_SETTING_PALETTE = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#117733", "#999933",
+                    "#AA4499", "#44AA99", "#332288", "#DDCC77")
+
+
+def setting_colors(settings: Any) -> dict[str, str]:
+    """One distinct colour per setting, in order of first appearance (``vanilla`` gets the method colour)."""
+    from .plots import color_for
+
+    out: dict[str, str] = {}
+    k = 0
+    for name in pd.unique(pd.Series(list(settings), dtype=object)):
+        if name == "vanilla":
+            out[name] = color_for("vanilla")
+        else:
+            out[name] = _SETTING_PALETTE[k % len(_SETTING_PALETTE)]
+            k += 1
+    return out
+
+
 def plot_sensitivity_vs_ood(runs: pd.DataFrame, *, x: str = "top_sensitivity", y: str = "ood_accuracy",
                             title: str | None = None) -> go.Figure:
     """Top-layer noise sensitivity (x) against out-of-domain accuracy (y), one marker per run.
@@ -287,7 +307,7 @@ def plot_sensitivity_vs_ood(runs: pd.DataFrame, *, x: str = "top_sensitivity", y
     Colour: the setting; marker: circle / square / diamond per training-set size; collapsed runs are drawn with a
     black cross on top and named in the hover. The title gives Spearman's rank correlation over all runs.
     """
-    from .plots import TEMPLATE, color_for
+    from .plots import TEMPLATE
 
     needed = {x, y, "setting", "train_size", "seed", "collapsed"}
     missing = needed - set(runs.columns)
@@ -296,6 +316,7 @@ def plot_sensitivity_vs_ood(runs: pd.DataFrame, *, x: str = "top_sensitivity", y
                          f"{sorted(missing)}.")
     symbols = ["circle", "square", "diamond", "triangle-up", "star"]
     sizes = sorted(runs["train_size"].unique())
+    colors = setting_colors(runs["setting"])
     fig = go.Figure()
     for setting in pd.unique(runs["setting"]):
         for i, size in enumerate(sizes):
@@ -304,7 +325,7 @@ def plot_sensitivity_vs_ood(runs: pd.DataFrame, *, x: str = "top_sensitivity", y
                 continue
             fig.add_trace(go.Scatter(
                 x=sub[x], y=sub[y], mode="markers", name=f"{setting}, n={size}", legendgroup=str(setting),
-                marker={"color": color_for(setting), "symbol": symbols[i % len(symbols)], "size": 9,
+                marker={"color": colors[setting], "symbol": symbols[i % len(symbols)], "size": 9,
                         "line": {"width": 0.5, "color": "white"}},
                 customdata=np.column_stack([sub["seed"], sub["collapsed"].map({True: "COLLAPSED", False: ""})]),
                 hovertemplate=(f"{setting}<br>train size {size}, seed %{{customdata[0]}}<br>{x} %{{x:.4f}}<br>"
@@ -329,11 +350,11 @@ def _svg_scatter(runs: pd.DataFrame, path: Path, *, x: str = "top_sensitivity", 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import color_for
     from .store import atomic_write_text
 
     markers = ["o", "s", "D", "^", "*"]
     sizes = sorted(runs["train_size"].unique())
+    colors = setting_colors(runs["setting"])
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.4), squeeze=False, sharey=True)
     for ax, (i, size) in zip(axes[0], enumerate(sizes), strict=True):
         sub_size = runs[runs["train_size"] == size]
@@ -341,7 +362,7 @@ def _svg_scatter(runs: pd.DataFrame, path: Path, *, x: str = "top_sensitivity", 
             sub = sub_size[sub_size["setting"] == setting]
             if sub.empty:
                 continue
-            ax.scatter(sub[x], sub[y], c=color_for(setting), marker=markers[i % len(markers)], s=36,
+            ax.scatter(sub[x], sub[y], c=colors[setting], marker=markers[i % len(markers)], s=36,
                        label=str(setting), edgecolors="white", linewidths=0.5)
         col = sub_size[sub_size["collapsed"].astype(bool)]
         if len(col):
@@ -357,8 +378,11 @@ def _svg_scatter(runs: pd.DataFrame, path: Path, *, x: str = "top_sensitivity", 
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.05 + 0.035 * math.ceil(len(labels) / 4), 1, 1))
+    ncol = min(3, len(labels))
+    rows = math.ceil(len(labels) / ncol)
+    fig.set_size_inches(5.2 * len(sizes), 3.9 + 0.22 * rows)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, (0.22 * rows + 0.1) / (3.9 + 0.22 * rows), 1, 1))
     import io
 
     buf = io.StringIO()

@@ -307,7 +307,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .store import RunStore
-    from .sweep import expand, load_sweep_config, parse_shard, run_sweep, select_from_store
+    from .sweep import expand, load_sweep_config, parse_shard, run_sweep, select_from_store, setting_order
 
     config = load_sweep_config(args.config)
     i, n = parse_shard(args.shard)
@@ -320,7 +320,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     results = args.results or config.get("results") or "results/sweep"
     runs = run_sweep(config, results=results, shard=args.shard, progress=not args.quiet, device=args.device)
     print(f"{int((~runs['cached']).sum())} runs trained, {int(runs['cached'].sum())} loaded from {results}")
-    chosen = select_from_store(RunStore(results))
+    chosen = select_from_store(RunStore(results), order=setting_order(config))
     print("\nChosen on validation accuracy only (last epoch, mean over seeds):")
     print(chosen.to_string(index=False))
     return 0
@@ -328,16 +328,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from .study import study_claims, write_study
-    from .sweep import load_sweep_config
+    from .sweep import load_sweep_config, setting_order
 
     config = load_sweep_config(args.config)
     results = args.results or config.get("results") or "results/sweep"
     if not (Path(results) / "runs").is_dir():
         raise ValueError(f"no run store at {results!r}: run `python -m lnsr_viz sweep {args.config}` first.")
-    result = study_claims(results)
+    result = study_claims(results, order=setting_order(config))
     path = write_study(results, args.out, config=config, config_path=args.config, result=result)
     for row in result.claims.itertuples():
-        print(f"  ({row.claim}) {row.train_size} examples, {row.setting}: {row.verdict}")
+        tie = "" if row.role == "chosen" else "  [tied on validation, not chosen]"
+        print(f"  ({row.claim}) {row.train_size} examples, {row.setting}: {row.verdict}{tie}")
     print(f"wrote {path} (figure and tables beside it and in {results}/tables)")
     return 0
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,8 +162,58 @@ def _brown_forsythe(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.levene(a, b, center="median").pvalue)
 
 
-def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr",
-                 confidence: float = 0.95) -> StudyResult:
+def _claims_for(runs: pd.DataFrame, size: int, setting: str, role: str, *, baseline: str, method: str,
+                metric_cols: list[str], confidence: float, claim_rows: list[dict[str, Any]],
+                paired_frames: list[pd.DataFrame]) -> None:
+    """Claims (a)-(d) for one LNSR setting at one training-set size against the baseline, seed by seed."""
+    from .stats import paired_comparison
+
+    base = runs[(runs["method"] == baseline) & (runs["train_size"] == size)]
+    cand = runs[(runs["setting"] == setting) & (runs["train_size"] == size)]
+    tidy = []
+    for label, frame in ((baseline, base), (method, cand)):
+        for col in ["top_sensitivity", "accuracy", "roc_auc", "ood_accuracy", "ood_roc_auc", *metric_cols]:
+            domain, metric = (col.split(":", 1) if ":" in col else
+                              ("summary", col))
+            tidy.append(pd.DataFrame({"method": label, "seed": frame["seed"].to_numpy(), "domain": domain,
+                                      "metric": metric, "value": frame[col].to_numpy(dtype=float)}))
+    tidy_df = pd.concat(tidy, ignore_index=True)
+    paired = paired_comparison(tidy_df, method=method, baseline=baseline, confidence=confidence)
+    paired_frames.append(paired.assign(train_size=size, setting=setting, role=role))
+    for key, claim in CLAIMS.items():
+        col = claim["column"]
+        a = base[col].to_numpy(dtype=float)
+        b = cand[col].to_numpy(dtype=float)
+        row: dict[str, Any] = {
+            "claim": key, "statement": claim["title"], "train_size": int(size), "setting": setting, "role": role,
+            "measure": col, "n_seeds": int(min(np.isfinite(a).sum(), np.isfinite(b).sum())),
+            "baseline_mean": float(np.nanmean(a)), "baseline_sd": float(np.nanstd(a, ddof=1)),
+            "method_mean": float(np.nanmean(b)), "method_sd": float(np.nanstd(b, ddof=1)),
+            "collapsed_runs": int(cand["collapsed"].sum()),
+        }
+        if claim["better"] == "lower_sd":
+            p = _brown_forsythe(a, b)
+            ratio = row["method_sd"] / row["baseline_sd"] if row["baseline_sd"] > 0 else math.nan
+            row.update(effect=ratio, effect_name="sd ratio (LNSR / vanilla)", ci_low=math.nan, ci_high=math.nan,
+                       p_value=p)
+            if not np.isfinite(p):
+                row["verdict"] = "not testable"
+            elif p < 0.05:
+                row["verdict"] = "supported" if ratio < 1 else "contradicted"
+            else:
+                row["verdict"] = "not shown (within noise)"
+        else:
+            domain = "summary"
+            pr = paired[(paired["domain"] == domain) & (paired["metric"] == col)].iloc[0]
+            row.update(effect=float(pr["mean_diff"]), effect_name="mean paired difference (LNSR - vanilla)",
+                       ci_low=float(pr["ci_low"]), ci_high=float(pr["ci_high"]),
+                       p_value=float(pr["p_permutation"]))
+            row["verdict"] = _verdict(row["ci_low"], row["ci_high"], claim["better"])
+        claim_rows.append(row)
+
+
+def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr", confidence: float = 0.95,
+                 order: Sequence[str] | None = None) -> StudyResult:
     """Choose settings on validation accuracy, then test claims (a)-(d) for each training-set size.
 
     Parameters
@@ -175,13 +225,15 @@ def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr",
         with the best mean last-epoch validation accuracy over seeds.
     confidence : float
         Level of the confidence intervals.
+    order : sequence of str, optional
+        The sweep file's settings in order (:func:`lnsr_viz.sweep.setting_order`): equal validation means go to the
+        setting listed first (then to the alphabetically first name).
     """
-    from .stats import paired_comparison
     from .store import RunStore
     from .sweep import select_from_store
 
     store = store if hasattr(store, "load") else RunStore(store, read_only=True)
-    chosen = select_from_store(store)  # reads the training histories only (validation numbers)
+    chosen = select_from_store(store, order=order)  # reads the training histories only (validation numbers)
     runs = study_runs(store)
     for name in (baseline, method):
         if name not in set(runs["method"]):
@@ -195,56 +247,19 @@ def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr",
         pick = chosen[(chosen["method"] == method) & (chosen["train_size"] == size)]
         if pick.empty:
             continue
-        setting = str(pick["chosen"].iloc[0])
-        base = runs[(runs["method"] == baseline) & (runs["train_size"] == size)]
-        cand = runs[(runs["setting"] == setting) & (runs["train_size"] == size)]
-        tidy = []
-        for label, frame in ((baseline, base), (method, cand)):
-            for col in ["top_sensitivity", "accuracy", "roc_auc", "ood_accuracy", "ood_roc_auc", *metric_cols]:
-                domain, metric = (col.split(":", 1) if ":" in col else
-                                  ("summary", col))
-                tidy.append(pd.DataFrame({"method": label, "seed": frame["seed"].to_numpy(), "domain": domain,
-                                          "metric": metric, "value": frame[col].to_numpy(dtype=float)}))
-        tidy_df = pd.concat(tidy, ignore_index=True)
-        paired = paired_comparison(tidy_df, method=method, baseline=baseline, confidence=confidence)
-        paired_frames.append(paired.assign(train_size=size, setting=setting))
-        for key, claim in CLAIMS.items():
-            col = claim["column"]
-            a = base[col].to_numpy(dtype=float)
-            b = cand[col].to_numpy(dtype=float)
-            row: dict[str, Any] = {
-                "claim": key, "statement": claim["title"], "train_size": int(size), "setting": setting,
-                "measure": col, "n_seeds": int(min(np.isfinite(a).sum(), np.isfinite(b).sum())),
-                "baseline_mean": float(np.nanmean(a)), "baseline_sd": float(np.nanstd(a, ddof=1)),
-                "method_mean": float(np.nanmean(b)), "method_sd": float(np.nanstd(b, ddof=1)),
-                "collapsed_runs": int(cand["collapsed"].sum()),
-            }
-            if claim["better"] == "lower_sd":
-                p = _brown_forsythe(a, b)
-                ratio = row["method_sd"] / row["baseline_sd"] if row["baseline_sd"] > 0 else math.nan
-                row.update(effect=ratio, effect_name="sd ratio (LNSR / vanilla)", ci_low=math.nan, ci_high=math.nan,
-                           p_value=p)
-                if not np.isfinite(p):
-                    row["verdict"] = "not testable"
-                elif p < 0.05:
-                    row["verdict"] = "supported" if ratio < 1 else "contradicted"
-                else:
-                    row["verdict"] = "not shown (within noise)"
-            else:
-                domain = "summary"
-                pr = paired[(paired["domain"] == domain) & (paired["metric"] == col)].iloc[0]
-                row.update(effect=float(pr["mean_diff"]), effect_name="mean paired difference (LNSR - vanilla)",
-                           ci_low=float(pr["ci_low"]), ci_high=float(pr["ci_high"]),
-                           p_value=float(pr["p_permutation"]))
-                row["verdict"] = _verdict(row["ci_low"], row["ci_high"], claim["better"])
-            claim_rows.append(row)
+        tied = [t for t in str(pick["tied_with"].iloc[0] if "tied_with" in pick else "").split(", ") if t]
+        for role, setting in [("chosen", str(pick["chosen"].iloc[0])), *(("tied", t) for t in tied)]:
+            _claims_for(runs, size, setting, role, baseline=baseline, method=method, metric_cols=metric_cols,
+                        confidence=confidence, claim_rows=claim_rows, paired_frames=paired_frames)
     claims = pd.DataFrame(claim_rows)
     settings = (runs.groupby(["train_size", "method", "setting"], sort=False)
                 .agg(n_runs=("seed", "size"), collapsed_runs=("collapsed", "sum"),
                      val_accuracy=("val_accuracy", "mean"), accuracy=("accuracy", "mean"),
                      accuracy_sd=("accuracy", "std"), roc_auc=("roc_auc", "mean"),
                      ood_accuracy=("ood_accuracy", "mean"), ood_roc_auc=("ood_roc_auc", "mean"),
-                     top_sensitivity=("top_sensitivity", "mean"), reg_to_task_ratio=("reg_to_task_ratio", "mean"))
+                     top_sensitivity=("top_sensitivity", "mean"), reg_to_task_ratio=("reg_to_task_ratio", "mean"),
+                     repr_effective_rank=("repr_effective_rank", "mean"),
+                     repr_mean_cosine=("repr_mean_cosine", "mean"))
                 .reset_index())
     chosen_keys = {(int(r.train_size), str(r.chosen)) for r in chosen.itertuples()}
     settings["chosen"] = [(int(s), str(n)) in chosen_keys for s, n in zip(settings["train_size"],
@@ -265,8 +280,13 @@ def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr",
                        if paired_frames else pd.DataFrame(), cost=cost, in_domain=in_domain, ood=ood)
 
 
-def load_study(store: str | os.PathLike[str] | Any, **kwargs: Any) -> StudyResult:
-    """:func:`study_claims` on a run-store folder (what the study notebook calls)."""
+def load_study(store: str | os.PathLike[str] | Any, config: str | os.PathLike[str] | None = None,
+               **kwargs: Any) -> StudyResult:
+    """:func:`study_claims` on a run-store folder, with the tie-break order of the sweep file ``config`` if given."""
+    if config is not None and "order" not in kwargs:
+        from .sweep import load_sweep_config, setting_order
+
+        kwargs["order"] = setting_order(load_sweep_config(config))
     return study_claims(store, **kwargs)
 
 
@@ -423,6 +443,22 @@ def _claim_sentence(row: pd.Series) -> str:
             f"paired permutation p = {_fmt(row['p_value'], 2)} over {row['n_seeds']} seeds")
 
 
+def _verdict_table(claims: pd.DataFrame) -> str:
+    """Claims as rows, training-set sizes as columns, the chosen setting's verdict in each cell."""
+    main = claims[claims["role"] == "chosen"]
+    sizes = sorted(main["train_size"].unique())
+    head = "| claim | " + " | ".join(f"{s} examples" for s in sizes) + " |"
+    sep = "| --- | " + " | ".join("---" for _ in sizes) + " |"
+    body = []
+    for key, claim in CLAIMS.items():
+        cells = []
+        for size in sizes:
+            row = main[(main["claim"] == key) & (main["train_size"] == size)]
+            cells.append(f"{row['verdict'].iloc[0]} (`{row['setting'].iloc[0]}`)" if len(row) else "–")
+        body.append(f"| ({key}) {claim['title']} | " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *body])
+
+
 def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str] = "docs/study.md", *,
                 config: Mapping[str, Any] | None = None, config_path: str | None = None,
                 figure: str | os.PathLike[str] | None = None, tables: str | os.PathLike[str] | None = None,
@@ -455,9 +491,11 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
     _svg_scatter(res.runs, figure)
     runs = res.runs
     rho, p, n = _spearman(runs["top_sensitivity"], runs["ood_accuracy"])
+    n_collapsed = int(runs["collapsed"].sum())
     cfg = dict(config or {})
     hours = res.cost["run_seconds_sum"] / 3600
-    n_seeds = int(res.claims["n_seeds"].min()) if len(res.claims) else 0
+    main = res.claims[res.claims["role"] == "chosen"] if len(res.claims) else res.claims
+    n_seeds = int(main["n_seeds"].min()) if len(main) else 0
     lines = [
         "# The study: where LNSR helps and where it does not",
         "",
@@ -480,15 +518,21 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
         f"min); the store's first run started {res.cost['first_run']} and its last finished {res.cost['last_run']} "
         f"({res.cost['elapsed_seconds'] / 3600:.2f} h elapsed, with whatever parallelism was used).",
         "",
+        "## Verdicts at a glance",
+        "",
+        _verdict_table(res.claims),
+        "",
         "## Selection rule (no peeking)",
         "",
         "For every training-set size the LNSR setting with the highest **validation** accuracy (last epoch, mean over "
-        "seeds) is chosen; ties go to the setting listed first in the config. The rule reads the training histories "
+        "seeds) is chosen; ties (equal means) go to the setting listed first in the sweep file. The rule reads the "
+        "training histories "
         "only (`lnsr_viz.sweep.select_settings`; a test proves that it never touches test or out-of-domain numbers). "
         "All claims below compare that chosen setting with vanilla, seed by seed.",
         "",
         _md_table(res.chosen, {"method": "method", "train_size": "train size", "chosen": "chosen setting",
-                               "mean_val_accuracy": "mean validation accuracy", "n_seeds": "seeds"}),
+                               "mean_val_accuracy": "mean validation accuracy", "n_seeds": "seeds",
+                               "tied_with": "tied with (lost the tie-break)"}),
         "",
         "## The four claims",
         "",
@@ -496,8 +540,8 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
         "**contradicted** when it excludes zero in the other direction, **not shown (within noise)** otherwise. For "
         "(c) the Brown-Forsythe test of equal spread decides (p < 0.05). "
         f"With {n_seeds} seeds the exact paired permutation test cannot go below p = {2 / 2 ** n_seeds:.3g}, so the "
-        f"CI is the deciding criterion. {len(res.claims)} verdicts are drawn here, so at the 5% level about "
-        f"{0.05 * len(res.claims):.1f} spurious 'supported' or 'contradicted' verdicts are expected by chance alone.",
+        f"CI is the deciding criterion. {len(main)} verdicts are drawn here, so at the 5% level about "
+        f"{0.05 * len(main):.1f} spurious 'supported' or 'contradicted' verdicts are expected by chance alone.",
         "",
     ]
     for key, claim in CLAIMS.items():
@@ -505,10 +549,14 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
         lines.append(f"### ({key}) {claim['title']}")
         lines.append("")
         for _, row in rows.iterrows():
-            lines.append(f"- **{row['train_size']} examples** (`{row['setting']}`): **{row['verdict']}**. "
-                         f"{_claim_sentence(row)}."
-                         + (f" {row['collapsed_runs']} of the chosen setting's runs collapsed."
-                            if row["collapsed_runs"] else ""))
+            if row["role"] == "chosen":
+                lines.append(f"- **{row['train_size']} examples** (`{row['setting']}`): **{row['verdict']}**. "
+                             f"{_claim_sentence(row)}."
+                             + (f" {row['collapsed_runs']} of the chosen setting's runs collapsed."
+                                if row["collapsed_runs"] else ""))
+            else:
+                lines.append(f"  - The setting that tied on validation accuracy and lost the tie-break, "
+                             f"`{row['setting']}`, would read: {row['verdict']}. {_claim_sentence(row)}.")
         lines.append("")
     lines += [
         "## Noise sensitivity and out-of-domain accuracy across all runs",
@@ -518,20 +566,26 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
         f"Across all {n} fine-tuned runs (every setting and size), Spearman's rank correlation between top-layer "
         f"noise sensitivity and mean out-of-domain accuracy is rho = {rho:.2f} (p = {_fmt(p, 2)}). Within a "
         "training-set size the panels give their own correlation. A correlation across settings says nothing causal: "
-        "settings differ in how far they trained. Crosses mark runs whose representations collapsed (collapse "
-        "guard). The interactive version is in `notebooks/06_study.ipynb`.",
+        "settings differ in how far they trained. "
+        + (f"Crosses mark the {n_collapsed} runs whose representations collapsed (collapse guard). " if n_collapsed
+           else "No run crossed the collapse guard's thresholds (a crossed-out marker would show it). ")
+        + "The interactive version is in `notebooks/06_study.ipynb`.",
         "",
         "## Every setting (means over seeds)",
         "",
         "Validation accuracy chose the setting; the other columns were read afterwards. `chosen` marks the chosen "
         "setting; `collapsed` counts runs the collapse guard flagged; `penalty/task` is the regulariser's share of "
-        "the task loss at the last epoch.",
+        "the task loss at the last epoch; `eff. rank` and `mean cos` describe how spread out the top-layer "
+        "sentence representations of 64 validation sentences were after the last epoch (the guard flags a run "
+        "when the effective rank falls below a quarter of its value before training or the mean pairwise cosine "
+        "exceeds 0.98; thresholds fixed before the study).",
         "",
         _md_table(res.settings, {"train_size": "size", "setting": "setting", "chosen": "chosen",
                                  "n_runs": "runs", "collapsed_runs": "collapsed",
                                  "val_accuracy": "val acc", "accuracy": "in-domain acc", "accuracy_sd": "sd",
                                  "roc_auc": "in-domain AUC", "ood_accuracy": "OOD acc", "ood_roc_auc": "OOD AUC",
-                                 "top_sensitivity": "top sensitivity", "reg_to_task_ratio": "penalty/task"}),
+                                 "top_sensitivity": "top sensitivity", "reg_to_task_ratio": "penalty/task",
+                                 "repr_effective_rank": "eff. rank", "repr_mean_cosine": "mean cos"}),
         "",
         "## Per domain, chosen LNSR setting minus vanilla",
         "",
@@ -541,7 +595,7 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
         "",
     ]
     per_domain = res.paired[res.paired["metric"].isin(["accuracy", "roc_auc", "macro_f1", "ece"])
-                            & (res.paired["domain"] != "summary")]
+                            & (res.paired["domain"] != "summary") & (res.paired["role"] == "chosen")]
     lines += [
         _md_table(per_domain, {"train_size": "size", "domain": "domain", "metric": "metric", "n_pairs": "seeds",
                                "mean_diff": "difference", "ci_low": "CI low", "ci_high": "CI high",

@@ -25,7 +25,8 @@ stores written by different code versions or on different data.
 
 Selection protocol (no peeking): hyper-parameters are chosen on the in-domain **validation** split only, from the
 training histories; test and out-of-domain metrics are never read during selection (``select_settings`` takes only
-the history table), and are reported for the chosen setting afterwards.
+the history table), and are reported for the chosen setting afterwards. Ties go to the setting the sweep file lists
+first (``order=setting_order(config)``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from .experiments import Job, _split_cfg, make_protocol, run_jobs
 from .regularizers import METHODS, get_method
 
 __all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run_sweep", "merge_stores",
-           "select_settings", "select_from_store", "sweep_history", "SWEEP_KEYS"]
+           "select_settings", "select_from_store", "sweep_history", "setting_order", "SWEEP_KEYS"]
 
 SWEEP_KEYS = {"model", "data", "ood", "train_sizes", "seeds", "train", "eval_size", "val_size", "split_seed",
               "neutral_band", "methods", "probe", "results", "name"}
@@ -260,22 +261,43 @@ def select_from_store(store: Any, **kwargs: Any) -> pd.DataFrame:
     return select_settings(sweep_history(store), **kwargs)
 
 
+def setting_order(config: Mapping[str, Any]) -> list[str]:
+    """The settings of a sweep in the order its file lists them (the tie-break order of :func:`select_settings`)."""
+    return list(dict.fromkeys(j.job.name for j in expand(config)))
+
+
 def select_settings(history: pd.DataFrame, *, score: str = "val_accuracy", group: Sequence[str] = ("method",
-                    "train_size"), setting: str = "setting", epoch: str = "last") -> pd.DataFrame:
+                    "train_size"), setting: str = "setting", epoch: str = "last",
+                    order: Sequence[str] | None = None) -> pd.DataFrame:
     """Choose, per method and training-set size, the setting with the best mean validation score over seeds.
 
     Only the history table (training-time validation numbers) is read: test and out-of-domain metrics cannot
     influence the choice. Rule: for each run take the validation score at its last epoch (``epoch='last'``) or its
-    best epoch (``'best'``); average over seeds per setting; pick the highest mean; ties go to the setting listed
-    first (the grid order). Returns one row per group with the chosen setting and its mean score and seed count.
+    best epoch (``'best'``); average over seeds per setting; pick the highest mean; ties (means equal to 1e-12) go to
+    the setting listed first in ``order`` (the sweep file's order, :func:`setting_order`), then to the
+    alphabetically first name, so the choice never depends on the order in which runs were stored. Returns one row
+    per group with the chosen setting, its mean score and seed count, and ``tied_with`` (the settings with the same
+    mean that lost the tie-break, comma-separated; empty when there was no tie).
     """
     needed = {score, "epoch", setting, "seed", *group}
     missing = needed - set(history.columns)
     if missing:
         raise ValueError(f"select_settings needs the history columns {sorted(needed)}; missing {sorted(missing)}.")
+    if epoch not in ("last", "best"):
+        raise ValueError(f"epoch must be 'last' or 'best'; got {epoch!r}.")
     per_run = history.sort_values("epoch").groupby([*group, setting, "seed"], sort=False)[score]
     run_scores = (per_run.last() if epoch == "last" else per_run.max()).reset_index()
-    means = run_scores.groupby([*group, setting], sort=False)[score].agg(["mean", "count"]).reset_index()
-    chosen = means.loc[means.groupby(list(group), sort=False)["mean"].idxmax()]
+    means = run_scores.groupby([*group, setting], sort=True)[score].agg(["mean", "count"]).reset_index()
+    rank = {name: i for i, name in enumerate(order or [])}
+    means["_rank"] = [rank.get(name, len(rank)) for name in means[setting]]
+    means["_name"] = means[setting].astype(str)
+    rows = []
+    for _, g in means.groupby(list(group), sort=True):
+        best = g["mean"].max()
+        tied = g[g["mean"] >= best - 1e-12].sort_values(["_rank", "_name"], kind="stable")
+        row = tied.iloc[0].copy()
+        row["tied_with"] = ", ".join(map(str, tied[setting].iloc[1:]))
+        rows.append(row)
+    chosen = pd.DataFrame(rows).drop(columns=["_rank", "_name"])
     return chosen.rename(columns={"mean": f"mean_{score}", "count": "n_seeds", setting: "chosen"}).reset_index(
         drop=True)

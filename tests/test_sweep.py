@@ -137,3 +137,22 @@ def test_selection_rule_by_hand():
     assert last["chosen"].iloc[0] == "b" and last["mean_val_accuracy"].iloc[0] == pytest.approx(0.7)
     best = select_settings(history, epoch="best")
     assert best["chosen"].iloc[0] == "a"
+
+
+def test_ties_go_to_the_setting_the_file_lists_first_whatever_the_store_order():
+    rows = []
+    for name in ("b-later-in-file", "a-first-in-file", "worse"):  # stored in this order
+        for seed in (1, 2):
+            score = 0.5 if name == "worse" else (0.7 if seed == 1 else 0.6)
+            rows.append({"method": "lnsr", "train_size": 100, "setting": name, "seed": seed, "epoch": 1,
+                         "val_accuracy": score})
+    history = pd.DataFrame(rows)
+    chosen = select_settings(history, order=["a-first-in-file", "b-later-in-file", "worse"])
+    assert chosen["chosen"].tolist() == ["a-first-in-file"]
+    assert chosen["tied_with"].tolist() == ["b-later-in-file"]
+    reordered = select_settings(history, order=["b-later-in-file", "a-first-in-file"])
+    assert reordered["chosen"].tolist() == ["b-later-in-file"]
+    no_order = select_settings(history.iloc[::-1])  # without the file's order: alphabetical, not storage order
+    assert no_order["chosen"].tolist() == ["a-first-in-file"]
+    untied = select_settings(history[history.setting != "b-later-in-file"])
+    assert untied["tied_with"].tolist() == [""]

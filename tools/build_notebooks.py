@@ -913,7 +913,7 @@ from lnsr_viz.widgets import FigureDashboard, setup_notebook, study_dir
 
 QUICK = setup_notebook()
 STUDY = study_dir()
-study = load_study(STUDY)
+study = load_study(STUDY, config=STUDY.parent.parent / "configs" / "study.yaml")
 cost = study.cost
 print(f"{cost['runs']} fine-tuning runs in {STUDY}; their own wall-clock times sum to "
       f"{cost['run_seconds_sum'] / 3600:.2f} h")
@@ -930,12 +930,13 @@ study.chosen
     md("""
 ## 2 · The four claims
 
-Each row compares the chosen LNSR setting with vanilla, seed by seed. `effect` is the mean paired difference
+Each row compares the chosen LNSR setting (`role` = chosen; a setting that tied with it on validation accuracy
+and lost the tie-break is shown too, `role` = tied) with vanilla, seed by seed. `effect` is the mean paired difference
 (LNSR - vanilla) with its 95% CI for (a), (b) and (d), and the ratio of the standard deviations over seeds for (c).
 *Supported* / *contradicted*: the CI excludes zero in / against the claimed direction; otherwise *not shown*.
 """),
     code("""
-cols = ["claim", "statement", "train_size", "setting", "baseline_mean", "method_mean", "effect", "ci_low",
+cols = ["claim", "statement", "train_size", "setting", "role", "baseline_mean", "method_mean", "effect", "ci_low",
         "ci_high", "p_value", "verdict"]
 study.claims[cols].round(4)
 """),

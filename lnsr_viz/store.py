@@ -659,7 +659,7 @@ class RunStore:
         return pd.DataFrame(rows)
 
     def load_table(self, name: str) -> pd.DataFrame:
-        """Concatenate one table (``"metrics"``, ``"history"`` or ``"profile"``) over all complete runs.
+        """Concatenate one table (``"metrics"``, ``"history"``, ``"profile"`` or ``"drift"``) over all complete runs.
 
         Each run's rows get ``run_id`` and the flattened configuration prepended (e.g. ``method``, ``seed``), so
         the result can go straight into :func:`lnsr_viz.stats.summarize`. A configuration key that is already a

@@ -163,10 +163,14 @@ def _brown_forsythe(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _claims_for(runs: pd.DataFrame, size: int, setting: str, role: str, *, baseline: str, method: str,
-                metric_cols: list[str], confidence: float, claim_rows: list[dict[str, Any]],
-                paired_frames: list[pd.DataFrame]) -> None:
-    """Claims (a)-(d) for one LNSR setting at one training-set size against the baseline, seed by seed."""
+                metric_cols: list[str], confidence: float) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Claims (a)-(d) for one LNSR setting at one training-set size against the baseline, seed by seed.
+
+    Returns the claim rows and the paired comparison of every domain and metric.
+    """
     from .stats import paired_comparison
+
+    claim_rows: list[dict[str, Any]] = []
 
     base = runs[(runs["method"] == baseline) & (runs["train_size"] == size)]
     cand = runs[(runs["setting"] == setting) & (runs["train_size"] == size)]
@@ -179,7 +183,7 @@ def _claims_for(runs: pd.DataFrame, size: int, setting: str, role: str, *, basel
                                       "metric": metric, "value": frame[col].to_numpy(dtype=float)}))
     tidy_df = pd.concat(tidy, ignore_index=True)
     paired = paired_comparison(tidy_df, method=method, baseline=baseline, confidence=confidence)
-    paired_frames.append(paired.assign(train_size=size, setting=setting, role=role))
+    paired = paired.assign(train_size=size, setting=setting, role=role)
     for key, claim in CLAIMS.items():
         col = claim["column"]
         a = base[col].to_numpy(dtype=float)
@@ -210,6 +214,7 @@ def _claims_for(runs: pd.DataFrame, size: int, setting: str, role: str, *, basel
                        p_value=float(pr["p_permutation"]))
             row["verdict"] = _verdict(row["ci_low"], row["ci_high"], claim["better"])
         claim_rows.append(row)
+    return claim_rows, paired
 
 
 def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr", confidence: float = 0.95,
@@ -249,8 +254,10 @@ def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr",
             continue
         tied = [t for t in str(pick["tied_with"].iloc[0] if "tied_with" in pick else "").split(", ") if t]
         for role, setting in [("chosen", str(pick["chosen"].iloc[0])), *(("tied", t) for t in tied)]:
-            _claims_for(runs, size, setting, role, baseline=baseline, method=method, metric_cols=metric_cols,
-                        confidence=confidence, claim_rows=claim_rows, paired_frames=paired_frames)
+            rows, paired = _claims_for(runs, size, setting, role, baseline=baseline, method=method,
+                                       metric_cols=metric_cols, confidence=confidence)
+            claim_rows += rows
+            paired_frames.append(paired)
     claims = pd.DataFrame(claim_rows)
     settings = (runs.groupby(["train_size", "method", "setting"], sort=False)
                 .agg(n_runs=("seed", "size"), collapsed_runs=("collapsed", "sum"),
@@ -406,7 +413,8 @@ def _svg_scatter(runs: pd.DataFrame, path: Path, *, x: str = "top_sensitivity", 
     import io
 
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})
+    with matplotlib.rc_context({"svg.hashsalt": "lnsr_viz-study"}):  # stable element ids: same data, same file
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     plt.close(fig)
     return atomic_write_text(path, buf.getvalue())
 

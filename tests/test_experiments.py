@@ -166,9 +166,7 @@ def test_runs_store_their_drift_from_the_pretrained_model(tiny_setup, tmp_path):
     assert set(drift["method"]) == {"vanilla", "lnsr"} and set(drift["model_a"]) == {"pretrained"}
     cka = drift[drift["metric"] == "cka"]
     assert cka["run_id"].nunique() == 4
-    # the embeddings' weights move, but layer 0's representations of the same tokens start identical: CKA < 1
-    # only where fine-tuning changed something; every value is a similarity in [0, 1]
-    assert cka["value"].between(-1e-9, 1 + 1e-9).all()
+    assert cka["value"].between(-1e-9, 1 + 1e-9).all()  # a similarity
     moved = drift[(drift["metric"] == "weight_distance") & (drift["layer"] > 0)]
     assert (moved["value"] > 0).all()  # every block was trained
     assert {r.extra["device"] for r in (RunStore(tmp_path / "store").load(i) for i in result.runs["run_id"])} == {

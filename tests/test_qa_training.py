@@ -108,7 +108,7 @@ def test_every_method_trains_a_qa_model(qa_setup, method):
 def test_prediction_divergences_on_qa_use_the_start_and_end_distributions(qa_setup):
     import torch
 
-    from lnsr_viz.baselines import RDrop, _prediction_logits, symmetric_kl
+    from lnsr_viz.baselines import RDrop, _prediction_logits
     from lnsr_viz.qa import feature_batches, prepare_features
 
     _, train_path, _ = qa_setup
@@ -125,5 +125,3 @@ def test_prediction_divergences_on_qa_use_the_start_and_end_distributions(qa_set
     model.train()
     parts = RDrop(alpha=1.0, reduction="batchmean").compute_loss(model, batch)
     assert float(parts.reg_loss) > 0
-    other = torch.randn_like(stacked)
-    assert float(symmetric_kl(stacked.detach(), other)) > 0  # batchmean over 12 distributions: start and end

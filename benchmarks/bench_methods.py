@@ -2,7 +2,7 @@
 
 One run measures every method on the same model (the packaged all-MiniLM-L6-v2 with a 2-class head), the same
 batch (``--batch-size`` movie snippets padded to ``--seq-len`` tokens) and the same machine, with each method's
-default parameters and the step :meth:`lnsr_viz.training.FineTuner.training_step` runs (loss, backward, the
+default parameters and the step :meth:`lnsr_viz.training.loop.FineTuner.training_step` runs (loss, backward, the
 method's hooks, clipping, AdamW). Nothing here is a test; it measures and prints.
 
 Time: wall-clock seconds per step, and the process's CPU seconds per step (on a machine shared with other jobs the
@@ -48,9 +48,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from machine import machine  # noqa: E402  (benchmarks/machine.py; scripts run from this folder)
 
-from lnsr_viz.adapter import ModelAdapter  # noqa: E402
-from lnsr_viz.regularizers import METHODS, LossParts, Method  # noqa: E402
-from lnsr_viz.training import FineTuner  # noqa: E402
+from lnsr_viz.core.adapter import ModelAdapter  # noqa: E402
+from lnsr_viz.methods.base import METHODS, LossParts, Method  # noqa: E402
+from lnsr_viz.training.loop import FineTuner  # noqa: E402
 
 FLOOR = "lnsr-floor"
 
@@ -76,7 +76,7 @@ def _method(name: str) -> FineTuner:
 
 
 def _batch(tokenizer: Any, batch_size: int, seq_len: int, device: torch.device) -> dict[str, torch.Tensor]:
-    from lnsr_viz.data import load_domain
+    from lnsr_viz.data.text import load_domain
 
     data = load_domain("movie")
     texts = [str(t) for t in data.texts[:batch_size]]
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from lnsr_viz.models import load_model
+    from lnsr_viz.data.models import load_model
 
     hf_logging.disable_progress_bar()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -34,33 +34,33 @@ __all__ = [
 ]
 
 _WHERE = {
-    "ModelAdapter": "adapter", "GaussianNoise": "noise", "InManifoldNoise": "noise", "make_noise": "noise",
-    "StabilityProbe": "probe", "LNSR": "regularizers", "Vanilla": "regularizers", "Method": "regularizers",
-    "LossParts": "regularizers", "get_method": "regularizers", "lnsr_penalty": "regularizers",
-    "FineTuner": "training", "TrainerCallback": "training", "TrainState": "training", "TextDataset": "data",
-    "load_domain": "data", "load_splits": "data", "split_dataset": "data", "subsample": "data",
-    "as_dataset": "data", "load_model": "models", "ensure_asset": "assets", "evaluate": "evaluation",
-    "predict_proba": "evaluation", "classification_metrics": "evaluation", "summarize": "stats",
-    "paired_comparison": "stats", "RunStore": "store", "compare": "experiments",
-    "ComparisonResult": "experiments", "Report": "report", "plot_stability_curves": "plots",
-    "plot_profile_heatmap": "plots", "plot_metric_by_domain": "plots", "plot_training_curves": "plots",
-    "plot_generalisation_gap": "plots", "plot_paired_differences": "plots", "save_figure": "plots",
-    "linear_cka": "drift", "representation_drift": "drift", "weight_distance": "drift",
-    "project_representations": "projection", "jacobian_norm": "theory", "small_noise_identity": "theory",
-    "hessian_trace": "theory", "theory_table": "theory", "token_attributions": "attribution",
-    "attribution_stability": "attribution", "load_squad": "qa", "squad_metrics": "qa", "topic_split": "qa",
-    "L2SP": "baselines", "Mixout": "baselines", "SMART": "baselines", "R3F": "baselines", "RDrop": "baselines",
-    "NoisyTune": "baselines", "HyPe": "baselines", "ChildTuning": "baselines", "Combined": "regularizers",
-    "compose": "regularizers", "RegularizedTrainer": "hf", "CollapseGuard": "collapse", "run_sweep": "sweep",
-    "load_sweep_config": "sweep", "merge_stores": "sweep", "select_from_store": "sweep", "load_study": "study",
-    "write_study": "study",
+    "ModelAdapter": "core.adapter", "GaussianNoise": "core.noise", "InManifoldNoise": "core.noise", "make_noise": "core.noise",
+    "StabilityProbe": "core.probe", "LNSR": "methods.base", "Vanilla": "methods.base", "Method": "methods.base",
+    "LossParts": "methods.base", "get_method": "methods.base", "lnsr_penalty": "methods.base",
+    "FineTuner": "training.loop", "TrainerCallback": "training.loop", "TrainState": "training.loop", "TextDataset": "data.text",
+    "load_domain": "data.text", "load_splits": "data.text", "split_dataset": "data.text", "subsample": "data.text",
+    "as_dataset": "data.text", "load_model": "data.models", "ensure_asset": "data.assets", "evaluate": "analysis.evaluation",
+    "predict_proba": "analysis.evaluation", "classification_metrics": "analysis.evaluation", "summarize": "analysis.stats",
+    "paired_comparison": "analysis.stats", "RunStore": "experiments.store", "compare": "experiments.runs",
+    "ComparisonResult": "experiments.runs", "Report": "viz.report", "plot_stability_curves": "viz.figures",
+    "plot_profile_heatmap": "viz.figures", "plot_metric_by_domain": "viz.figures", "plot_training_curves": "viz.figures",
+    "plot_generalisation_gap": "viz.figures", "plot_paired_differences": "viz.figures", "save_figure": "viz.figures",
+    "linear_cka": "analysis.drift", "representation_drift": "analysis.drift", "weight_distance": "analysis.drift",
+    "project_representations": "analysis.projection", "jacobian_norm": "analysis.theory", "small_noise_identity": "analysis.theory",
+    "hessian_trace": "analysis.theory", "theory_table": "analysis.theory", "token_attributions": "analysis.attribution",
+    "attribution_stability": "analysis.attribution", "load_squad": "data.squad", "squad_metrics": "data.squad", "topic_split": "data.squad",
+    "L2SP": "methods.rivals", "Mixout": "methods.rivals", "SMART": "methods.rivals", "R3F": "methods.rivals", "RDrop": "methods.rivals",
+    "NoisyTune": "methods.rivals", "HyPe": "methods.rivals", "ChildTuning": "methods.rivals", "Combined": "methods.base",
+    "compose": "methods.base", "RegularizedTrainer": "training.hf_trainer", "CollapseGuard": "training.collapse", "run_sweep": "experiments.sweep",
+    "load_sweep_config": "experiments.sweep", "merge_stores": "experiments.sweep", "select_from_store": "experiments.sweep", "load_study": "experiments.study",
+    "write_study": "experiments.study",
 }
 
 
 def _diagnose_module() -> Any:
-    # ``lnsr_viz.diagnose`` is a callable module: ``lnsr_viz.diagnose(model, base, data)`` runs the diagnosis and
-    # ``import lnsr_viz.diagnose`` keeps working, so the package attribute must be the module itself.
-    return importlib.import_module(".diagnose", __name__)
+    # ``lnsr_viz.experiments.diagnose`` is a callable module: ``lnsr_viz.experiments.diagnose(model, base, data)`` runs the diagnosis and
+    # ``import lnsr_viz.experiments.diagnose`` keeps working, so the package attribute must be the module itself.
+    return importlib.import_module(".experiments.diagnose", __name__)
 
 
 def __getattr__(name: str) -> Any:

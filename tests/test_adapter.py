@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from lnsr_viz.adapter import ModelAdapter, layer_name
-from lnsr_viz.probe import _tokenize
+from lnsr_viz.core.adapter import ModelAdapter, layer_name
+from lnsr_viz.core.probe import _tokenize
 from lnsr_viz.testing import TINY_FAMILIES, LinearStack, tiny_model, toy_sentences
 
 
@@ -137,8 +137,8 @@ def test_unknown_architecture_errors_and_explicit_blocks_work():
 @pytest.mark.slow
 def test_replay_is_exact_on_the_packaged_minilm():
     """The real default model: 6 BERT blocks, hidden 384; replay from every layer reproduces its hidden states."""
-    from lnsr_viz.data import load_domain
-    from lnsr_viz.models import load_model
+    from lnsr_viz.data.models import load_model
+    from lnsr_viz.data.text import load_domain
 
     model, tok = load_model("minilm")
     adapter = ModelAdapter(model)

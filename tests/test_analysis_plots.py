@@ -8,7 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from lnsr_viz.analysis_plots import (
+from lnsr_viz.analysis.drift import DRIFT_METRICS
+from lnsr_viz.viz.analysis_figures import (
     plot_attributions,
     plot_drift_by_layer,
     plot_drift_heatmap,
@@ -16,8 +17,7 @@ from lnsr_viz.analysis_plots import (
     plot_small_noise_identity,
     plot_theory_scatter,
 )
-from lnsr_viz.drift import DRIFT_METRICS
-from lnsr_viz.plots import color_for
+from lnsr_viz.viz.figures import color_for
 
 
 def _drift(pairs=(("pre", "ft"),)):
@@ -177,8 +177,8 @@ def test_attribution_plot_one_row_per_model_with_tokens_as_text():
 
 
 def test_plots_accept_real_outputs():
-    from lnsr_viz.attribution import token_attributions
-    from lnsr_viz.drift import representation_drift
+    from lnsr_viz.analysis.attribution import token_attributions
+    from lnsr_viz.analysis.drift import representation_drift
     from lnsr_viz.testing import tiny_model, toy_sentences
 
     model, tok = tiny_model("bert")

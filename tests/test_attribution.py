@@ -8,7 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lnsr_viz.attribution import ATTRIBUTION_COLUMNS, STABILITY_COLUMNS, attribution_stability, token_attributions
+from lnsr_viz.analysis.attribution import (
+    ATTRIBUTION_COLUMNS,
+    STABILITY_COLUMNS,
+    attribution_stability,
+    token_attributions,
+)
 from lnsr_viz.testing import tiny_model
 
 SENTENCE = "the movie was great fun"

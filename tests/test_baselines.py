@@ -1,4 +1,4 @@
-"""The rival methods (lnsr_viz.baselines) and their composition, on tiny models.
+"""The rival methods (lnsr_viz.methods.rivals) and their composition, on tiny models.
 
 Covered, one invariant per method that a wrong implementation would fail:
 Mixout with p=0 trains exactly like vanilla, and its mixed weights are the documented two-valued mixture with the
@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from lnsr_viz.baselines import (
+from lnsr_viz.core.probe import _tokenize
+from lnsr_viz.data.text import TextDataset
+from lnsr_viz.methods.base import LNSR, METHODS, Combined, Vanilla, compose, get_method
+from lnsr_viz.methods.rivals import (
     BASELINES,
     L2SP,
     R3F,
@@ -31,11 +34,8 @@ from lnsr_viz.baselines import (
     pretrained_parameters,
     symmetric_kl,
 )
-from lnsr_viz.data import TextDataset
-from lnsr_viz.probe import _tokenize
-from lnsr_viz.regularizers import LNSR, METHODS, Combined, Vanilla, compose, get_method
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.training import FineTuner
+from lnsr_viz.training.loop import FineTuner
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 

@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from lnsr_viz.collapse import CollapseGuard, CollapseWarning, effective_rank, mean_pairwise_cosine
-from lnsr_viz.data import TextDataset
+from lnsr_viz.data.text import TextDataset
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.training import FineTuner
+from lnsr_viz.training.collapse import CollapseGuard, CollapseWarning, effective_rank, mean_pairwise_cosine
+from lnsr_viz.training.loop import FineTuner
 
 
 def test_effective_rank_by_hand():

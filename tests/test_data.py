@@ -1,4 +1,4 @@
-"""Tests for lnsr_viz.data: the measured size of each VADER domain, the neutral band, seeded stratified splits,
+"""Tests for lnsr_viz.data.text: the measured size of each VADER domain, the neutral band, seeded stratified splits,
 subsampling, the TextDataset container, and every input kind and documented error of as_dataset.
 
 The domain tests read the real extracted files (the session fixture ``lnsr_home`` fetches them once); everything
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lnsr_viz.assets import ensure_asset
-from lnsr_viz.data import (
+from lnsr_viz.data.assets import ensure_asset
+from lnsr_viz.data.text import (
     DOMAINS,
     IN_DOMAIN,
     OOD_DOMAINS,

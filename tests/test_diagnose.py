@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lnsr_viz.data import TextDataset
-from lnsr_viz.diagnose import (
+from lnsr_viz.data.text import TextDataset
+from lnsr_viz.experiments.diagnose import (
     Diagnosis,
     diagnose,
     ece_null_threshold,
@@ -54,7 +54,7 @@ def test_newcombe_interval_reproduces_the_published_examples():
 
 
 def test_ece_null_threshold_bounds_the_ece_of_calibrated_predictions():
-    from lnsr_viz.evaluation import expected_calibration_error
+    from lnsr_viz.analysis.evaluation import expected_calibration_error
 
     rng = np.random.default_rng(1)
     conf = rng.uniform(0.5, 1.0, 400)
@@ -72,7 +72,7 @@ def test_ece_null_threshold_bounds_the_ece_of_calibrated_predictions():
 # ------------------------------------------------------------------------------------------------ diagnose
 @pytest.mark.slow
 def test_an_over_fitted_model_is_flagged():
-    from lnsr_viz.training import FineTuner
+    from lnsr_viz.training.loop import FineTuner
 
     base, tok = tiny_model("bert")
     model = copy.deepcopy(base)
@@ -266,17 +266,17 @@ def test_cli_diagnose_writes_report_and_summary(tmp_path, base_folder, capsys):
 
 def test_lnsr_viz_diagnose_can_be_called_as_the_issue_writes_it():
     import lnsr_viz
-    import lnsr_viz.diagnose  # noqa: F401  (the attribute lnsr_viz.diagnose is now the module)
+    import lnsr_viz.experiments.diagnose  # noqa: F401  (the attribute lnsr_viz.experiments.diagnose is now the module)
 
     model, tok = tiny_model("bert")
     _, held = _random_label_data(n_held=8)
-    diag = lnsr_viz.diagnose((model, tok), (model, tok), held, n_probe=4)
+    diag = lnsr_viz.experiments.diagnose((model, tok), (model, tok), held, n_probe=4)
     assert isinstance(diag, Diagnosis)
 
 
 @pytest.mark.slow
 def test_a_minilm_checkpoint_is_diagnosed_against_the_packaged_base(tmp_path, lnsr_home):
-    from lnsr_viz.models import load_model
+    from lnsr_viz.data.models import load_model
 
     model, tok = load_model("minilm")
     with torch.no_grad():

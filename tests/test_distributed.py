@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 import torch
 
-from lnsr_viz.baselines import L2SP
-from lnsr_viz.data import TextDataset
-from lnsr_viz.noise import NoiseInjector
-from lnsr_viz.probe import _tokenize
-from lnsr_viz.regularizers import LNSR
+from lnsr_viz.core.noise import NoiseInjector
+from lnsr_viz.core.probe import _tokenize
+from lnsr_viz.data.text import TextDataset
+from lnsr_viz.methods.base import LNSR
+from lnsr_viz.methods.rivals import L2SP
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.training import FineTuner
+from lnsr_viz.training.loop import FineTuner
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
@@ -86,7 +86,7 @@ def _penalty_texts():
 def _worker(out: Path) -> None:
     import torch.distributed as dist
 
-    from lnsr_viz.distributed import all_reduce_mean, cleanup_distributed, init_distributed, shard_indices
+    from lnsr_viz.training.distributed import all_reduce_mean, cleanup_distributed, init_distributed, shard_indices
 
     torch.set_num_threads(1)
     info = init_distributed()

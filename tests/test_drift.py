@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lnsr_viz.drift import (
+from lnsr_viz.analysis.drift import (
     DRIFT_COLUMNS,
     DRIFT_METRICS,
     check_same_tokenizer,

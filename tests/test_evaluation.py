@@ -1,4 +1,4 @@
-"""Tests for lnsr_viz.evaluation.
+"""Tests for lnsr_viz.analysis.evaluation.
 
 Covers: every metric against values worked out by hand on tiny arrays (and against scikit-learn where it has the
 same metric: macro-F1, ROC AUC with ties and one-vs-rest, log loss); ECE binning; NaN + warning for single-class
@@ -19,7 +19,7 @@ import torch
 from numpy.testing import assert_allclose
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 
-from lnsr_viz.evaluation import (
+from lnsr_viz.analysis.evaluation import (
     METRIC_NAMES,
     accuracy,
     classification_metrics,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lnsr_viz import cli
-from lnsr_viz.experiments import compare
-from lnsr_viz.store import RunStore
+from lnsr_viz.experiments.runs import compare
+from lnsr_viz.experiments.store import RunStore
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.training import FineTuner
+from lnsr_viz.training.loop import FineTuner
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Hugging Face Trainer integration (lnsr_viz.hf): a tiny run through ``transformers.Trainer`` logs the regulariser
+"""Hugging Face Trainer integration (lnsr_viz.training.hf_trainer): a tiny run through ``transformers.Trainer`` logs the regulariser
 next to the loss and reproduces the toolkit's own FineTuner on the same seed; evaluation keeps the plain task loss;
 the methods' hooks are removed after training; bad methods fail before the Trainer is built.
 
@@ -20,12 +20,12 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from lnsr_viz.data import TextDataset
-from lnsr_viz.hf import RegularizationMixin, RegularizedTrainer
-from lnsr_viz.probe import _tokenize
-from lnsr_viz.regularizers import Vanilla
+from lnsr_viz.core.probe import _tokenize
+from lnsr_viz.data.text import TextDataset
+from lnsr_viz.methods.base import Vanilla
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.training import FineTuner, TrainerCallback
+from lnsr_viz.training.hf_trainer import RegularizationMixin, RegularizedTrainer
+from lnsr_viz.training.loop import FineTuner, TrainerCallback
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 SEED, LR, BATCH, N = 3, 1e-3, 8, 24

@@ -1,4 +1,4 @@
-"""Tests for lnsr_viz.models: loading the packaged MiniLM with no network, seeded head initialisation, local
+"""Tests for lnsr_viz.data.models: loading the packaged MiniLM with no network, seeded head initialisation, local
 folders, Hugging Face ids while offline, passing in ready-made models, the load-report filter, and every error.
 
 Most tests use a tiny BERT saved to tmp_path (fast); the ones marked ``slow`` load the real packaged MiniLM.
@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
-from lnsr_viz import models
-from lnsr_viz.models import MODEL_ALIASES, load_model, load_tokenizer, resolve_model
+from lnsr_viz.data import models
+from lnsr_viz.data.models import MODEL_ALIASES, load_model, load_tokenizer, resolve_model
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "a"]
 

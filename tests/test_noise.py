@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lnsr_viz.noise import GaussianNoise, InManifoldNoise, make_noise
+from lnsr_viz.core.noise import GaussianNoise, InManifoldNoise, make_noise
 
 
 def _hidden(seed=0, batch=4, seq=7, dim=16):

@@ -114,7 +114,7 @@ def test_makefile_targets_dry_run(target, tmp_path):
         assert f"{venv}/bin/python -m pip install -r requirements.lock" in result.stdout
         assert f"{venv}/bin/python -m pip install --no-deps -e ." in result.stdout
     if target in {"test", "demo", "assets"}:
-        assert f"{venv}/bin/python -m lnsr_viz.assets" in result.stdout
+        assert f"{venv}/bin/python -m lnsr_viz assets" in result.stdout
 
 
 def test_ci_script():

@@ -1,4 +1,4 @@
-"""Tests for :mod:`lnsr_viz.plots`: tidy frames in, plotly figures out.
+"""Tests for :mod:`lnsr_viz.viz.figures`: tidy frames in, plotly figures out.
 
 Covered (always on ``fig.data`` / ``fig.layout``, never pixels):
 
@@ -29,8 +29,8 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy import stats
 
-from lnsr_viz import plots
-from lnsr_viz.plots import (
+from lnsr_viz.viz import figures as plots
+from lnsr_viz.viz.figures import (
     FALLBACK_COLORS,
     METHOD_COLORS,
     color_for,

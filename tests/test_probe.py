@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lnsr_viz.probe import PROFILE_COLUMNS, StabilityProbe
+from lnsr_viz.core.probe import PROFILE_COLUMNS, StabilityProbe
 from lnsr_viz.testing import LinearStack, tiny_model, toy_sentences
 
 
@@ -19,7 +19,7 @@ def _linear_inputs(n=10, seq=5, vocab=50):
 @pytest.mark.parametrize("strategy", ["replay", "naive"])
 def test_linear_stack_matches_the_analytic_answer(strategy):
     """Blocks scale norms by exactly their gain: change at l = r * ||h_k|| * prod(gains[k:l]); relative change = r."""
-    from lnsr_viz.adapter import ModelAdapter
+    from lnsr_viz.core.adapter import ModelAdapter
 
     stack = LinearStack(dim=8, gains=(2.0, 0.5, 3.0))
     inputs = _linear_inputs()

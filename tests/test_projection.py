@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from lnsr_viz.data import TextDataset
-from lnsr_viz.drift import sentence_representations
-from lnsr_viz.projection import PROJECTION_COLUMNS, project_representations
+from lnsr_viz.analysis.drift import sentence_representations
+from lnsr_viz.analysis.projection import PROJECTION_COLUMNS, project_representations
+from lnsr_viz.data.text import TextDataset
 from lnsr_viz.testing import tiny_model, toy_sentences
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from lnsr_viz.qa import (
+from lnsr_viz.data.squad import (
     TOPIC_GROUPS,
     QADataset,
     QAExample,
@@ -66,7 +66,7 @@ def test_malformed_squad_names_the_question(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from lnsr_viz.models import load_tokenizer
+    from lnsr_viz.data.models import load_tokenizer
 
     return load_tokenizer("minilm")
 

@@ -7,10 +7,10 @@ import random
 import pandas as pd
 import pytest
 
-from lnsr_viz.experiments import compare
-from lnsr_viz.qa import load_squad
+from lnsr_viz.data.squad import load_squad
+from lnsr_viz.experiments.runs import compare
 from lnsr_viz.testing import tiny_model
-from lnsr_viz.training import FineTuner
+from lnsr_viz.training.loop import FineTuner
 
 WORDS = "the film story acting music ending plot scene actor director".split()
 ANSWERS = "good great awful boring brilliant dull charming terrible".split()
@@ -90,7 +90,7 @@ def test_compare_runs_qa_end_to_end(qa_setup, tmp_path):
     pd.testing.assert_frame_equal(result.metrics, again.metrics)
 
 
-@pytest.mark.parametrize("method", [m for m in __import__("lnsr_viz.regularizers", fromlist=["METHODS"]).METHODS])
+@pytest.mark.parametrize("method", [m for m in __import__("lnsr_viz.methods.base", fromlist=["METHODS"]).METHODS])
 def test_every_method_trains_a_qa_model(qa_setup, method):
     """One interface: each regulariser runs on an AutoModelForQuestionAnswering model (start/end logits)."""
     import math
@@ -108,8 +108,8 @@ def test_every_method_trains_a_qa_model(qa_setup, method):
 def test_prediction_divergences_on_qa_use_the_start_and_end_distributions(qa_setup):
     import torch
 
-    from lnsr_viz.baselines import RDrop, _prediction_logits
-    from lnsr_viz.qa import feature_batches, prepare_features
+    from lnsr_viz.data.squad import feature_batches, prepare_features
+    from lnsr_viz.methods.rivals import RDrop, _prediction_logits
 
     _, train_path, _ = qa_setup
     model, tok = tiny_model("bert", task="qa", seed=0)

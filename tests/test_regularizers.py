@@ -4,8 +4,8 @@ invariants (zero noise -> zero penalty even with dropout; lam = 0 -> vanilla los
 import pytest
 import torch
 
-from lnsr_viz.probe import _tokenize
-from lnsr_viz.regularizers import LNSR, Vanilla, get_method
+from lnsr_viz.core.probe import _tokenize
+from lnsr_viz.methods.base import LNSR, Vanilla, get_method
 from lnsr_viz.testing import LinearStack, tiny_model, toy_sentences
 
 

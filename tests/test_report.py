@@ -1,4 +1,4 @@
-"""Tests for :mod:`lnsr_viz.report`: self-contained, offline HTML reports.
+"""Tests for :mod:`lnsr_viz.viz.report`: self-contained, offline HTML reports.
 
 Covered: plotly.js is embedded exactly once even with several figures (and not at all without
 figures); no script, stylesheet or font is loaded over the network; every heading appears in the
@@ -20,8 +20,8 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from lnsr_viz import report as report_module
-from lnsr_viz.report import Report
+from lnsr_viz.viz import report as report_module
+from lnsr_viz.viz.report import Report
 
 PLOTLY_JS_HEAD = get_plotlyjs()[:300]
 

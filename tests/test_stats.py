@@ -1,4 +1,4 @@
-"""Tests for lnsr_viz.stats.
+"""Tests for lnsr_viz.analysis.stats.
 
 Covers: summarize (mean, ddof=1 sd, Student-t interval checked against scipy.stats.t by hand, n=1 -> NaN, NaN
 values dropped); the exact sign test on known cases; the sign-flip permutation test by exact enumeration worked by
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from lnsr_viz.stats import (
+from lnsr_viz.analysis.stats import (
     LOWER_IS_BETTER,
     bootstrap_ci,
     describe_comparison,

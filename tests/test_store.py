@@ -1,4 +1,4 @@
-"""Tests for lnsr_viz.store.
+"""Tests for lnsr_viz.experiments.store.
 
 Covers: config_hash (stable under key order and across processes, sensitive to values and types, tuples ==
 lists, refuses values without a JSON form); atomic file helpers; RunStore save / exists / load round trip and the
@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
-from lnsr_viz import store as store_mod
-from lnsr_viz.store import (
+from lnsr_viz.experiments import store as store_mod
+from lnsr_viz.experiments.store import (
     CorruptRunWarning,
     RunStore,
     atomic_write_csv,
@@ -66,7 +66,7 @@ def test_config_hash_key_order_and_values():
 
 def test_config_hash_is_stable_across_processes():
     code = (
-        "from lnsr_viz.store import config_hash;"
+        "from lnsr_viz.experiments.store import config_hash;"
         "print(config_hash({'method': 'lnsr', 'seed': 1, 'lr': 2e-5, 'model': {'name': 'minilm', 'layers': (1, 2)},"
         " 'domain': 'movie'}))"
     )

@@ -9,8 +9,8 @@ import pytest
 from scipy import stats
 
 from lnsr_viz import cli
-from lnsr_viz.store import RunStore
-from lnsr_viz.study import CLAIMS, plot_sensitivity_vs_ood, study_claims, study_runs, write_study
+from lnsr_viz.experiments.store import RunStore
+from lnsr_viz.experiments.study import CLAIMS, plot_sensitivity_vs_ood, study_claims, study_runs, write_study
 
 SEEDS = [1, 2, 3, 4]
 NOISE = {1: -0.02, 2: 0.01, 3: 0.0, 4: 0.012}

@@ -4,8 +4,8 @@ selection protocol that provably reads only validation numbers."""
 import pandas as pd
 import pytest
 
-from lnsr_viz.store import RunStore
-from lnsr_viz.sweep import (
+from lnsr_viz.experiments.store import RunStore
+from lnsr_viz.experiments.sweep import (
     expand,
     load_sweep_config,
     merge_stores,
@@ -88,7 +88,7 @@ def test_sharded_runs_merge_to_the_unsharded_table(tiny, tmp_path):
 
 
 def test_merge_refuses_other_versions_and_other_data(tiny, tmp_path, monkeypatch):
-    import lnsr_viz.store as store_mod
+    import lnsr_viz.experiments.store as store_mod
 
     cfg = _config(tiny, train_sizes=[16], seeds=[1], methods={"vanilla": {}})
     run_sweep(cfg, results=tmp_path / "a", progress=False, verbose=False)

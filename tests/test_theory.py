@@ -11,11 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lnsr_viz.adapter import ModelAdapter
-from lnsr_viz.data import TextDataset
-from lnsr_viz.store import RunStore
-from lnsr_viz.testing import LinearStack, tiny_model, toy_sentences
-from lnsr_viz.theory import (
+from lnsr_viz.analysis.theory import (
     IDENTITY_COLUMNS,
     hessian_trace,
     hutchinson_trace,
@@ -23,6 +19,10 @@ from lnsr_viz.theory import (
     small_noise_identity,
     theory_table,
 )
+from lnsr_viz.core.adapter import ModelAdapter
+from lnsr_viz.data.text import TextDataset
+from lnsr_viz.experiments.store import RunStore
+from lnsr_viz.testing import LinearStack, tiny_model, toy_sentences
 
 
 def _ids(n=6, seq=5, vocab=50, seed=0):
@@ -311,7 +311,7 @@ def test_theory_table_errors(tmp_path):
 
 
 def test_theory_measurements_give_the_extra_entries_theory_table_reads():
-    from lnsr_viz.theory import EXTRA_KEYS, theory_measurements
+    from lnsr_viz.analysis.theory import EXTRA_KEYS, theory_measurements
 
     model, tok = tiny_model("bert")
     texts, labels = toy_sentences(6)
@@ -322,8 +322,8 @@ def test_theory_measurements_give_the_extra_entries_theory_table_reads():
 
 @pytest.mark.slow
 def test_the_small_noise_identity_on_the_packaged_minilm(lnsr_home):
-    from lnsr_viz.data import load_domain
-    from lnsr_viz.models import load_model
+    from lnsr_viz.data.models import load_model
+    from lnsr_viz.data.text import load_domain
 
     model, tok = load_model("minilm")
     texts = load_domain("movie").texts[:4]

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lnsr_viz.data import TextDataset
+from lnsr_viz.data.text import TextDataset
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.training import HISTORY_COLUMNS, FineTuner, TrainerCallback
+from lnsr_viz.training.loop import HISTORY_COLUMNS, FineTuner, TrainerCallback
 
 
 def _data(n=24, seed=0, name="toy"):
@@ -98,7 +98,7 @@ def test_early_stopping_restores_the_best_epoch():
                 with torch.no_grad():
                     kw["model"].classifier.weight.mul_(-1)
 
-    from lnsr_viz.evaluation import accuracy, predict_proba
+    from lnsr_viz.analysis.evaluation import accuracy, predict_proba
 
     model, tok = tiny_model("bert")
     val = _data(12, seed=1, name="val")

@@ -1,4 +1,4 @@
-"""Tests for :mod:`lnsr_viz.widgets` (dashboard wiring) and :mod:`lnsr_viz.notebook_plots` (their extra figures).
+"""Tests for :mod:`lnsr_viz.viz.dashboards` (dashboard wiring) and :mod:`lnsr_viz.viz.notebook_figures` (their extra figures).
 
 Covered:
 
@@ -21,17 +21,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from lnsr_viz import widgets
-from lnsr_viz.notebook_plots import (
-    plot_noise_types,
-    plot_run_costs,
-    plot_scale_response,
-    plot_step_costs,
-    wrap_title,
-)
-from lnsr_viz.plots import color_for, plot_stability_curves
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.widgets import (
+from lnsr_viz.viz import dashboards as widgets
+from lnsr_viz.viz.dashboards import (
     AttributionDashboard,
     DriftDashboard,
     FigureDashboard,
@@ -41,6 +33,14 @@ from lnsr_viz.widgets import (
     StabilityCurvesDashboard,
     TheoryDashboard,
     TrainingCurvesDashboard,
+)
+from lnsr_viz.viz.figures import color_for, plot_stability_curves
+from lnsr_viz.viz.notebook_figures import (
+    plot_noise_types,
+    plot_run_costs,
+    plot_scale_response,
+    plot_step_costs,
+    wrap_title,
 )
 
 # ----------------------------------------------------------------------------------------------- fixtures

@@ -66,8 +66,8 @@ trained here; notebook 02 fine-tunes.
 import pandas as pd
 
 from lnsr_viz import StabilityProbe, plot_profile_heatmap, plot_stability_curves, save_figure
-from lnsr_viz.notebook_plots import plot_noise_types, plot_scale_response, wrap_title
-from lnsr_viz.widgets import (
+from lnsr_viz.viz.notebook_figures import plot_noise_types, plot_scale_response, wrap_title
+from lnsr_viz.viz.dashboards import (
     NoiseExplorer,
     StabilityCurvesDashboard,
     explorer_models,
@@ -295,10 +295,10 @@ import pandas as pd
 from IPython.display import display
 
 from lnsr_viz import compare, load_model
-from lnsr_viz.drift import representation_drift
-from lnsr_viz.notebook_plots import wrap_title
-from lnsr_viz.plots import plot_paired_differences
-from lnsr_viz.widgets import (
+from lnsr_viz.analysis.drift import representation_drift
+from lnsr_viz.viz.notebook_figures import wrap_title
+from lnsr_viz.viz.figures import plot_paired_differences
+from lnsr_viz.viz.dashboards import (
     DriftDashboard,
     MetricsDashboard,
     StabilityCurvesDashboard,
@@ -462,12 +462,12 @@ import pandas as pd
 import torch
 
 from lnsr_viz import compare, load_model
-from lnsr_viz.adapter import ModelAdapter
-from lnsr_viz.analysis_plots import plot_small_noise_identity
-from lnsr_viz.notebook_plots import wrap_title
+from lnsr_viz.core.adapter import ModelAdapter
+from lnsr_viz.viz.analysis_figures import plot_small_noise_identity
+from lnsr_viz.viz.notebook_figures import wrap_title
 from lnsr_viz.testing import LinearStack
-from lnsr_viz.theory import jacobian_norm, small_noise_identity, theory_measurements, theory_table
-from lnsr_viz.widgets import (
+from lnsr_viz.analysis.theory import jacobian_norm, small_noise_identity, theory_measurements, theory_table
+from lnsr_viz.viz.dashboards import (
     TheoryDashboard,
     comparison_protocol,
     comparison_settings,
@@ -623,11 +623,11 @@ snippets, UMAP of 400 sentences: measured 39 s on two cores); about 10 s in the 
 import os
 
 from lnsr_viz import load_model
-from lnsr_viz.diagnose import diagnose
-from lnsr_viz.notebook_plots import wrap_title
-from lnsr_viz.plots import plot_stability_curves
-from lnsr_viz.projection import project_representations
-from lnsr_viz.widgets import (
+from lnsr_viz.experiments.diagnose import diagnose
+from lnsr_viz.viz.notebook_figures import wrap_title
+from lnsr_viz.viz.figures import plot_stability_curves
+from lnsr_viz.analysis.projection import project_representations
+from lnsr_viz.viz.dashboards import (
     AttributionDashboard,
     DriftDashboard,
     ProjectionDashboard,
@@ -777,10 +777,10 @@ about 10 s (16 tiny fine-tunings).
 from IPython.display import display
 
 from lnsr_viz import compare
-from lnsr_viz.notebook_plots import plot_run_costs, plot_step_costs, wrap_title
-from lnsr_viz.plots import plot_paired_differences
-from lnsr_viz.regularizers import METHODS
-from lnsr_viz.widgets import (
+from lnsr_viz.viz.notebook_figures import plot_run_costs, plot_step_costs, wrap_title
+from lnsr_viz.viz.figures import plot_paired_differences
+from lnsr_viz.methods.base import METHODS
+from lnsr_viz.viz.dashboards import (
     MetricsDashboard,
     StabilityCurvesDashboard,
     TrainingCurvesDashboard,
@@ -799,7 +799,7 @@ print("methods:", ", ".join(ALL_METHODS))
 ## 1 · Run or load every method
 
 Same data, seeds, epochs and learning rate for every method; each method's own hyper-parameters are its
-defaults (see `lnsr_viz.baselines`), chosen a priori, not tuned here. Runs already stored (e.g. vanilla and LNSR
+defaults (see `lnsr_viz.methods.rivals`), chosen a priori, not tuned here. Runs already stored (e.g. vanilla and LNSR
 from notebook 02) are loaded.
 """),
     code("""
@@ -908,8 +908,8 @@ This notebook reads the same runs in the quick setting: there is nothing to make
     code("""
 from IPython.display import Markdown, display
 
-from lnsr_viz.study import load_study, plot_sensitivity_vs_ood
-from lnsr_viz.widgets import FigureDashboard, setup_notebook, study_dir
+from lnsr_viz.experiments.study import load_study, plot_sensitivity_vs_ood
+from lnsr_viz.viz.dashboards import FigureDashboard, setup_notebook, study_dir
 
 QUICK = setup_notebook()
 STUDY = study_dir()
@@ -922,7 +922,7 @@ print(f"{cost['runs']} fine-tuning runs in {STUDY}; their own wall-clock times s
 ## 1 · The selection rule
 
 Per training-set size, the LNSR setting with the best mean **validation** accuracy (last epoch, over seeds) is
-chosen; test and out-of-domain numbers are read only afterwards (`lnsr_viz.sweep.select_settings`).
+chosen; test and out-of-domain numbers are read only afterwards (`lnsr_viz.experiments.sweep.select_settings`).
 """),
     code("""
 study.chosen

@@ -1,0 +1,702 @@
+"""The run store: one folder per training run, keyed by a hash of its configuration.
+
+Why: a sweep over methods x seeds takes hours. Asking for a run that already exists must load it instead of
+retraining, and a sweep that was interrupted must pick up where it stopped, without ever reading a half-written or
+damaged run as if it were good. The store gives both:
+
+* the run id is :func:`config_hash` of the configuration (canonical JSON, sha256, 12 hex characters), so the same
+  configuration always maps to the same folder, in any process and whatever the key order;
+* :meth:`RunStore.save` writes everything into a hidden ``runs/.tmp-<run_id>-<uuid>/`` folder and moves it into
+  place with one ``os.replace``; ``record.json`` (the list of files with their sha256) is written last, inside the
+  temporary folder. A run folder is therefore either complete or absent. A crash leaves only a ``.tmp-*`` folder,
+  which readers ignore and :meth:`RunStore.cleanup` removes;
+* readers check every run: a folder with no ``record.json``, bad JSON or a checksum mismatch is reported with a
+  :class:`CorruptRunWarning` naming the folder and the problem, and skipped, never silently used.
+
+Layout::
+
+    root/runs/<run_id>/config.json    {"run_id", "schema_version", "lnsr_viz_version", "created_at", "config": {...}}
+                       metrics.csv    tidy: domain, metric, value
+                       history.csv    one row per epoch (optional)
+                       profile.csv    stability profile (optional)
+                       extra.json     any JSON-serialisable extras (optional)
+                       checkpoint/    whatever checkpoint_fn wrote (optional)
+                       record.json    written last: {"run_id", "schema_version", "completed_at", "files": {...}}
+
+Intended use (this is what makes a sweep resumable)::
+
+    store = RunStore("results")
+    for cfg in grid:
+        if store.exists(cfg):
+            run = store.load(cfg)              # cache hit: no training
+        else:
+            model, metrics, history = train(cfg)
+            store.save(cfg, metrics=metrics, history=history, profile=None)
+    metrics = store.load_table("metrics")      # run_id + config columns + domain, metric, value
+
+``load_table`` prepends ``run_id`` and the flattened configuration (nested keys joined with ``"."``), so a config
+with top-level ``method`` and ``seed`` keys yields the ``run_id, method, seed, domain, metric, value`` table of
+``docs/architecture.md``.
+
+Only plain JSON values (dict with str keys, list, tuple, str, int, float, bool, None, and numpy scalars) may appear
+in a configuration: anything else (a ``Path``, a model object, NaN) is refused with a message saying what to do,
+because a value without a canonical text form cannot give a stable run id.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..utils.validation import check_choice
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TABLES",
+    "CorruptRunWarning",
+    "Run",
+    "RunStore",
+    "config_hash",
+    "canonical_json",
+    "flatten_config",
+    "atomic_write_text",
+    "atomic_write_csv",
+    "atomic_write_json",
+]
+
+#: Version of the on-disk layout; bump it when the layout changes incompatibly.
+SCHEMA_VERSION = 1
+#: The per-run tables and their file names.
+TABLES: dict[str, str] = {"metrics": "metrics.csv", "history": "history.csv", "profile": "profile.csv",
+                          "drift": "drift.csv"}
+_METRICS_COLUMNS = ("domain", "metric", "value")
+_RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+_TMP_PREFIX = ".tmp-"
+_RECORD = "record.json"
+_CONFIG = "config.json"
+_EXTRA = "extra.json"
+_CHECKPOINT = "checkpoint"
+
+
+class CorruptRunWarning(UserWarning):
+    """A run folder is incomplete or damaged and was skipped."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# canonical configuration and hashing
+# --------------------------------------------------------------------------------------------------------------
+def _canonical(value: Any, where: str) -> Any:
+    """Turn ``value`` into plain JSON types, or raise a ``TypeError`` naming where the offending value sits."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.generic):
+        if isinstance(value, (np.bool_, np.integer, np.floating)):
+            return _canonical(value.item(), where)
+        raise TypeError(f"{where} is a numpy {type(value).__name__}, which has no JSON form; use a plain value.")
+    if isinstance(value, int):
+        return int(value)  # int subclasses (IntEnum) become plain ints
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TypeError(
+                f"{where} is {value!r}; NaN and infinity are not valid JSON and cannot key a run. Use None or a "
+                "string such as 'inf'."
+            )
+        return float(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(
+                    f"{where} has a key {k!r} of type {type(k).__name__}; configuration keys must be strings "
+                    "(JSON would silently turn 1 and '1' into the same key)."
+                )
+            out[k] = _canonical(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    hint = " Convert it with str(...) first." if isinstance(value, os.PathLike) else ""
+    raise TypeError(
+        f"{where} is a {type(value).__name__} ({value!r:.80}), which is not JSON-serialisable, so it cannot be part "
+        f"of a run configuration. Use str, int, float, bool, None, list or dict values.{hint}"
+    )
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """The canonical JSON text of a configuration: sorted keys, no whitespace, tuples as lists, ASCII only.
+
+    Floats are written with Python's shortest round-trip ``repr`` (``1e-05``, ``0.1``), which is the same in every
+    process and on every platform; ``1`` and ``1.0`` stay different because they are different types in JSON.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping (e.g. a dict); got {type(config).__name__}.")
+    plain = _canonical(config, "config")
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """First 12 hex characters of the sha256 of :func:`canonical_json` (the run id).
+
+    Stable across processes, Python sessions and key order; any change of a value changes it.
+
+    >>> config_hash({"method": "lnsr", "seed": 1}) == config_hash({"seed": 1, "method": "lnsr"})
+    True
+    """
+    return hashlib.sha256(canonical_json(config).encode("ascii")).hexdigest()[:12]
+
+
+def flatten_config(config: Mapping[str, Any], *, sep: str = ".") -> dict[str, Any]:
+    """Flatten nested mappings into one level, joining keys with ``sep`` (``{"a": {"b": 1}} -> {"a.b": 1}``).
+
+    Lists become tuples so that the values can be used as DataFrame group keys.
+    """
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(f"{prefix}{sep}{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            out[prefix] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        else:
+            out[prefix] = value
+
+    for key, val in config.items():
+        walk(str(key), val)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# atomic file helpers
+# --------------------------------------------------------------------------------------------------------------
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` so that readers see either the old file or the complete new one.
+
+    The text goes to a temporary file in the same folder (same file system), is flushed and fsync'ed, and then
+    ``os.replace``-d over ``path``. The temporary file is removed if anything fails. The new file gets the usual
+    permissions (``0o666`` minus the umask).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_csv(path: str | os.PathLike[str], df: pd.DataFrame, *, index: bool = False) -> Path:
+    """Write a DataFrame as CSV atomically (see :func:`atomic_write_text`). Missing values are written as ``""``."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"atomic_write_csv expects a pandas DataFrame; got {type(df).__name__}.")
+    return atomic_write_text(path, df.to_csv(index=index, lineterminator="\n"))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON-serialisable.")
+
+
+def _dumps(obj: Any, *, sort_keys: bool = True) -> str:
+    return json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default, allow_nan=True) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically. numpy scalars/arrays, sets and paths are converted."""
+    return atomic_write_text(path, _dumps(obj))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    # keep_default_na=False: a domain called "NA" or "null" stays a string; only empty cells are missing values.
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:  # a DataFrame without columns was saved
+        return pd.DataFrame()
+
+
+def _write_durable(path: Path, text: str) -> None:
+    """Write and fsync a new file (inside a save's temporary folder, where atomicity comes from the folder)."""
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("lnsr_viz")
+    except PackageNotFoundError:
+        module = sys.modules.get("lnsr_viz")
+        return str(getattr(module, "__version__", "unknown"))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the store
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One complete, verified run loaded from a :class:`RunStore`.
+
+    Attributes
+    ----------
+    run_id : str
+    path : Path
+        The run folder.
+    config : dict
+        The configuration as it was hashed (``config_hash(run.config) == run.run_id``).
+    metrics : DataFrame
+        Tidy ``domain, metric, value``.
+    history, profile, drift : DataFrame or None
+        ``None`` when the run was saved without them (``drift``: per-layer drift from the pre-trained model).
+    extra : dict
+        ``extra=`` of :meth:`RunStore.save` (empty if none).
+    meta : dict
+        ``schema_version``, ``lnsr_viz_version``, ``created_at``, ``completed_at``.
+    """
+
+    run_id: str
+    path: Path
+    config: dict[str, Any]
+    metrics: pd.DataFrame
+    history: pd.DataFrame | None = None
+    profile: pd.DataFrame | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    drift: pd.DataFrame | None = None
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The ``checkpoint/`` folder, or ``None`` if the run was saved without one."""
+        p = self.path / _CHECKPOINT
+        return p if p.is_dir() else None
+
+
+class _BadRun(Exception):
+    """Internal: why a run folder cannot be used."""
+
+
+class RunStore:
+    """A folder of runs keyed by configuration hash.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The store folder; runs live in ``root/runs/``. Created if missing.
+    read_only : bool, default=False
+        Open an existing store for reading only (e.g. results on a read-only mount). Otherwise the constructor
+        checks that it can create and delete a file under ``root/runs/`` and raises ``PermissionError`` at once if
+        it cannot, instead of failing after hours of training at the first ``save``.
+
+    See the module docstring for the layout and the intended cache / resume pattern.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.root = Path(root).expanduser()
+        self.read_only = bool(read_only)
+        self.runs_dir = self.root / "runs"
+        if self.read_only:
+            if not self.runs_dir.is_dir():
+                raise FileNotFoundError(
+                    f"RunStore(read_only=True) needs an existing store, but {self.runs_dir} is not a folder. "
+                    "Check the path, or open it with read_only=False to create it."
+                )
+            return
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.runs_dir / f".write-probe-{uuid.uuid4().hex}"
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as exc:
+            raise PermissionError(
+                f"RunStore root {str(self.root)!r} is not writable: cannot create files in {str(self.runs_dir)!r} "
+                f"({type(exc).__name__}: {exc}). Pass a folder you can write to, or RunStore(root, read_only=True) "
+                "to only read existing runs."
+            ) from exc
+
+    def __repr__(self) -> str:
+        ro = ", read_only=True" if self.read_only else ""
+        return f"RunStore({str(self.root)!r}{ro})"
+
+    # ---- ids and paths -------------------------------------------------------------------------------------
+    def run_id(self, config: Mapping[str, Any]) -> str:
+        """The run id of ``config`` (:func:`config_hash`)."""
+        return config_hash(config)
+
+    def _resolve_id(self, config_or_run_id: Mapping[str, Any] | str) -> str:
+        if isinstance(config_or_run_id, str):
+            if not _RUN_ID_RE.match(config_or_run_id):
+                raise ValueError(
+                    f"{config_or_run_id!r} is not a run id (12 lowercase hex characters). Pass a run id from "
+                    "list_runs()['run_id'] or the configuration mapping itself."
+                )
+            return config_or_run_id
+        return config_hash(config_or_run_id)
+
+    def run_dir(self, config_or_run_id: Mapping[str, Any] | str) -> Path:
+        """The folder where the run of this configuration (or run id) lives or would live."""
+        return self.runs_dir / self._resolve_id(config_or_run_id)
+
+    def _run_folders(self) -> Iterator[Path]:
+        if not self.runs_dir.is_dir():
+            return
+        for p in sorted(self.runs_dir.iterdir()):
+            if p.name.startswith("."):  # .tmp-* of a save in progress or interrupted; hidden files
+                continue
+            if p.is_dir():
+                yield p
+
+    # ---- verification --------------------------------------------------------------------------------------
+    def _verify(self, path: Path, *, checkpoint_hashes: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return ``(config_doc, record)`` of a complete, intact run, or raise ``_BadRun`` saying what is wrong.
+
+        Every listed file must exist with the recorded size; files outside ``checkpoint/`` are also re-hashed
+        (they are small). Checkpoint files are re-hashed only with ``checkpoint_hashes=True`` because a model
+        checkpoint can be hundreds of megabytes.
+        """
+        record_path = path / _RECORD
+        if not record_path.is_file():
+            raise _BadRun("record.json is missing, so the run never finished saving (incomplete)")
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _BadRun(f"record.json is not valid JSON ({exc})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+            raise _BadRun("record.json has no 'files' table")
+        version = record.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise _BadRun(
+                f"record.json has schema_version {version!r}; this lnsr_viz reads up to {SCHEMA_VERSION} "
+                "(written by a newer lnsr_viz?)"
+            )
+        if record.get("run_id") != path.name:
+            raise _BadRun(f"record.json belongs to run {record.get('run_id')!r}, not to folder {path.name!r}")
+        files = record["files"]
+        for name in (_CONFIG, TABLES["metrics"]):
+            if name not in files:
+                raise _BadRun(f"record.json does not list {name}")
+        for rel, info in files.items():
+            if not isinstance(info, dict) or rel.startswith("/") or ".." in rel.split("/"):
+                raise _BadRun(f"record.json has a malformed entry for {rel!r}")
+            fp = path / rel
+            if not fp.is_file():
+                raise _BadRun(f"{rel} is listed in record.json but missing")
+            if fp.stat().st_size != info.get("bytes"):
+                raise _BadRun(f"{rel} has {fp.stat().st_size} bytes, record.json says {info.get('bytes')}")
+            if (checkpoint_hashes or not rel.startswith(_CHECKPOINT + "/")) and _sha256(fp) != info.get("sha256"):
+                raise _BadRun(f"checksum mismatch for {rel} (the file changed after the run was saved)")
+        try:
+            doc = json.loads((path / _CONFIG).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _BadRun(f"config.json is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise _BadRun("config.json has no 'config' mapping")
+        try:
+            actual = config_hash(doc["config"])
+        except TypeError as exc:
+            raise _BadRun(f"config.json holds a configuration that cannot be hashed ({exc})") from None
+        if actual != path.name:
+            raise _BadRun(f"the stored configuration hashes to {actual}, not to the folder name")
+        return doc, record
+
+    def _warn(self, path: Path, problem: str) -> None:
+        warnings.warn(
+            f"Skipping run folder {str(path)!r}: {problem}. Delete the folder to redo this run "
+            "(or save it again with overwrite=True).",
+            CorruptRunWarning,
+            stacklevel=3,
+        )
+
+    def _complete_runs(self) -> Iterator[tuple[Path, dict[str, Any], dict[str, Any]]]:
+        for path in self._run_folders():
+            try:
+                doc, record = self._verify(path)
+            except _BadRun as exc:
+                self._warn(path, str(exc))
+                continue
+            yield path, doc, record
+
+    # ---- public API ----------------------------------------------------------------------------------------
+    def exists(self, config_or_run_id: Mapping[str, Any] | str) -> bool:
+        """Whether a complete, intact run of this configuration is stored (the cache-hit test).
+
+        A damaged run counts as absent (with a :class:`CorruptRunWarning`), so a resumed sweep redoes it and
+        :meth:`save` replaces it.
+        """
+        path = self.run_dir(config_or_run_id)
+        if not path.is_dir():
+            return False
+        try:
+            self._verify(path)
+        except _BadRun as exc:
+            self._warn(path, str(exc))
+            return False
+        return True
+
+    def save(
+        self,
+        config: Mapping[str, Any],
+        *,
+        metrics: pd.DataFrame,
+        history: pd.DataFrame | None = None,
+        profile: pd.DataFrame | None = None,
+        extra: Mapping[str, Any] | None = None,
+        drift: pd.DataFrame | None = None,
+        checkpoint_fn: Callable[[Path], None] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Store one run atomically and return its folder.
+
+        Parameters
+        ----------
+        config : mapping
+            JSON-serialisable configuration; its :func:`config_hash` is the run id.
+        metrics : DataFrame
+            Tidy metrics with at least the columns ``domain, metric, value``.
+        history, profile, drift : DataFrame, optional
+            Per-epoch history, stability profile and per-layer drift (any columns).
+        extra : mapping, optional
+            Any other JSON-serialisable results (numpy values are converted), stored in ``extra.json``.
+        checkpoint_fn : callable, optional
+            Called as ``checkpoint_fn(folder)`` with an existing empty ``checkpoint/`` folder inside the temporary
+            run folder, e.g. ``lambda p: model.save_pretrained(p)``.
+        overwrite : bool, default=False
+            Replace an existing complete run. Without it, saving a run that exists raises ``FileExistsError``
+            (a damaged or incomplete folder of the same id is always replaced).
+
+        Everything is written into ``runs/.tmp-<run_id>-<uuid>/``, ``record.json`` last, and the folder is then
+        moved into place with ``os.replace``. If anything raises (including ``checkpoint_fn``), the temporary folder
+        is removed and nothing becomes visible.
+        """
+        if self.read_only:
+            raise PermissionError(f"{self!r} is read-only; open it with read_only=False to save runs.")
+        run_id = config_hash(config)  # also validates the configuration
+        plain_config = _canonical(config, "config")  # plain JSON types, the caller's key order kept for listings
+        if not isinstance(metrics, pd.DataFrame):
+            raise ValueError(f"metrics must be a pandas DataFrame; got {type(metrics).__name__}.")
+        missing = [c for c in _METRICS_COLUMNS if c not in metrics.columns]
+        if missing:
+            raise ValueError(
+                f"metrics must be the tidy table with columns {list(_METRICS_COLUMNS)}; missing {missing} "
+                f"(got {list(metrics.columns)}). lnsr_viz.analysis.evaluation.evaluate returns this shape."
+            )
+        for name, table in (("history", history), ("profile", profile), ("drift", drift)):
+            if table is not None and not isinstance(table, pd.DataFrame):
+                raise ValueError(f"{name} must be a pandas DataFrame or None; got {type(table).__name__}.")
+        if extra is not None and not isinstance(extra, Mapping):
+            raise ValueError(f"extra must be a mapping or None; got {type(extra).__name__}.")
+
+        final = self.runs_dir / run_id
+        if final.exists() and not overwrite:
+            try:
+                self._verify(final)
+            except _BadRun as exc:
+                warnings.warn(f"Replacing damaged run folder {str(final)!r} ({exc}).", CorruptRunWarning, stacklevel=2)
+            else:
+                raise FileExistsError(
+                    f"Run {run_id} already exists in {str(final)!r}. Load it with store.load(config), or pass "
+                    "overwrite=True to replace it."
+                )
+
+        tmp = self.runs_dir / f"{_TMP_PREFIX}{run_id}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            doc = {
+                "run_id": run_id,
+                "schema_version": SCHEMA_VERSION,
+                "lnsr_viz_version": _package_version(),
+                "created_at": _now(),
+                "config": plain_config,
+            }
+            _write_durable(tmp / _CONFIG, _dumps(doc, sort_keys=False))
+            for name, table in (("metrics", metrics), ("history", history), ("profile", profile), ("drift", drift)):
+                if table is not None:
+                    _write_durable(tmp / TABLES[name], table.to_csv(index=False, lineterminator="\n"))
+            if extra is not None:
+                _write_durable(tmp / _EXTRA, _dumps(dict(extra)))
+            if checkpoint_fn is not None:
+                ckpt = tmp / _CHECKPOINT
+                ckpt.mkdir()
+                checkpoint_fn(ckpt)
+                if not any(ckpt.iterdir()):
+                    ckpt.rmdir()
+            files = {}
+            for fp in sorted(p for p in tmp.rglob("*") if p.is_file()):
+                rel = fp.relative_to(tmp).as_posix()
+                files[rel] = {"sha256": _sha256(fp), "bytes": fp.stat().st_size}
+            record = {"run_id": run_id, "schema_version": SCHEMA_VERSION, "completed_at": _now(), "files": files}
+            atomic_write_json(tmp / _RECORD, record)
+            self._move_into_place(tmp, final, run_id)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def _move_into_place(self, tmp: Path, final: Path, run_id: str) -> None:
+        old = None
+        if final.exists():
+            # os.replace cannot replace a non-empty folder: move the old one aside (as a hidden .tmp-* folder that
+            # readers ignore), put the new one in place, then delete the old one.
+            old = self.runs_dir / f"{_TMP_PREFIX}{run_id}-{uuid.uuid4().hex}-old"
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            if old is not None and not final.exists():
+                os.replace(old, final)
+            raise FileExistsError(
+                f"Could not move run {run_id} into {str(final)!r} ({exc}); another process may have saved the same "
+                "run at the same time. Check store.exists(config)."
+            ) from exc
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, config_or_run_id: Mapping[str, Any] | str, *, verify_checkpoint: bool = False) -> Run:
+        """Load a complete run by configuration or run id.
+
+        Parameters
+        ----------
+        config_or_run_id : mapping or str
+        verify_checkpoint : bool, default=False
+            Also re-hash the checkpoint files (slow for big models). Tables and JSON files are always verified.
+
+        Raises
+        ------
+        FileNotFoundError
+            No run of that id.
+        ValueError
+            The run folder is incomplete or damaged (the message says what is wrong).
+        """
+        run_id = self._resolve_id(config_or_run_id)
+        path = self.runs_dir / run_id
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"No run {run_id} in {str(self.runs_dir)!r}. Check store.exists(config) first, or train and "
+                "store.save(config, ...) it."
+            )
+        try:
+            doc, record = self._verify(path, checkpoint_hashes=verify_checkpoint)
+        except _BadRun as exc:
+            raise ValueError(
+                f"Run folder {str(path)!r} cannot be used: {exc}. Delete it and run again, or save it with "
+                "overwrite=True."
+            ) from None
+        files = record["files"]
+        tables = {name: _read_csv(path / fname) if fname in files else None for name, fname in TABLES.items()}
+        extra = json.loads((path / _EXTRA).read_text(encoding="utf-8")) if _EXTRA in files else {}
+        meta = {
+            "schema_version": record.get("schema_version"),
+            "lnsr_viz_version": doc.get("lnsr_viz_version"),
+            "created_at": doc.get("created_at"),
+            "completed_at": record.get("completed_at"),
+        }
+        return Run(
+            run_id=run_id,
+            path=path,
+            config=doc["config"],
+            metrics=tables["metrics"],
+            history=tables["history"],
+            profile=tables["profile"],
+            extra=extra,
+            meta=meta,
+            drift=tables["drift"],
+        )
+
+    def list_runs(self) -> pd.DataFrame:
+        """One row per complete run: ``run_id`` and the flattened configuration (nested keys joined with ".").
+
+        Damaged or incomplete folders are reported with a :class:`CorruptRunWarning` and left out; ``.tmp-*``
+        folders are ignored. Configurations may have different keys; missing entries are NaN.
+        """
+        rows = [{"run_id": path.name, **flatten_config(doc["config"])} for path, doc, _ in self._complete_runs()]
+        if not rows:
+            return pd.DataFrame(columns=["run_id"])
+        return pd.DataFrame(rows)
+
+    def load_table(self, name: str) -> pd.DataFrame:
+        """Concatenate one table (``"metrics"``, ``"history"``, ``"profile"`` or ``"drift"``) over all complete runs.
+
+        Each run's rows get ``run_id`` and the flattened configuration prepended (e.g. ``method``, ``seed``), so
+        the result can go straight into :func:`lnsr_viz.analysis.stats.summarize`. A configuration key that is already a
+        column of the stored table keeps the table's values. Runs saved without the table are skipped; damaged
+        runs are reported with a :class:`CorruptRunWarning` and skipped.
+        """
+        check_choice("name", name, TABLES, owner="RunStore.load_table")
+        fname = TABLES[name]
+        parts = []
+        for path, doc, record in self._complete_runs():
+            if fname not in record["files"]:
+                continue
+            table = _read_csv(path / fname)
+            if "run_id" in table.columns:  # the folder name is the authority on the run id
+                table = table.drop(columns="run_id")
+            front = {"run_id": path.name}
+            front.update({k: v for k, v in flatten_config(doc["config"]).items() if k not in table.columns})
+            # lists of values (not scalars) so that tuple-valued config entries are not broadcast as arrays
+            front_df = pd.DataFrame({k: [v] * len(table) for k, v in front.items()}, index=table.index)
+            parts.append(pd.concat([front_df, table], axis=1))
+        if not parts:
+            return pd.DataFrame(columns=["run_id", *(_METRICS_COLUMNS if name == "metrics" else ())])
+        return pd.concat(parts, ignore_index=True, sort=False)
+
+    def cleanup(self, *, older_than_s: float = 0.0) -> list[Path]:
+        """Remove ``.tmp-*`` folders left by interrupted saves and return their paths.
+
+        Do not call it with the default ``older_than_s=0`` while another process may be saving into the same
+        store: its in-progress folder would be removed. ``older_than_s=3600`` only removes folders untouched for
+        an hour.
+        """
+        if self.read_only:
+            raise PermissionError(f"{self!r} is read-only; cleanup() needs read_only=False.")
+        removed = []
+        now = time.time()
+        for p in sorted(self.runs_dir.glob(f"{_TMP_PREFIX}*")):
+            if p.is_dir() and now - p.stat().st_mtime >= older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        return removed

@@ -1,0 +1,303 @@
+"""Sweeps: grids over methods, their parameters, training-set sizes and seeds, resumable and shardable.
+
+A sweep is described by a small YAML or TOML file::
+
+    model: minilm
+    data: movie
+    ood: [amazon, tweets, nyt]
+    train_sizes: [100, 500, 2000]
+    seeds: [1, 2, 3, 4, 5]
+    train: {epochs: 4, batch_size: 32, lr: 5.0e-5, max_length: 64}
+    eval_size: 600
+    methods:
+      vanilla: {}
+      lnsr:                       # every list is a grid axis; scalars are fixed
+        lam: [1, 10, 100]
+        scale: [0.05, 0.2]
+        noise: [gaussian, in_manifold]
+      # or a list of grids whose settings are pooled (one-at-a-time variations):
+      # lnsr: [{lam: [1, 10, 100]}, {lam: 10, noise: in_manifold}, {lam: 10, injection_layer: 3}]
+
+``expand(config)`` turns it into a list of jobs (train size x method setting x seed), in a fixed order. A job whose
+configuration is stored is loaded, not retrained (resume); ``--shard i/n`` runs every n-th job starting at the i-th
+(1-based), so n processes or machines can share a grid, and ``merge_stores`` combines their run stores, refusing
+stores written by different code versions or on different data.
+
+Selection protocol (no peeking): hyper-parameters are chosen on the in-domain **validation** split only, from the
+training histories; test and out-of-domain metrics are never read during selection (``select_settings`` takes only
+the history table), and are reported for the chosen setting afterwards. Ties go to the setting the sweep file lists
+first (``order=setting_order(config)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..methods.base import METHODS, get_method
+from .runs import Job, _split_cfg, make_protocol, run_jobs
+
+__all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run_sweep", "merge_stores",
+           "select_settings", "select_from_store", "sweep_history", "setting_order", "SWEEP_KEYS"]
+
+SWEEP_KEYS = {"model", "data", "ood", "train_sizes", "seeds", "train", "eval_size", "val_size", "split_seed",
+              "neutral_band", "methods", "probe", "results", "name"}
+_TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_length", "warmup_ratio", "weight_decay", "max_grad_norm"}
+_TRAIN_DEFAULTS = {"epochs": 4, "batch_size": 32, "lr": 5e-5, "max_length": 64, "warmup_ratio": 0.1,
+                   "weight_decay": 0.01, "max_grad_norm": 1.0}
+_PROBE_DEFAULTS = {"n": 64, "n_draws": 4, "noise": "gaussian", "scale": 0.05}
+
+
+def load_sweep_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a sweep file (``.yaml``/``.yml`` or ``.toml``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep config {path} not found.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        import tomllib
+
+        config = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        config = yaml.safe_load(text)
+    else:
+        raise ValueError(f"sweep config {path} must end in .yaml, .yml or .toml.")
+    if not isinstance(config, Mapping):
+        raise ValueError(f"sweep config {path} must be a mapping of settings; got {type(config).__name__}.")
+    return validate_config(dict(config), source=str(path))
+
+
+def validate_config(config: dict[str, Any], *, source: str = "sweep config") -> dict[str, Any]:
+    """Check keys, methods and parameters before any work; fill defaults."""
+    unknown = set(config) - SWEEP_KEYS
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(SWEEP_KEYS)}.")
+    methods = config.get("methods")
+    if not isinstance(methods, Mapping) or not methods:
+        raise ValueError(f"{source}: 'methods' must map at least one method name to its parameters, e.g. "
+                         "{'vanilla': {}, 'lnsr': {'lam': [1, 10]}}.")
+    for name in methods:
+        if name not in METHODS:
+            raise ValueError(f"{source}: unknown method {name!r}; expected one of {sorted(METHODS)}.")
+    train = dict(config.get("train") or {})
+    bad = set(train) - _TRAIN_KEYS
+    if bad:
+        raise ValueError(f"{source}: unknown key(s) {sorted(bad)} under 'train'; allowed: {sorted(_TRAIN_KEYS)}.")
+    config["train"] = {**_TRAIN_DEFAULTS, **train}
+    config["probe"] = {**_PROBE_DEFAULTS, **dict(config.get("probe") or {})}
+    for key in ("train_sizes", "seeds"):
+        values = config.get(key)
+        if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+            raise ValueError(f"{source}: {key!r} must be a non-empty list (the grid would be empty).")
+    config.setdefault("model", "minilm")
+    config.setdefault("data", "movie")
+    config.setdefault("ood", ["amazon", "tweets", "nyt"])
+    config.setdefault("eval_size", 600)
+    config.setdefault("val_size", 300)
+    config.setdefault("split_seed", 0)
+    config.setdefault("neutral_band", 0.0)
+    expand(config)  # every method setting is checked here (unknown parameter, out-of-range value)
+    return config
+
+
+def _settings(method: str, params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """The method's settings: the product of its parameter lists, or the union of several such grids (a list)."""
+    if isinstance(params, Sequence) and not isinstance(params, str):
+        if not params:
+            raise ValueError(f"method {method!r} has an empty list of grids: the grid would be empty.")
+        out: list[dict[str, Any]] = []
+        for grid in params:
+            for setting in _settings(method, grid):
+                if setting not in out:
+                    out.append(setting)
+        return out
+    if params is not None and not isinstance(params, Mapping):
+        raise ValueError(f"method {method!r}: parameters must be a mapping or a list of mappings; got {params!r}.")
+    axes = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in dict(params or {}).items()}
+    if any(len(v) == 0 for v in axes.values()):
+        raise ValueError(f"method {method!r} has an empty parameter list: the grid would be empty.")
+    keys = sorted(axes)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One grid point: a training-set size and a :class:`~lnsr_viz.experiments.runs.Job`."""
+
+    train_size: int
+    job: Job
+
+
+def _label(method: str, params: Mapping[str, Any]) -> str:
+    if not params:
+        return method
+    return method + "[" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + "]"
+
+
+def expand(config: Mapping[str, Any]) -> list[SweepJob]:
+    """Every grid point in a fixed order: train size, then method setting, then seed.
+
+    Each train size starts with a ``pretrained`` job (the pre-trained model's stability probe, no training)."""
+    jobs: list[SweepJob] = []
+    for size in config["train_sizes"]:
+        jobs.append(SweepJob(int(size), Job("pretrained", {}, None)))  # the pre-trained model's probe
+        for method, params in config["methods"].items():
+            for setting in _settings(method, params):
+                get_method(method, **setting)  # raises a clear error for a bad parameter
+                for seed in config["seeds"]:
+                    jobs.append(SweepJob(int(size), Job(method, setting, int(seed), _label(method, setting))))
+    if not jobs:
+        raise ValueError("the sweep grid is empty.")
+    return jobs
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``'i/n'`` -> (i, n) with 1 <= i <= n; None -> (1, 1)."""
+    if spec is None:
+        return 1, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 1/4); got {spec!r}.") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {spec}: i must be between 1 and n (shard {i} of {n} does not exist).")
+    return i, n
+
+
+def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, shard: str | None = None,
+              progress: bool = True, verbose: bool = True, device: str | None = None) -> pd.DataFrame:
+    """Run this shard's jobs of the grid (loading stored ones) and return one row per job.
+
+    ``device`` (e.g. ``'cuda'``) is where the models train; it is a property of the machine, not of the study, so it
+    is not part of the run keys (it is recorded in each run's ``extra.json``).
+    """
+    from ..utils.validation import check_device
+    from .store import RunStore
+
+    device = check_device(device, owner="run_sweep")
+    i, n = parse_shard(shard)
+    root = Path(results or config.get("results") or "results/sweep")
+    store = RunStore(root)
+    all_jobs = expand(config)
+    mine = [j for k, j in enumerate(all_jobs) if k % n == i - 1]
+    frames = []
+    by_size: dict[int, list[Job]] = {}
+    for sj in mine:
+        by_size.setdefault(sj.train_size, []).append(sj.job)
+    for size, jobs in by_size.items():
+        protocol = make_protocol(config["data"], ood=config["ood"], train_size=size, val_size=config["val_size"],
+                                 eval_size=config["eval_size"], split_seed=config["split_seed"],
+                                 neutral_band=config["neutral_band"])
+        split = _split_cfg(size, config["val_size"], config["eval_size"], config["split_seed"],
+                           config["neutral_band"])
+        runs = run_jobs(jobs, protocol=protocol, model=config["model"], store=store, train=config["train"],
+                        probe=config["probe"], split=split, progress=progress, verbose=verbose, device=device)
+        frames.append(runs.assign(train_size=size))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def merge_stores(sources: Sequence[str | Path], dest: str | Path) -> int:
+    """Copy the complete runs of several stores (e.g. shards) into ``dest``; return how many were copied.
+
+    Refuses, naming the runs, stores written by different lnsr_viz versions, and runs of the same data settings whose
+    data fingerprints differ (different data behind the same names).
+    """
+    from .store import RunStore
+
+    stores = [RunStore(s, read_only=True) for s in sources]
+    seen_versions: dict[str, str] = {}
+    fingerprints: dict[str, tuple[str, str]] = {}
+    todo = []
+    for store in stores:
+        for run_id in store.list_runs().get("run_id", []):
+            run = store.load(run_id)
+            version = str(run.meta.get("lnsr_viz_version"))
+            seen_versions.setdefault(version, str(run.path))
+            data = dict(run.config.get("data", {}))
+            fp = data.pop("fingerprint", None)
+            key = json.dumps(data, sort_keys=True)
+            if key in fingerprints and fingerprints[key][0] != fp:
+                raise ValueError(f"runs {fingerprints[key][1]} and {run.path} use the same data settings but "
+                                 f"different data (fingerprints {fingerprints[key][0]} vs {fp}); refusing to merge.")
+            fingerprints.setdefault(key, (fp, str(run.path)))
+            todo.append(run)
+    if len(seen_versions) > 1:
+        described = ", ".join(f"{v} (e.g. {p})" for v, p in seen_versions.items())
+        raise ValueError(f"the stores were written by different lnsr_viz versions: {described}; refusing to merge.")
+    target = RunStore(dest)
+    copied = 0
+    for run in todo:
+        final = target.root / "runs" / run.run_id
+        if final.exists():
+            continue
+        tmp = target.root / "runs" / f".tmp-merge-{run.run_id}"
+        shutil.copytree(run.path, tmp)
+        tmp.replace(final)
+        copied += 1
+    return copied
+
+
+def sweep_history(store: Any) -> pd.DataFrame:
+    """The stored training histories with ``method``, ``setting`` and ``train_size`` columns (nothing else read)."""
+    history = store.load_table("history")
+    if history.empty:
+        raise ValueError(f"{store!r} holds no training histories: run the sweep first.")
+    history = history.rename(columns={"data.train_size": "train_size"})
+    history["setting"] = history["label"].fillna(history["method"]) if "label" in history else history["method"]
+    return history
+
+
+def select_from_store(store: Any, **kwargs: Any) -> pd.DataFrame:
+    """:func:`select_settings` on a run store's histories; reads no test or out-of-domain metric."""
+    return select_settings(sweep_history(store), **kwargs)
+
+
+def setting_order(config: Mapping[str, Any]) -> list[str]:
+    """The settings of a sweep in the order its file lists them (the tie-break order of :func:`select_settings`)."""
+    return list(dict.fromkeys(j.job.name for j in expand(config)))
+
+
+def select_settings(history: pd.DataFrame, *, score: str = "val_accuracy", group: Sequence[str] = ("method",
+                    "train_size"), setting: str = "setting", epoch: str = "last",
+                    order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Choose, per method and training-set size, the setting with the best mean validation score over seeds.
+
+    Only the history table (training-time validation numbers) is read: test and out-of-domain metrics cannot
+    influence the choice. Rule: for each run take the validation score at its last epoch (``epoch='last'``) or its
+    best epoch (``'best'``); average over seeds per setting; pick the highest mean; ties (means equal to 1e-12) go to
+    the setting listed first in ``order`` (the sweep file's order, :func:`setting_order`), then to the
+    alphabetically first name, so the choice never depends on the order in which runs were stored. Returns one row
+    per group with the chosen setting, its mean score and seed count, and ``tied_with`` (the settings with the same
+    mean that lost the tie-break, comma-separated; empty when there was no tie).
+    """
+    needed = {score, "epoch", setting, "seed", *group}
+    missing = needed - set(history.columns)
+    if missing:
+        raise ValueError(f"select_settings needs the history columns {sorted(needed)}; missing {sorted(missing)}.")
+    if epoch not in ("last", "best"):
+        raise ValueError(f"epoch must be 'last' or 'best'; got {epoch!r}.")
+    per_run = history.sort_values("epoch").groupby([*group, setting, "seed"], sort=False)[score]
+    run_scores = (per_run.last() if epoch == "last" else per_run.max()).reset_index()
+    means = run_scores.groupby([*group, setting], sort=True)[score].agg(["mean", "count"]).reset_index()
+    rank = {name: i for i, name in enumerate(order or [])}
+    means["_rank"] = [rank.get(name, len(rank)) for name in means[setting]]
+    means["_name"] = means[setting].astype(str)
+    rows = []
+    for _, g in means.groupby(list(group), sort=True):
+        best = g["mean"].max()
+        tied = g[g["mean"] >= best - 1e-12].sort_values(["_rank", "_name"], kind="stable")
+        row = tied.iloc[0].copy()
+        row["tied_with"] = ", ".join(map(str, tied[setting].iloc[1:]))
+        rows.append(row)
+    chosen = pd.DataFrame(rows).drop(columns=["_rank", "_name"])
+    return chosen.rename(columns={"mean": f"mean_{score}", "count": "n_seeds", setting: "chosen"}).reset_index(
+        drop=True)

@@ -1,0 +1,130 @@
+"""A collapse guard: notice when a regulariser is being satisfied by making every representation the same.
+
+The cheapest way to be perfectly "noise-stable" is a constant map, and a pilot reconstruction of LNSR with a large
+lambda fell to chance exactly that way. The guard measures, at the end of every epoch, how spread out the clean
+sentence representations of a fixed batch are at the top layer:
+
+* **effective rank** (Roy & Vetterli, 2007): ``exp(H(p))`` with ``p`` the singular values of the centred
+  representation matrix normalised to sum to 1 — between 1 (everything on one line) and min(n, d);
+* **mean pairwise cosine** of the (uncentred) representations — 1 when all sentences map to the same direction;
+
+and the ratio of the regulariser's share of the loss to the task loss. A run is marked *collapsed* when the effective
+rank falls below ``min_rank_fraction`` of its value before training, or the mean pairwise cosine rises above
+``max_mean_cosine``; a warning says so, and the epoch's history row carries the numbers and the flag.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..utils.validation import check_number, check_positive_int
+from .loop import TrainerCallback, TrainState
+
+__all__ = ["effective_rank", "mean_pairwise_cosine", "CollapseGuard", "CollapseWarning"]
+
+
+class CollapseWarning(UserWarning):
+    """The representations of a run collapsed (see :class:`CollapseGuard`)."""
+
+
+def effective_rank(x: np.ndarray | torch.Tensor) -> float:
+    """``exp`` of the entropy of the normalised singular values of the centred matrix ``x`` (n x d)."""
+    m = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float64)
+    if m.dim() != 2 or m.shape[0] < 2:
+        raise ValueError(f"effective_rank needs a 2-D matrix with at least 2 rows; got shape {tuple(m.shape)}.")
+    s = torch.linalg.svdvals(m - m.mean(dim=0, keepdim=True))
+    total = s.sum()
+    if total <= 0:
+        return 1.0
+    p = s / total
+    p = p[p > 0]
+    return float(math.exp(-(p * p.log()).sum()))
+
+
+def mean_pairwise_cosine(x: np.ndarray | torch.Tensor) -> float:
+    """Mean cosine similarity over all pairs of distinct rows of ``x`` (n x d)."""
+    m = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float64)
+    if m.dim() != 2 or m.shape[0] < 2:
+        raise ValueError(f"mean_pairwise_cosine needs at least 2 rows; got shape {tuple(m.shape)}.")
+    u = m / m.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    n = u.shape[0]
+    total = (u.sum(dim=0) ** 2).sum() - (u * u).sum()  # sum over i != j of <u_i, u_j>
+    return float(total / (n * (n - 1)))
+
+
+class CollapseGuard(TrainerCallback):
+    """Record representation spread each epoch and warn when it collapses.
+
+    Parameters
+    ----------
+    texts : sequence of str
+        A fixed batch of sentences (e.g. 64 validation sentences).
+    tokenizer : tokenizer
+    min_rank_fraction : float, default=0.25
+        Collapsed when the effective rank falls below this fraction of its value before training.
+    max_mean_cosine : float, default=0.98
+        Collapsed when the mean pairwise cosine exceeds this.
+    max_length : int, default=64
+    """
+
+    def __init__(self, texts: Sequence[str], tokenizer: Any, *, min_rank_fraction: float = 0.25,
+                 max_mean_cosine: float = 0.98, max_length: int = 64) -> None:
+        self.texts = list(texts)
+        if len(self.texts) < 2:
+            raise ValueError("CollapseGuard needs at least 2 sentences to measure spread.")
+        self.tokenizer = tokenizer
+        self.min_rank_fraction = check_number("min_rank_fraction", min_rank_fraction, owner="CollapseGuard",
+                                              low=0.0, high=1.0)
+        self.max_mean_cosine = check_number("max_mean_cosine", max_mean_cosine, owner="CollapseGuard", low=-1.0,
+                                            high=1.0)
+        self.max_length = check_positive_int("max_length", max_length, owner="CollapseGuard")
+        self.initial_rank: float | None = None
+        self.collapsed = False
+
+    def _top_layer(self, model: Any) -> torch.Tensor:
+        from ..analysis.drift import mean_pool
+        from ..core.adapter import ModelAdapter
+        from ..core.probe import _tokenize
+
+        adapter = ModelAdapter(model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                enc = _tokenize(self.tokenizer, self.texts, self.max_length, adapter.model)
+                cap = adapter.capture(enc)
+                return mean_pool(cap.hidden[-1], cap.mask)
+        finally:
+            model.train(was_training)
+
+    def measure(self, model: Any) -> tuple[float, float]:
+        """(effective rank, mean pairwise cosine) of the top-layer sentence representations."""
+        reps = self._top_layer(model)
+        return effective_rank(reps), mean_pairwise_cosine(reps)
+
+    def on_train_begin(self, state: TrainState, **kwargs: Any) -> None:
+        self.initial_rank, _ = self.measure(kwargs["model"])
+        self.collapsed = False
+
+    def on_epoch_end(self, state: TrainState, **kwargs: Any) -> None:
+        record = kwargs["record"]
+        rank, cosine = self.measure(kwargs["model"])
+        share = record["train_loss"] - record["train_task_loss"]
+        ratio = share / record["train_task_loss"] if record["train_task_loss"] > 0 else float("nan")
+        collapsed = bool((self.initial_rank and rank < self.min_rank_fraction * self.initial_rank)
+                         or cosine > self.max_mean_cosine)
+        record.update(repr_effective_rank=rank, repr_mean_cosine=cosine, reg_to_task_ratio=ratio,
+                      collapsed=collapsed)
+        if collapsed and not self.collapsed:
+            warnings.warn(
+                f"representations collapsed at epoch {state.epoch}: effective rank {rank:.1f} (was "
+                f"{self.initial_rank:.1f} before training; threshold {self.min_rank_fraction:.0%} of it), mean "
+                f"pairwise cosine {cosine:.3f} (threshold {self.max_mean_cosine}); the regulariser's share is "
+                f"{ratio:.2f}x the task loss. Lower its weight.", CollapseWarning, stacklevel=2)
+        self.collapsed = self.collapsed or collapsed

@@ -1,0 +1,356 @@
+"""Fine-tuning a sequence classifier with any :class:`~lnsr_viz.methods.base.Method` (vanilla, LNSR, ...).
+
+The loop is deliberately plain: AdamW with linear warm-up and decay, gradient clipping, seeded shuffling and noise
+(same seed and config give the same metrics on CPU), ``tqdm.auto`` progress, optional early stopping on validation
+accuracy. Callbacks receive a small, JSON-serialisable :class:`TrainState` at fixed events (``on_train_begin``,
+``on_epoch_begin``, ``on_step_end``, ``on_epoch_end``, ``on_train_end``), in the manner of Hugging Face's
+``TrainerCallback``; the method decides *what* the loss is, callbacks decide *when* something else happens.
+
+Per epoch the history records the training loss (total, and its task and regulariser parts, averaged over the
+epoch's steps), the training and validation accuracy and loss measured in eval mode at the end of the epoch
+(dropout off, so the gap is not inflated by dropout), and the generalisation gap = train accuracy - validation
+accuracy. For question answering (a ``QADataset``) the training items are the sliding windows, and the
+"accuracy" columns hold the SQuAD F1 divided by 100 (a ``score`` column says ``f1``).
+
+Several processes (DistributedDataParallel)
+-------------------------------------------
+The same script runs unchanged under ``torchrun --nproc_per_node N script.py`` (CPU or GPUs) or, on GPUs,
+``accelerate launch --multi_gpu --num_processes N script.py`` (Accelerate's multi-CPU mode launches through
+``mpirun`` instead; use torchrun on CPUs): when the launcher's environment says ``WORLD_SIZE > 1`` (or a process
+group already exists), :meth:`FineTuner.fit` joins the process group (gloo on CPU, NCCL with one GPU per process,
+``cuda:LOCAL_RANK``), wraps the model in ``DistributedDataParallel`` and gives every process a
+``DistributedSampler``-style share of each global batch of ``batch_size`` examples (positions ``rank::world_size``;
+every process draws the same shuffled order from the seed). DDP averages the gradients, so a step equals the
+single-process step on the whole global batch (exactly so for LNSR's token-mean penalty and for per-example means
+when ``batch_size`` is a multiple of the number of processes). The method's noise and the dropout masks are
+independent per process and reproducible from ``seed``; the logged losses are averaged over processes; every process
+evaluates on the full training and validation data, so early stopping decides the same everywhere; only rank 0
+shows a progress bar. The process group is left open for the script's later calls (see
+:func:`lnsr_viz.training.distributed.cleanup_distributed`).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..methods.base import LossParts, Method, get_method
+from ..utils.validation import check_number, check_positive_int
+from .tasks import QAData, as_task_data
+
+__all__ = ["FineTuner", "TrainState", "TrainerCallback", "set_seed", "HISTORY_COLUMNS"]
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_task_loss", "train_reg_loss", "train_accuracy", "val_accuracy",
+                   "val_loss", "gap", "seconds")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainState:
+    """The trainer's state, passed to callbacks and saved with a run (JSON-serialisable)."""
+
+    epoch: int = 0
+    global_step: int = 0
+    max_steps: int = 0
+    last_loss: float = float("nan")
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_accuracy: float = float("-inf")
+    best_epoch: int = 0
+    should_stop: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainerCallback:
+    """Base class for callbacks: every event is a no-op with the signature ``(self, state, **kwargs)``.
+
+    ``kwargs`` carries ``model`` and, where it applies, ``parts`` (the step's :class:`LossParts`) or ``record`` (the
+    epoch's history row). Setting ``state.should_stop = True`` ends training after the current epoch.
+    """
+
+    def on_train_begin(self, state: TrainState, **kwargs: Any) -> None: ...
+    def on_epoch_begin(self, state: TrainState, **kwargs: Any) -> None: ...
+    def on_step_end(self, state: TrainState, **kwargs: Any) -> None: ...
+    def on_epoch_end(self, state: TrainState, **kwargs: Any) -> None: ...
+    def on_train_end(self, state: TrainState, **kwargs: Any) -> None: ...
+
+
+def _no_decay(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.endswith("bias") or "layernorm" in lowered or "layer_norm" in lowered or ".ln_" in lowered
+
+
+class FineTuner:
+    """Fine-tune a sequence classifier with a method (``'vanilla'``, ``'lnsr'``, ... or a Method instance).
+
+    Parameters
+    ----------
+    method : str or Method, default='vanilla'
+        A name of ``lnsr_viz.methods.base.METHODS`` (vanilla, lnsr, l2sp, mixout, smart, r3f, rdrop, noisytune, hype,
+        childtuning), a combination such as ``'lnsr+mixout'``, or a Method instance.
+    method_params : dict, optional
+        Parameters for the method when given by name, e.g. ``{'lam': 10.0, 'injection_layer': 0}``.
+    epochs : int, default=4
+    batch_size : int, default=32
+    lr : float, default=5e-5
+        Peak learning rate of AdamW.
+    weight_decay : float, default=0.01
+        Not applied to biases and LayerNorm weights.
+    warmup_ratio : float, default=0.1
+        Fraction of the steps with a linear warm-up; the rest decays linearly to 0.
+    max_grad_norm : float, default=1.0
+        Gradient clipping (0 disables).
+    max_length : int, default=64
+        Tokenizer truncation length.
+    seed : int, default=0
+        Seeds shuffling, dropout and the method's noise.
+    early_stopping_patience : int or None, default=None
+        Stop when validation accuracy has not improved for this many epochs and restore the best epoch's weights.
+    eval_batch_size : int, default=64
+    callbacks : sequence of TrainerCallback
+    progress : bool, default=True
+
+    Attributes
+    ----------
+    history_ : DataFrame
+        One row per epoch with the columns of ``HISTORY_COLUMNS``.
+    state_ : TrainState
+    method_ : Method
+    """
+
+    def __init__(self, method: str | Method = "vanilla", *, method_params: Mapping[str, Any] | None = None,
+                 epochs: int = 4, batch_size: int = 32, lr: float = 5e-5, weight_decay: float = 0.01,
+                 warmup_ratio: float = 0.1, max_grad_norm: float = 1.0, max_length: int = 64, seed: int = 0,
+                 early_stopping_patience: int | None = None, eval_batch_size: int = 64,
+                 callbacks: Sequence[TrainerCallback] = (), progress: bool = True) -> None:
+        owner = "FineTuner"
+        self.method = method
+        self.method_params = dict(method_params or {})
+        self.epochs = check_positive_int("epochs", epochs, owner=owner)
+        self.batch_size = check_positive_int("batch_size", batch_size, owner=owner)
+        self.lr = check_number("lr", lr, owner=owner, low=0.0, low_closed=False,
+                               hint="A typical value for BERT-sized models is 2e-5 to 5e-5.")
+        self.weight_decay = check_number("weight_decay", weight_decay, owner=owner, low=0.0)
+        self.warmup_ratio = check_number("warmup_ratio", warmup_ratio, owner=owner, low=0.0, high=1.0)
+        self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, owner=owner, low=0.0)
+        self.max_length = check_positive_int("max_length", max_length, owner=owner)
+        self.seed = int(check_number("seed", seed, owner=owner, integer=True))
+        if early_stopping_patience is not None:
+            check_positive_int("early_stopping_patience", early_stopping_patience, owner=owner)
+        self.early_stopping_patience = early_stopping_patience
+        self.eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size, owner=owner)
+        self.callbacks = list(callbacks)
+        self.progress = bool(progress)
+        # Build the method now so a bad name or parameter fails before any work.
+        self.method_ = get_method(method, **self.method_params)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if _no_decay(name) else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.lr)
+
+    def _schedule(self, optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+        warmup = int(round(self.warmup_ratio * total))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def _emit(self, event: str, **kwargs: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self.state_, **kwargs)
+
+    def _eval(self, model: nn.Module, tokenizer: Any, data: Any) -> tuple[float, float]:
+        return data.evaluate(model, tokenizer, batch_size=self.eval_batch_size, max_length=self.max_length)
+
+    def _batches(self, tokenizer: Any, data: Any, model: nn.Module, *,
+                 shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]:
+        """The training data in order, in batches of ``batch_size`` (this process's share of each)."""
+        from .distributed import shard_indices
+
+        rank, world = shard
+        order = np.arange(len(data))
+        for start in range(0, len(data), self.batch_size):
+            idx = shard_indices(order[start:start + self.batch_size], rank, world)
+            yield data.batch(tokenizer, idx, model, self.max_length)
+
+    @staticmethod
+    def _wrap(model: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False)
+
+    def training_step(self, model: nn.Module, batch: Mapping[str, Any], optimizer: torch.optim.Optimizer, *,
+                      train_model: nn.Module | None = None) -> LossParts:
+        """One optimisation step exactly as :meth:`fit` runs it (without the learning-rate schedule).
+
+        ``compute_loss`` -> ``backward`` -> ``after_backward`` -> gradient clipping -> ``before_optimizer_step`` ->
+        ``optimizer.step()`` -> ``zero_grad``. The method must have been set up on ``model``; ``train_model`` is
+        what the loss is computed through (``model`` itself, or its DistributedDataParallel wrapper). Used by
+        :meth:`fit` and by ``benchmarks/bench_methods.py``.
+        """
+        method = self.method_
+        parts = method.compute_loss(model if train_model is None else train_model, batch)
+        if not torch.isfinite(parts.loss):
+            raise FloatingPointError(
+                f"the loss became {float(parts.loss)} (task {float(parts.task_loss):.4g}, regulariser "
+                f"{float(parts.reg_loss):.4g}); lower the learning rate or the regulariser's weight")
+        parts.loss.backward()
+        method.after_backward(model)
+        if self.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+        method.before_optimizer_step(model)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return parts
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, model: nn.Module, tokenizer: Any, train: Any, validation: Any = None) -> FineTuner:
+        """Fine-tune ``model`` in place on ``train``; evaluate on ``validation`` after every epoch."""
+        train = as_task_data(train, "train")
+        validation = as_task_data(validation, "validation") if validation is not None else None
+        if validation is not None and type(validation) is not type(train):
+            raise ValueError(f"train is {train.task} data but validation is {validation.task} data.")
+        train.check(model, role="train")
+        if validation is not None:
+            validation.check(model, role="validation")
+        if isinstance(train, QAData):
+            train.features(tokenizer, self.max_length)  # the windows are the training items
+        if self.early_stopping_patience is not None and validation is None:
+            raise ValueError("early_stopping_patience needs validation data: pass validation= to fit().")
+
+        from .distributed import all_reduce_mean, init_distributed, shard_indices
+
+        dist = init_distributed()
+        rank, world = dist.rank, dist.world_size
+        if world > 1 and torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+            model.to(torch.device("cuda", dist.local_rank))
+        set_seed(self.seed)
+        method = self.method_
+        method.setup(model, seed=self.seed, rank=rank, world_size=world)
+        try:
+            if method.needs_data:
+                method.setup_data(model, self._batches(tokenizer, train, model, shard=(rank, world)))
+            optimizer = self._optimizer(model)
+            train_model = self._wrap(model) if world > 1 else model
+        except BaseException:
+            method.teardown(model)
+            raise
+        if world > 1:  # dropout (and Mixout) masks: independent per process, reproducible from the seed
+            torch.manual_seed(self.seed + 1_000_003 * rank)
+        steps_per_epoch = (len(train) + self.batch_size - 1) // self.batch_size
+        total = steps_per_epoch * self.epochs
+        scheduler = self._schedule(optimizer, total)
+        self.state_ = TrainState(max_steps=total)
+        shuffler = torch.Generator().manual_seed(self.seed)
+        best_state: dict[str, torch.Tensor] | None = None
+        patience_left = self.early_stopping_patience
+        start_time = time.perf_counter()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"fine-tune {method.name} (seed {self.seed})", unit="step",
+                   disable=not self.progress or rank != 0, leave=False)
+        self._emit("on_train_begin", model=model)
+        try:
+            for epoch in range(1, self.epochs + 1):
+                self.state_.epoch = epoch
+                self._emit("on_epoch_begin", model=model)
+                epoch_start = time.perf_counter()
+                order = torch.randperm(len(train), generator=shuffler).numpy()
+                sums = {"loss": 0.0, "task": 0.0, "reg": 0.0}
+                model.train()
+                for step in range(steps_per_epoch):
+                    idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+                    if world > 1:
+                        idx = shard_indices(idx, rank, world)
+                    batch = train.batch(tokenizer, idx, model, self.max_length)
+                    try:
+                        parts = self.training_step(model, batch, optimizer, train_model=train_model)
+                    except FloatingPointError as err:
+                        raise FloatingPointError(f"at epoch {epoch}, step {step + 1}: {err}") from None
+                    scheduler.step()
+                    loss_v, task_v, reg_v = (float(parts.loss.detach()), float(parts.task_loss),
+                                             float(parts.reg_loss))
+                    if world > 1:
+                        loss_v, task_v, reg_v = all_reduce_mean(
+                            torch.tensor([loss_v, task_v, reg_v], dtype=torch.float64,
+                                         device=parts.loss.device)).tolist()
+                    self.state_.global_step += 1
+                    self.state_.last_loss = loss_v
+                    sums["loss"] += loss_v
+                    sums["task"] += task_v
+                    sums["reg"] += reg_v
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{self.state_.last_loss:.3f}", reg=f"{reg_v:.2g}")
+                    self._emit("on_step_end", model=model, parts=parts)
+                train_acc, _ = self._eval(model, tokenizer, train)
+                record = {
+                    "epoch": epoch,
+                    "train_loss": sums["loss"] / steps_per_epoch,
+                    "train_task_loss": sums["task"] / steps_per_epoch,
+                    "train_reg_loss": sums["reg"] / steps_per_epoch,
+                    "train_accuracy": train_acc,
+                    "val_accuracy": float("nan"),
+                    "val_loss": float("nan"),
+                    "gap": float("nan"),
+                }
+                if train.score_name != "accuracy":  # QA: the accuracy columns hold F1 / 100
+                    record["score"] = train.score_name
+                if validation is not None:
+                    val_acc, val_loss = self._eval(model, tokenizer, validation)
+                    record.update(val_accuracy=val_acc, val_loss=val_loss, gap=train_acc - val_acc)
+                    if val_acc > self.state_.best_val_accuracy:
+                        self.state_.best_val_accuracy = val_acc
+                        self.state_.best_epoch = epoch
+                        patience_left = self.early_stopping_patience
+                        if self.early_stopping_patience is not None:
+                            best_state = copy.deepcopy(model.state_dict())
+                    elif patience_left is not None:
+                        patience_left -= 1
+                        if patience_left <= 0:
+                            self.state_.should_stop = True
+                record["seconds"] = time.perf_counter() - epoch_start
+                self.state_.history.append(record)
+                self._emit("on_epoch_end", model=model, record=record)
+                if self.state_.should_stop:
+                    break
+        finally:
+            bar.close()
+            method.teardown(model)
+            del train_model  # a DDP wrapper releases its gradient hooks
+            model.eval()
+        if best_state is not None and self.state_.best_epoch != self.state_.epoch:
+            model.load_state_dict(best_state)
+        self.state_.seconds = time.perf_counter() - start_time
+        self._emit("on_train_end", model=model)
+        extra = [c for c in dict.fromkeys(k for row in self.state_.history for k in row) if c not in HISTORY_COLUMNS]
+        # columns added by callbacks (e.g. the collapse guard) come after the standard ones
+        self.history_ = pd.DataFrame(self.state_.history, columns=[*HISTORY_COLUMNS, *extra])
+        return self

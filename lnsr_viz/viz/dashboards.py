@@ -1,0 +1,975 @@
+"""Dashboards: ipywidgets controls wired to the pure plot functions, one plotly ``FigureWidget`` updated in place.
+
+Why a separate module: the figures themselves live in :mod:`lnsr_viz.viz.figures` and :mod:`lnsr_viz.viz.notebook_figures`
+(tidy DataFrame in, figure out), the numbers in the probes and experiments. A dashboard only *wires* them: it reads
+its controls, calls a library function, and copies the returned figure into its ``FigureWidget``. Nothing here
+computes a statistic, so a notebook, a report and a dashboard always show the same thing.
+
+Every dashboard is an :class:`ipywidgets.VBox` (display it by leaving it as the last expression of a cell) with
+
+* ``controls``: a dict of the control widgets by name (set ``controls[name].value`` to drive it from code);
+* ``figure``: the :class:`plotly.graph_objects.FigureWidget`, the *same object* for the dashboard's whole life;
+* ``message``: an HTML widget that is empty while all is well, and otherwise explains in words why the current
+  combination of controls cannot be drawn (``error`` holds the same text). The figure then keeps its last valid
+  state. No traceback ever reaches the dashboard.
+
+A plotly ``FigureWidget`` needs ``anywidget`` (plotly >= 6); JupyterLab 4 renders it with the widget manager that
+``jupyterlab_widgets`` provides. See ``notebooks/`` and ``tests/test_browser.py`` for the proof in a real browser.
+
+The module also holds the small notebook set-up helpers (:func:`quick_mode`, :func:`results_dir`,
+:func:`comparison_settings`, :func:`explorer_models`, :func:`probe_sentences`) so that the notebooks contain no
+logic of their own.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+__all__ = [
+    "QUICK_ENV",
+    "RESULTS_ENV",
+    "Dashboard",
+    "DashboardInputError",
+    "NoiseExplorer",
+    "StabilityCurvesDashboard",
+    "MetricsDashboard",
+    "TrainingCurvesDashboard",
+    "FigureDashboard",
+    "DriftDashboard",
+    "ProjectionDashboard",
+    "TheoryDashboard",
+    "AttributionDashboard",
+    "quick_mode",
+    "setup_notebook",
+    "results_dir",
+    "reports_dir",
+    "comparison_settings",
+    "explorer_models",
+    "probe_sentences",
+    "stored_table",
+    "stored_checkpoints",
+    "check_checkpoint",
+    "default_checkpoint",
+    "comparison_protocol",
+    "benchmark_table",
+]
+
+#: Environment variable that switches the notebooks to their quick setting (tiny models, few sentences/epochs).
+QUICK_ENV = "LNSR_VIZ_QUICK"
+#: Environment variable that overrides the run-store folder the notebooks use.
+RESULTS_ENV = "LNSR_VIZ_RESULTS"
+
+_MESSAGE_STYLE = (
+    "border-left: 4px solid #D55E00; background: #FFF4EC; padding: 6px 10px; margin: 4px 0; "
+    "font-size: 13px; line-height: 1.45; color: #1f2328;"
+)
+_NOTE_STYLE = "color: #59636e; font-size: 12px; margin: 2px 0;"
+_NOISE_LABELS = {"gaussian": "Gaussian", "in_manifold": "in-manifold"}
+
+
+def _widgets() -> Any:
+    """Import ipywidgets, with an install hint if it is missing."""
+    try:
+        import ipywidgets
+    except ImportError as err:  # pragma: no cover - ipywidgets is a declared dependency
+        raise ImportError("The dashboards need ipywidgets: pip install 'ipywidgets>=8.1'.") from err
+    return ipywidgets
+
+
+def _figure_widget() -> go.FigureWidget:
+    """An empty FigureWidget, or an ImportError that says what is missing."""
+    try:
+        return go.FigureWidget()
+    except ImportError as err:  # plotly >= 6 builds FigureWidget on anywidget
+        raise ImportError(
+            "plotly's FigureWidget needs anywidget (plotly does not install it): pip install 'anywidget>=0.11'. "
+            f"({err})"
+        ) from err
+
+
+class DashboardInputError(ValueError):
+    """A combination of controls that cannot be drawn; its text is shown in the dashboard."""
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# base class
+
+
+class Dashboard(_widgets().VBox):  # type: ignore[misc]
+    """Controls + a message line + one FigureWidget that is redrawn in place whenever a control changes.
+
+    Subclasses build their controls, call :meth:`_setup`, and implement :meth:`make_figure`, which returns a plain
+    ``go.Figure`` (from a pure plot function) or raises ``ValueError`` / :class:`DashboardInputError` with a
+    message for the user.
+
+    Attributes
+    ----------
+    controls : dict of str to Widget
+    figure : plotly.graph_objects.FigureWidget
+    message : ipywidgets.HTML
+    error : str or None
+        The text of the current message, None when the figure shows the current controls.
+    n_renders : int
+        How many times the figure was redrawn (tests and notebooks check that a control move redraws).
+    """
+
+    def _setup(self, controls: Mapping[str, Any], *, rows: Sequence[Sequence[str]] | None = None,
+               note: str = "", height: int = 480) -> None:
+        w = _widgets()
+        self.controls: dict[str, Any] = dict(controls)
+        self.figure = _figure_widget()
+        self.figure.update_layout(height=height)
+        self.message = w.HTML(value="")
+        self.note = w.HTML(value=f"<div style='{_NOTE_STYLE}'>{html.escape(note)}</div>" if note else "")
+        self.error: str | None = None
+        self.n_renders = 0
+        self._height = height
+        rows = rows or [list(self.controls)]
+        boxes = [w.HBox([self.controls[name] for name in row]) for row in rows]
+        self.children = (*boxes, self.message, self.note, self.figure)
+        # Stable CSS hooks for the browser test and for users' own styling.
+        self.add_class("lnsr-viz-dashboard")
+        self.add_class(f"lnsr-viz-{type(self).__name__.lower()}")
+        for name, control in self.controls.items():
+            control.add_class(f"lnsr-viz-control-{name.replace('_', '-')}")
+            control.observe(self._on_change, names="value")
+        self.refresh()
+
+    # -- to implement -------------------------------------------------------------------------------------------
+    def make_figure(self) -> go.Figure:
+        """Return the figure for the current controls (a plain ``go.Figure``)."""
+        raise NotImplementedError
+
+    # -- wiring -------------------------------------------------------------------------------------------------
+    def _on_change(self, change: Mapping[str, Any]) -> None:
+        self.refresh()
+
+    def value(self, name: str) -> Any:
+        """The current value of control ``name``."""
+        return self.controls[name].value
+
+    def refresh(self) -> bool:
+        """Redraw from the current controls; on bad input show the message instead. Returns True if redrawn."""
+        try:
+            fig = self.make_figure()
+        except (ValueError, TypeError, KeyError, IndexError) as err:  # bad input: a message, not a traceback
+            self.show_message(str(err).strip("'\""))
+            return False
+        except Exception as err:  # noqa: BLE001 - a dashboard must never print a traceback into the page
+            self.show_message(f"Unexpected {type(err).__name__}: {err}")
+            return False
+        self.clear_message()
+        from .notebook_figures import wrap_title
+
+        fig = wrap_title(fig)
+        fig.update_layout(height=self._height)
+        # `update(..., overwrite=True)` replaces the traces and the layout of the *same* FigureWidget (updated in
+        # place, never re-created, so the output area does not flicker), and clears any stale property of the
+        # previous figure. The browser receives the traces and the layout as separate messages.
+        self.figure.update(data=fig.data, layout=fig.layout, overwrite=True)
+        self.n_renders += 1
+        return True
+
+    def show_message(self, text: str) -> None:
+        """Show ``text`` above the figure (escaped); the figure keeps its last valid state."""
+        self.error = text
+        after = ("The plot below still shows the last valid setting." if self.n_renders
+                 else "Change the controls to draw a plot.")
+        self.message.value = (
+            f"<div class='lnsr-viz-message' style='{_MESSAGE_STYLE}'><b>Cannot draw this combination.</b> "
+            f"{html.escape(text)}<br><i>{after}</i></div>"
+        )
+
+    def clear_message(self) -> None:
+        """Remove the message."""
+        self.error = None
+        self.message.value = ""
+
+    def set_note(self, text: str) -> None:
+        """A small grey line under the controls (e.g. how long the last update took)."""
+        self.note.value = f"<div style='{_NOTE_STYLE}'>{html.escape(text)}</div>"
+
+
+def _select_multiple(options: Sequence[Any], description: str, *, value: Sequence[Any] | None = None) -> Any:
+    w = _widgets()
+    options = [str(o) for o in options]
+    return w.SelectMultiple(options=options, value=tuple(options if value is None else [str(v) for v in value]),
+                            description=description, rows=min(max(len(options), 2), 6),
+                            style={"description_width": "initial"})
+
+
+def _dropdown(options: Sequence[Any], description: str, value: Any = None) -> Any:
+    w = _widgets()
+    options = list(options)
+    if value is None or value not in [o[1] if isinstance(o, tuple) else o for o in options]:
+        value = options[0][1] if isinstance(options[0], tuple) else options[0]
+    return w.Dropdown(options=options, value=value, description=description, style={"description_width": "initial"})
+
+
+def _unique(values: Any) -> list[Any]:
+    out = []
+    for v in pd.unique(pd.Series(values).dropna()):
+        out.append(v.item() if hasattr(v, "item") else v)
+    return out
+
+
+def _keep(df: pd.DataFrame, column: str, chosen: Sequence[str], what: str) -> pd.DataFrame:
+    """Rows whose ``column`` (as text) is among ``chosen``; an empty choice is a message, not an empty plot."""
+    if not chosen:
+        raise DashboardInputError(f"No {what} selected: select at least one in the '{what}' list.")
+    return df.loc[df[column].astype(str).isin(list(chosen))]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# noise-propagation explorer
+
+
+def _cached_adapter_class() -> type:
+    from ..core.adapter import ModelAdapter
+
+    class CachedCaptureAdapter(ModelAdapter):
+        """A ModelAdapter that remembers the clean capture of one fixed batch.
+
+        The explorer probes the same few sentences again and again; only the noise changes. The probe asks the
+        adapter for the clean pass every time, so reusing it saves one full forward pass per slider move. The
+        cache is used only when the probe passes the very tensors the explorer tokenized (identity check), never
+        otherwise.
+        """
+
+        def __init__(self, model: Any) -> None:
+            super().__init__(model)
+            self._cached_ids: Any = None
+            self._cached_capture: Any = None
+            self.clean_passes = 0
+
+        def capture(self, inputs: Mapping[str, Any], *, record_rng: bool = False, stop_at: int | None = None) -> Any:
+            ids = inputs.get("input_ids")
+            if not record_rng and stop_at is None and ids is not None and ids is self._cached_ids:
+                return self._cached_capture
+            cap = super().capture(inputs, record_rng=record_rng, stop_at=stop_at)
+            self.clean_passes += 1
+            if not record_rng and stop_at is None:
+                self._cached_ids, self._cached_capture = ids, cap
+            return cap
+
+    return CachedCaptureAdapter
+
+
+class NoiseExplorer(Dashboard):
+    """Inject noise into a model and watch it travel: per-layer change, updated live as the controls move.
+
+    Controls: model, injection layer, noise type, noise scale, scale kind and the change metric. Each change runs
+    :class:`~lnsr_viz.core.probe.StabilityProbe` for that one injection layer on a small, fixed batch of sentences and
+    redraws :func:`~lnsr_viz.viz.figures.plot_stability_curves`. The sentences are tokenized once per model and the
+    clean forward pass is cached, so a move costs only the noisy replay of the blocks above the injection layer
+    (about a second or less for MiniLM, 16 sentences and 2 draws on a laptop CPU); results are memoised per
+    setting, so going back to a setting is instant.
+
+    Parameters
+    ----------
+    models : mapping of str to model
+        Label -> ``(model, tokenizer)`` pair or anything :func:`lnsr_viz.data.models.load_model` accepts
+        (``"minilm"``, a Hugging Face id, a checkpoint folder). Models of different depths may be mixed: the
+        injection-layer slider goes up to the deepest one, and a layer above the chosen model's last layer shows a
+        message instead of a plot.
+    texts : sequence of str
+        The sentences to probe (keep it small: 8-32).
+    injection_layer, noise, scale, scale_kind, metric
+        Initial values of the controls.
+    n_draws : int, default=4
+        Noise draws per sentence.
+    max_length : int, default=64
+        Tokenizer truncation length.
+    seed : int, default=0
+        Noise seed: the same setting always gives the same curve.
+    max_scale : float, default=0.5
+        Upper end of the scale slider.
+    """
+
+    def __init__(self, models: Mapping[str, Any], texts: Sequence[str], *, injection_layer: int = 0,
+                 noise: str = "gaussian", scale: float = 0.05, scale_kind: str = "relative",
+                 metric: str = "change_rel", n_draws: int = 4, max_length: int = 64, seed: int = 0,
+                 max_scale: float = 0.5) -> None:
+        super().__init__()
+        from ..core.noise import NOISE_TYPES
+        from ..core.probe import _texts_of, _tokenize
+        from ..data.models import load_model
+
+        if not isinstance(models, Mapping) or not models:
+            raise ValueError("NoiseExplorer needs models={label: model}, e.g. {'minilm': 'minilm'}; got none.")
+        self.texts = _texts_of(list(texts))
+        self.n_draws = int(n_draws)
+        self.max_length = int(max_length)
+        self.seed = int(seed)
+        adapter_cls = _cached_adapter_class()
+        self._models: dict[str, tuple[Any, Any, Any, Mapping[str, Any]]] = {}
+        for label, spec in models.items():
+            model, tok = load_model(spec) if not isinstance(spec, tuple) else load_model(tuple(spec))
+            adapter = adapter_cls(model)
+            inputs = _tokenize(tok, self.texts, self.max_length, model)
+            self._models[str(label)] = (model, tok, adapter, inputs)
+        self._cache: OrderedDict[tuple[Any, ...], pd.DataFrame] = OrderedDict()
+        self.profile_: pd.DataFrame | None = None
+        self.last_seconds: float = float("nan")
+        w = _widgets()
+        deepest = max(entry[2].n_layers for entry in self._models.values())
+        style = {"description_width": "initial"}
+        controls = {
+            "model": _dropdown(list(self._models), "model"),
+            "injection_layer": w.IntSlider(value=int(injection_layer), min=0, max=deepest, step=1,
+                                           description="injection layer k", style=style, continuous_update=False),
+            "noise": _dropdown([(_NOISE_LABELS.get(n, n), n) for n in NOISE_TYPES], "noise", noise),
+            "scale": w.FloatSlider(value=float(scale), min=0.0, max=float(max_scale), step=0.01,
+                                   description="noise scale", readout_format=".2f", style=style,
+                                   continuous_update=False),
+            "scale_kind": _dropdown([("relative (fraction of ||h||)", "relative"), ("absolute (sigma)", "absolute")],
+                                    "scale kind", scale_kind),
+            "metric": _dropdown([("relative change", "change_rel"), ("L2 change", "change_l2")], "show", metric),
+        }
+        self._setup(controls, rows=[["model", "injection_layer", "noise"], ["scale", "scale_kind", "metric"]],
+                    note=f"{len(self.texts)} sentences x {self.n_draws} noise draws; clean pass cached per model.")
+
+    def adapter(self, label: str | None = None) -> Any:
+        """The (caching) ModelAdapter of model ``label`` (default: the selected one)."""
+        return self._models[label or self.value("model")][2]
+
+    def probe(self) -> pd.DataFrame:
+        """The stability profile for the current controls (memoised); raises ValueError on a bad combination."""
+        from ..core.probe import StabilityProbe
+
+        label, k = self.value("model"), int(self.value("injection_layer"))
+        noise, scale, kind = self.value("noise"), float(self.value("scale")), self.value("scale_kind")
+        model, _tok, adapter, inputs = self._models[label]
+        if k > adapter.n_layers:
+            raise DashboardInputError(
+                f"Injection layer k={k} is above the last layer of '{label}', which has {adapter.n_layers} blocks "
+                f"(layers 0-{adapter.n_layers}; 0 is the embedding output). Move the injection-layer slider to "
+                f"{adapter.n_layers} or below, or pick a deeper model."
+            )
+        if scale <= 0:
+            what = "of each token's norm" if kind == "relative" else "per coordinate"
+            raise DashboardInputError(
+                f"Noise scale {scale:g} ({kind}, i.e. {scale:.0%} {what}) adds no noise, so every layer's change is "
+                "exactly 0 and the curve says nothing. Move the scale slider above 0 (the paper uses 0.05 = 5% of "
+                "each token's norm)."
+            )
+        key = (label, k, noise, round(scale, 10), kind)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            self.last_seconds = 0.0
+            return self._cache[key]
+        probe = StabilityProbe(noise, scale=scale, scale_kind=kind, injection_layers=[k], n_draws=self.n_draws,
+                               batch_size=len(self.texts), max_rows=max(256, self.n_draws * len(self.texts)),
+                               max_length=self.max_length, seed=self.seed, progress=False)
+        t0 = time.perf_counter()
+        profile = probe.run(adapter, inputs, label=label)
+        self.last_seconds = time.perf_counter() - t0
+        self._cache[key] = profile
+        while len(self._cache) > 256:
+            self._cache.popitem(last=False)
+        return profile
+
+    def make_figure(self) -> go.Figure:
+        from .figures import plot_stability_curves
+
+        profile = self.probe()
+        self.profile_ = profile
+        self.set_note(f"{len(self.texts)} sentences x {self.n_draws} noise draws; this update took "
+                      f"{self.last_seconds:.2f} s ({'memoised' if self.last_seconds == 0 else 'clean pass cached'}).")
+        return plot_stability_curves(profile, metric=self.value("metric"),
+                                     injection_layer=int(self.value("injection_layer")), color="model")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# dashboards over stored tables
+
+
+class StabilityCurvesDashboard(Dashboard):
+    """Stability curves of several models (paper Figure 1 style) with CI bands, from a profile table.
+
+    Controls: which lines to show, injection layer, noise type, scale, the change metric and a log axis. The
+    lines are the values of ``color`` (``model`` for probe profiles; experiment profiles label each fine-tuned
+    model by its method). Wires :func:`lnsr_viz.viz.figures.plot_stability_curves`.
+
+    Parameters
+    ----------
+    profiles : DataFrame
+        A stability profile (``docs/architecture.md``), e.g. ``ComparisonResult.profiles``.
+    color : str, default='model'
+    injection_layer : int, default=0
+    """
+
+    def __init__(self, profiles: pd.DataFrame, *, color: str = "model", injection_layer: int = 0) -> None:
+        super().__init__()
+        from .figures import _check_frame
+
+        self.profiles = _check_frame(profiles, "profile", "StabilityCurvesDashboard",
+                                     [color, "injection_layer", "layer", "noise", "scale"])
+        self.color = color
+        w = _widgets()
+        df = self.profiles
+        layers = sorted(int(k) for k in _unique(df["injection_layer"]))
+        controls = {
+            "lines": _select_multiple(_unique(df[color]), color),
+            "injection_layer": _dropdown(layers, "injection layer k", injection_layer),
+            "noise": _dropdown(_unique(df["noise"]), "noise"),
+            "scale": _dropdown(sorted(float(s) for s in _unique(df["scale"])), "scale", 0.05),
+            "metric": _dropdown([("relative change", "change_rel"), ("L2 change", "change_l2")], "show"),
+            "log_y": w.Checkbox(value=False, description="log y axis", indent=False),
+        }
+        self._setup(controls, rows=[["lines", "injection_layer", "noise"], ["scale", "metric", "log_y"]])
+
+    def make_figure(self) -> go.Figure:
+        from .figures import plot_stability_curves
+
+        df = _keep(self.profiles, self.color, self.value("lines"), self.color)
+        return plot_stability_curves(df, metric=self.value("metric"), injection_layer=self.value("injection_layer"),
+                                     color=self.color, noise=self.value("noise"), scale=self.value("scale"),
+                                     log_y=self.value("log_y"))
+
+
+class MetricsDashboard(Dashboard):
+    """Accuracy (or any metric) per domain and method: one dot per seed, mean with 95% CI.
+
+    Wires :func:`lnsr_viz.viz.figures.plot_metric_by_domain`. Controls: the metric and the methods shown.
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        Metrics table ``method, seed, domain, metric, value``.
+    summary : DataFrame, optional
+        Summary over seeds; when given, the means and CIs come from it.
+    in_domain : str, default='movie'
+    """
+
+    def __init__(self, metrics: pd.DataFrame, *, summary: pd.DataFrame | None = None,
+                 in_domain: str = "movie") -> None:
+        super().__init__()
+        from .figures import _check_frame
+
+        self.metrics = _check_frame(metrics, "metrics", "MetricsDashboard",
+                                    ["method", "seed", "domain", "metric", "value"])
+        self.summary = summary
+        self.in_domain = in_domain
+        names = [m for m in _unique(self.metrics["metric"]) if m not in ("n", "positive_rate")]
+        controls = {
+            "metric": _dropdown(names, "metric", "accuracy"),
+            "methods": _select_multiple(_unique(self.metrics["method"]), "methods"),
+        }
+        self._setup(controls, rows=[["metric", "methods"]])
+
+    def make_figure(self) -> go.Figure:
+        from .figures import plot_metric_by_domain
+
+        df = _keep(self.metrics, "method", self.value("methods"), "methods")
+        return plot_metric_by_domain(df, metric=self.value("metric"), summary=self.summary, in_domain=self.in_domain)
+
+
+class TrainingCurvesDashboard(Dashboard):
+    """Training curves per method (total loss, task loss, the regulariser's share, accuracies) or the gap.
+
+    The regulariser's share is ``train_loss - train_task_loss`` (its weight times its term, as in the comparison
+    report), so the three loss curves add up.
+
+    Wires :func:`lnsr_viz.viz.figures.plot_training_curves` and :func:`lnsr_viz.viz.figures.plot_generalisation_gap`.
+
+    Parameters
+    ----------
+    history : DataFrame
+        History table (one row per run and epoch).
+    """
+
+    VIEWS = (("losses and accuracy", "curves"), ("generalisation gap", "gap"))
+
+    def __init__(self, history: pd.DataFrame) -> None:
+        super().__init__()
+        from .figures import _check_frame
+
+        self.history = _check_frame(history, "history", "TrainingCurvesDashboard", ["method", "seed", "epoch"])
+        self.loss_columns: tuple[str, ...] = ("train_loss", "train_task_loss", "train_reg_loss")
+        if {"train_loss", "train_task_loss"} <= set(self.history.columns):
+            # The regulariser's share of the loss (its weight x its term), as in the comparison report; the
+            # unweighted term stays in train_reg_loss.
+            self.history = self.history.assign(
+                train_reg_contribution=self.history["train_loss"] - self.history["train_task_loss"])
+            self.loss_columns = ("train_loss", "train_task_loss", "train_reg_contribution")
+        controls = {
+            "view": _dropdown(list(self.VIEWS), "view"),
+            "methods": _select_multiple(_unique(self.history["method"]), "methods"),
+        }
+        self._setup(controls, rows=[["view", "methods"]], height=460)
+
+    def make_figure(self) -> go.Figure:
+        from .figures import plot_generalisation_gap, plot_training_curves
+
+        df = _keep(self.history, "method", self.value("methods"), "methods")
+        if self.value("view") == "gap":
+            return plot_generalisation_gap(df)
+        return plot_training_curves(df, metrics=self.loss_columns)
+
+
+class FigureDashboard(Dashboard):
+    """A generic dashboard: any pure plot function, with dropdowns over some of its keyword arguments.
+
+    Used for figures whose controls are plain choices (e.g. which model of a drift table to show).
+
+    Parameters
+    ----------
+    plot : callable
+        ``plot(data, **kwargs) -> go.Figure``.
+    data : DataFrame
+    choices : mapping of str to sequence
+        Keyword argument -> its options (a dropdown each; the first option is the initial value).
+    fixed : mapping, optional
+        Keyword arguments passed unchanged.
+    """
+
+    def __init__(self, plot: Callable[..., go.Figure], data: pd.DataFrame, *, choices: Mapping[str, Sequence[Any]],
+                 fixed: Mapping[str, Any] | None = None, height: int = 480) -> None:
+        super().__init__()
+        self.plot = plot
+        self.data = data
+        self.fixed = dict(fixed or {})
+        controls = {name: _dropdown(list(opts), name) for name, opts in choices.items()}
+        self._setup(controls, height=height)
+
+    def make_figure(self) -> go.Figure:
+        kwargs = {name: c.value for name, c in self.controls.items()}
+        return self.plot(self.data, **self.fixed, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# analysis dashboards (drift, projections, theory, attributions): wiring over lnsr_viz.viz.analysis_figures
+
+
+class DriftDashboard(Dashboard):
+    """Drift heat-map (layers x metrics, one panel per pair of models) with the metrics and pairs as controls.
+
+    Wires :func:`lnsr_viz.viz.analysis_figures.plot_drift_heatmap`.
+
+    Parameters
+    ----------
+    drift : DataFrame
+        :func:`lnsr_viz.analysis.drift.representation_drift` output (several pairs may be concatenated).
+    """
+
+    def __init__(self, drift: pd.DataFrame) -> None:
+        super().__init__()
+        from .figures import _check_frame
+
+        self.drift = _check_frame(drift, "df", "DriftDashboard", ["model_a", "model_b", "layer", "metric", "kind",
+                                                                   "value"])
+        w = _widgets()
+        self._pairs = {f"{b} vs {a}": (a, b) for a, b in dict.fromkeys(zip(self.drift["model_a"],
+                                                                              self.drift["model_b"]))}
+        controls = {
+            "pairs": _select_multiple(list(self._pairs), "models"),
+            "metrics": _select_multiple(_unique(self.drift["metric"]), "metrics"),
+            "scale_within_metric": w.Checkbox(value=True, description="scale each metric to its largest value",
+                                              indent=False),
+        }
+        self._setup(controls, rows=[["pairs", "metrics", "scale_within_metric"]],
+                    height=max(360, 280 * len(self._pairs)))
+
+    def make_figure(self) -> go.Figure:
+        from .analysis_figures import plot_drift_heatmap
+
+        chosen = self.value("pairs")
+        if not chosen:
+            raise DashboardInputError("No model pair selected: select at least one in the 'models' list.")
+        keep = {self._pairs[c] for c in chosen}
+        df = self.drift[[pair in keep for pair in zip(self.drift["model_a"], self.drift["model_b"])]]
+        metrics = list(self.value("metrics"))
+        if not metrics:
+            raise DashboardInputError("No metric selected: select at least one in the 'metrics' list.")
+        return plot_drift_heatmap(df, metrics=metrics, scale_within_metric=self.value("scale_within_metric"))
+
+
+class ProjectionDashboard(Dashboard):
+    """UMAP / PCA scatter of sentence representations, coloured by label or domain, hover = the sentence.
+
+    Wires :func:`lnsr_viz.viz.analysis_figures.plot_projection`. Pass one projection per layer
+    (``project_representations`` once per layer) to make the layer a control; each is kept as it is, so its
+    settings in ``DataFrame.attrs`` (e.g. PCA's explained variance) stay with it.
+
+    Parameters
+    ----------
+    projections : DataFrame or sequence of DataFrame
+        :func:`lnsr_viz.analysis.projection.project_representations` output, one frame per layer.
+    """
+
+    def __init__(self, projections: pd.DataFrame | Sequence[pd.DataFrame]) -> None:
+        super().__init__()
+        from .figures import _check_frame
+
+        frames = [projections] if isinstance(projections, pd.DataFrame) else list(projections)
+        if not frames:
+            raise ValueError("ProjectionDashboard needs at least one projection (project_representations(...)).")
+        self.projections: dict[int, pd.DataFrame] = {}
+        names: dict[int, str] = {}
+        for frame in frames:
+            frame = _check_frame(frame, "df", "ProjectionDashboard", ["model", "x", "y", "text", "method", "layer"])
+            for layer in _unique(frame["layer"]):
+                part = frame[frame["layer"] == layer]
+                part.attrs = dict(frame.attrs)
+                self.projections[int(layer)] = part
+                names[int(layer)] = str(part["layer_name"].iloc[0]) if "layer_name" in part.columns else str(layer)
+        first = next(iter(self.projections.values()))
+        colors = [c for c in ("label", "domain", "domain_kind") if c in first.columns]
+        layers = [(names[k], k) for k in sorted(self.projections)]
+        controls = {
+            "color": _dropdown(colors or ["model"], "colour by"),
+            "layer": _dropdown(layers, "layer", layers[-1][1]),
+        }
+        self._setup(controls, rows=[["color", "layer"]], height=520)
+
+    def make_figure(self) -> go.Figure:
+        from .analysis_figures import plot_projection
+
+        return plot_projection(self.projections[self.value("layer")], color=self.value("color"))
+
+
+class TheoryDashboard(Dashboard):
+    """The theory scatter across runs: any two of noise sensitivity, Jacobian norm, Hessian trace, generalisation
+    gap and OOD gap, coloured by method or by a third quantity.
+
+    Wires :func:`lnsr_viz.viz.analysis_figures.plot_theory_scatter`.
+
+    Parameters
+    ----------
+    runs : DataFrame
+        ``theory_table(store).runs``.
+    correlations : DataFrame, optional
+        ``theory_table(store).correlations`` (quoted in the title).
+    """
+
+    QUANTITIES = ("noise_sensitivity", "jacobian_fro2", "hessian_trace", "generalisation_gap", "ood_gap")
+
+    def __init__(self, runs: pd.DataFrame, *, correlations: pd.DataFrame | None = None,
+                 x: str = "noise_sensitivity", y: str = "generalisation_gap") -> None:
+        super().__init__()
+        from .figures import _check_frame
+
+        self.runs = _check_frame(runs, "df", "TheoryDashboard", ["run_id", "method"])
+        self.correlations = correlations
+        present = [q for q in self.QUANTITIES if q in self.runs.columns]
+        measured = [q for q in present if self.runs[q].notna().any()] or present
+        controls = {
+            "x": _dropdown(measured, "x", x),
+            "y": _dropdown(measured, "y", y),
+            "color": _dropdown(["method", *measured], "colour by"),
+        }
+        self._setup(controls, rows=[["x", "y", "color"]])
+
+    def make_figure(self) -> go.Figure:
+        from .analysis_figures import plot_theory_scatter
+
+        x, y = self.value("x"), self.value("y")
+        if x == y:
+            raise DashboardInputError(f"x and y are both {x!r}: choose two different quantities.")
+        return plot_theory_scatter(self.runs, x=x, y=y, color=self.value("color"), correlations=self.correlations)
+
+
+class AttributionDashboard(Dashboard):
+    """Integrated-Gradients token attributions of two models side by side, for a sentence chosen from a list.
+
+    Attributions are computed on demand with :func:`lnsr_viz.analysis.attribution.token_attributions` (memoised per
+    sentence) and drawn with :func:`lnsr_viz.viz.analysis_figures.plot_attributions`.
+
+    Parameters
+    ----------
+    model_a, model_b : model, (model, tokenizer) or str
+        E.g. the pre-trained base and the fine-tuned model.
+    sentences : sequence of str
+    tokenizer : tokenizer, optional
+    names : (str, str), optional
+        Row labels of the two models.
+    n_steps : int, default=32
+        Integration steps (fewer is faster; the convergence delta in the table says how exact it is).
+    """
+
+    def __init__(self, model_a: Any, model_b: Any, sentences: Sequence[str], *, tokenizer: Any = None,
+                 names: Sequence[str] | None = None, n_steps: int = 32, max_length: int = 64) -> None:
+        super().__init__()
+        self.model_a, self.model_b, self.tokenizer = model_a, model_b, tokenizer
+        self.names = names
+        self.n_steps, self.max_length = int(n_steps), int(max_length)
+        self.sentences = [str(t) for t in sentences]
+        if not self.sentences:
+            raise ValueError("AttributionDashboard needs at least one sentence.")
+        self._cache: dict[str, pd.DataFrame] = {}
+        self.attributions_: pd.DataFrame | None = None
+        options = [(t if len(t) <= 70 else t[:67] + "...", t) for t in self.sentences]
+        controls = {
+            "sentence": _dropdown(options, "sentence"),
+            "value": _dropdown([("share of total |attribution|", "attribution_norm"),
+                                ("raw attribution", "attribution")], "show"),
+        }
+        self._setup(controls, rows=[["sentence", "value"]], height=380)
+
+    def attributions(self, sentence: str) -> pd.DataFrame:
+        """Token attributions of ``sentence`` under both models (memoised)."""
+        from ..analysis.attribution import token_attributions
+
+        if sentence not in self._cache:
+            self._cache[sentence] = token_attributions(self.model_a, self.model_b, sentence, self.tokenizer,
+                                                       names=self.names, n_steps=self.n_steps,
+                                                       max_length=self.max_length)
+        return self._cache[sentence]
+
+    def make_figure(self) -> go.Figure:
+        from .analysis_figures import plot_attributions
+
+        self.attributions_ = self.attributions(self.value("sentence"))
+        return plot_attributions(self.attributions_, value=self.value("value"))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# notebook set-up helpers (settings only: the notebooks stay free of logic)
+
+
+def quick_mode() -> bool:
+    """True when ``LNSR_VIZ_QUICK`` is set to 1/true/yes: the notebooks then use tiny models and few sentences.
+
+    The tests set it; a user leaves it unset to get the packaged MiniLM and the real data.
+    """
+    return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def setup_notebook(*, threads: int | None = None) -> bool:
+    """Prepare a notebook session and return :func:`quick_mode`.
+
+    Hides transformers' per-load progress bars (our own messages say what happens), turns off tokenizer
+    parallelism warnings, optionally caps torch's CPU threads, and prints the setting in use.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    quick = quick_mode()
+    what = f"QUICK (tiny models, toy data; {QUICK_ENV}=1)" if quick else "FULL (packaged MiniLM, VADER data)"
+    print(f"lnsr_viz notebook setting: {what}")
+    return quick
+
+
+def _project_root(start: Path | None = None) -> Path | None:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "lnsr_viz").is_dir():
+            return folder
+    return None
+
+
+def results_dir(name: str = "demo", *, quick: bool | None = None) -> Path:
+    """The run-store folder a notebook uses.
+
+    ``$LNSR_VIZ_RESULTS`` if set; otherwise ``<project>/results/<name>`` (``results/demo`` is where
+    ``make demo`` stores its runs, so the notebooks load them instead of retraining) or
+    ``<project>/results/quick/<name>`` in the quick setting. ``<project>`` is the folder holding
+    ``pyproject.toml`` above the working directory, or the working directory itself.
+    """
+    quick = quick_mode() if quick is None else quick
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env).expanduser() / ("quick" if quick else "") / name
+    root = _project_root() or Path.cwd()
+    return root / "results" / ("quick" if quick else "") / name
+
+
+def study_dir(name: str = "study") -> Path:
+    """The committed study's run store: ``<project>/results/<name>`` (written by ``python -m lnsr_viz sweep``)."""
+    root = _project_root() or Path.cwd()
+    path = root / "results" / name
+    if not (path / "runs").is_dir():
+        raise FileNotFoundError(f"no study run store at {path}: run `python -m lnsr_viz sweep configs/study.yaml` "
+                                "(about 2 hours on 2 CPU cores) or check out the committed results/study folder.")
+    return path
+
+
+def reports_dir(*, quick: bool | None = None) -> Path:
+    """Where the notebooks write HTML reports and exported figures.
+
+    ``$LNSR_VIZ_RESULTS/reports`` if set (``.../quick/reports`` in the quick setting), otherwise
+    ``<project>/reports/notebooks`` (git-ignored), with a ``quick`` subfolder in the quick setting.
+    """
+    quick = quick_mode() if quick is None else quick
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env).expanduser() / ("quick" if quick else "") / "reports"
+    root = _project_root() or Path.cwd()
+    return root / "reports" / "notebooks" / ("quick" if quick else "")
+
+
+def stored_table(table: str = "profile", *, name: str = "demo", quick: bool | None = None) -> pd.DataFrame:
+    """One table (``profile``, ``metrics`` or ``history``) of every run in ``results_dir(name)``.
+
+    Returns an empty DataFrame when there is no store yet (e.g. before notebook 02 or ``make demo`` ran), so a
+    notebook can show cached runs when present and say how to make them otherwise. Never creates a folder.
+    """
+    from ..experiments.store import RunStore
+
+    folder = results_dir(name, quick=quick)
+    if not (folder / "runs").is_dir():
+        return pd.DataFrame()
+    return RunStore(folder, read_only=True).load_table(table)
+
+
+def stored_checkpoints(*, name: str = "demo", quick: bool | None = None) -> pd.DataFrame:
+    """The fine-tuned checkpoints kept in ``results_dir(name)``: ``run_id, method, seed, path`` (one row each).
+
+    Runs are stored with a checkpoint when :func:`~lnsr_viz.experiments.runs.compare` ran with
+    ``save_checkpoints=True`` (notebook 02 does). Empty when there are none.
+    """
+    from ..experiments.store import RunStore
+
+    folder = results_dir(name, quick=quick)
+    rows = []
+    if (folder / "runs").is_dir():
+        store = RunStore(folder, read_only=True)
+        for run_id in store.list_runs()["run_id"]:
+            run = store.load(run_id)
+            if run.checkpoint_path is not None:
+                rows.append({"run_id": run_id, "method": run.config.get("method"), "seed": run.config.get("seed"),
+                             "path": str(run.checkpoint_path)})
+    out = pd.DataFrame(rows, columns=["run_id", "method", "seed", "path"])
+    return out.sort_values(["method", "seed"], kind="stable").reset_index(drop=True)
+
+
+def check_checkpoint(path: str | os.PathLike[str] | None, *, variable: str = "CHECKPOINT") -> str:
+    """Return ``path`` if it is a model folder (with ``config.json``), else raise saying what to set.
+
+    Used by notebook 04 so that a wrong or missing checkpoint gives a readable instruction, not a traceback from
+    deep inside transformers.
+    """
+    how = (f"Set {variable} in the first code cell (or the environment variable LNSR_VIZ_{variable}) to a folder "
+           "holding config.json and the model weights (any model saved with save_pretrained()), e.g. one that "
+           f"notebook 02 stored under {results_dir('demo')}/runs/<run_id>/checkpoint. Runs first made by `make demo` "
+           "keep no checkpoints: to get some, set LNSR_VIZ_RESULTS to a fresh folder and run notebook 02.")
+    if path is None or str(path).strip() == "":
+        raise FileNotFoundError(f"{variable} is not set. {how}")
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"{variable} = {str(path)!r} does not exist. {how}")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{variable} = {str(path)!r} is not a model folder: it has no config.json. {how}")
+    return str(folder)
+
+
+def default_checkpoint(method: str = "lnsr", *, quick: bool | None = None) -> str | None:
+    """A stored fine-tuned checkpoint of ``method`` (lowest seed), for notebooks that need one.
+
+    In the quick setting, when none is stored yet, the quick comparison (:func:`comparison_settings`) is run once
+    with ``save_checkpoints=True`` (seconds). In the full setting nothing is trained here: None is returned, and
+    :func:`check_checkpoint` then says what to set.
+    """
+    quick = quick_mode() if quick is None else quick
+    found = stored_checkpoints(quick=quick)
+    if found.empty and quick:
+        from ..experiments.runs import compare
+
+        compare(**comparison_settings(quick=True), save_checkpoints=True, progress=False, verbose=False)
+        found = stored_checkpoints(quick=quick)
+    rows = found[found["method"] == method]
+    return None if rows.empty else str(rows["path"].iloc[0])
+
+
+def comparison_protocol(settings: Mapping[str, Any]) -> Any:
+    """The fixed data subsets (train / validation / evaluation sets) of a :func:`comparison_settings` dict."""
+    from ..experiments.runs import make_protocol
+
+    keys = ("train_size", "val_size", "eval_size", "split_seed", "neutral_band", "text_column", "label_column")
+    return make_protocol(settings.get("data", "movie"), ood=settings.get("ood", ("amazon", "tweets", "nyt")),
+                         **{k: settings[k] for k in keys if k in settings})
+
+
+def benchmark_table(name: str = "bench_methods") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The rows and the machine / settings of ``benchmarks/results/<name>.json``, or an empty frame if absent.
+
+    ``benchmarks/bench_methods.py`` writes the per-method cost of a training step there.
+    """
+    import json
+
+    root = _project_root()
+    path = (root or Path.cwd()) / "benchmarks" / "results" / f"{name}.json"
+    if not path.is_file():
+        return pd.DataFrame(), {"path": str(path)}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return pd.DataFrame(doc.get("rows", [])), {"path": str(path), **{k: v for k, v in doc.items() if k != "rows"}}
+
+
+def probe_sentences(n: int = 16, *, quick: bool | None = None, domain: str = "movie") -> list[str]:
+    """``n`` sentences to probe: the first ``n`` of a packaged domain, or toy sentences in the quick setting."""
+    quick = quick_mode() if quick is None else quick
+    if quick:
+        from ..testing import toy_sentences
+
+        return toy_sentences(n, seed=0)[0]
+    from ..data.text import load_domain
+
+    return list(load_domain(domain).texts[:n])
+
+
+def explorer_models(*, quick: bool | None = None) -> dict[str, Any]:
+    """Models for the noise-propagation explorer.
+
+    Full setting: the packaged pre-trained MiniLM (6 blocks) and a tiny 2-block random BERT, so that the
+    explorer also shows what a too-high injection layer looks like. Quick setting: two tiny random BERTs
+    (2 and 4 blocks).
+    """
+    quick = quick_mode() if quick is None else quick
+    from ..testing import tiny_model
+
+    if quick:
+        return {"tiny-bert-4": tiny_model("bert", n_layers=4, seed=0), "tiny-bert-2": tiny_model("bert", seed=1)}
+    from ..data.models import load_model
+
+    return {"minilm (pre-trained)": load_model("minilm"), "tiny-bert-2 (random)": tiny_model("bert", seed=1)}
+
+
+def comparison_settings(*, quick: bool | None = None, results: str | os.PathLike[str] | None = None,
+                        methods: Sequence[str] = ("vanilla", "lnsr")) -> dict[str, Any]:
+    """Keyword arguments for :func:`lnsr_viz.experiments.runs.compare` in the notebooks.
+
+    Full setting: exactly the demo's (:data:`~lnsr_viz.experiments.runs.DEMO_SETTINGS`, MiniLM, movie in-domain,
+    amazon / tweets / nyt out-of-domain) in ``results_dir('demo')``, so runs made by ``make demo`` are loaded,
+    not retrained. Quick setting: a tiny random BERT saved once under the store folder, toy sentences as in- and
+    out-of-domain data, 2 seeds and 1 epoch (seconds).
+    """
+    quick = quick_mode() if quick is None else quick
+    store = Path(results) if results is not None else results_dir("demo", quick=quick)
+    if not quick:
+        from ..experiments.runs import DEMO_SETTINGS
+
+        return {**DEMO_SETTINGS, "methods": tuple(methods), "model": "minilm", "data": "movie",
+                "ood": ("amazon", "tweets", "nyt"), "results": str(store)}
+    from ..testing import tiny_model, toy_sentences
+
+    assets = store / "assets"
+    model_dir = assets / "tiny-bert"
+    if not (model_dir / "config.json").is_file():
+        model, tok = tiny_model("bert", seed=0)
+        model.save_pretrained(model_dir)
+        tok.save_pretrained(model_dir)
+    paths = {}
+    for name, (n, seed) in {"toy_in": (80, 0), "toy_ood": (40, 5)}.items():
+        path = assets / f"{name}.csv"
+        if not path.is_file():
+            texts, labels = toy_sentences(n, seed=seed)
+            pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+        paths[name] = str(path)
+    return {"methods": tuple(methods), "seeds": (1, 2), "model": str(model_dir), "data": paths["toy_in"],
+            "ood": {"toy_ood": paths["toy_ood"]}, "train_size": 24, "val_size": 8, "eval_size": 16, "epochs": 2,
+            "batch_size": 8, "lr": 5e-4, "max_length": 32, "probe_n": 8, "probe_draws": 2, "results": str(store)}

@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets test demo lint clean bench lab
+.PHONY: install assets test demo lint clean bench lab notebooks
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ test: install assets
 
 demo: install assets
 	$(VPY) -m lnsr_viz demo $(DEMO_ARGS)
+
+# Rebuild notebooks/NN_*.ipynb from their Jupytext sources notebooks/NN_*.py (stable cell ids, no outputs);
+# edit the .py, then run this. `python -m lnsr_viz.viz.notebook_sources --check` only reports what is out of step.
+notebooks: install
+	$(VPY) -m lnsr_viz.viz.notebook_sources notebooks
 
 # JupyterLab on the tutorial notebooks with the project's venv (its kernel is the venv's python3).
 # LAB_ARGS passes extra options, e.g. LAB_ARGS="--port=8899 --no-browser".

@@ -1,9 +1,10 @@
 """Benchmark: linear CKA at n = 10,000 sentences x 384 dims, feature-space form against the Gram-matrix form.
 
-:func:`lnsr_viz.analysis.drift.linear_cka` works in feature space (O(n d^2): three d x d products) and centres first; the
-Gram-matrix form builds two n x n kernels (O(n^2 d) time, 2 x 800 MB in float64 at n = 10,000). The script times
-both (best of ``--reps``), in float32 and float64, and reports how far each is from the float64 feature-space
-value, plus debiased CKA. Data: random features with a known relation (Y = 0.1 X W + noise), seeded.
+:func:`lnsr_viz.analysis.drift.linear_cka` works in feature space (O(n d^2): three d x d products) and centres
+first; the Gram-matrix form builds two n x n kernels (O(n^2 d) time, 2 x 800 MB in float64 at n = 10,000).
+The script times both (best of ``--reps``), in float32 and float64, and reports how far each is from the
+float64 feature-space value, plus debiased CKA. Data: random features with a known relation (Y = 0.1 X W +
+noise), seeded.
 
 Run: ``python benchmarks/bench_drift.py [--n 10000] [--d 384] [--reps 3] [--no-gram] [--json out.json]``.
 Prints the figures and the machine; never used as a test.

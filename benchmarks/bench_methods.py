@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from machine import machine  # noqa: E402  (benchmarks/machine.py; scripts run from this folder)
 
 from lnsr_viz.core.adapter import ModelAdapter  # noqa: E402
-from lnsr_viz.methods.base import METHODS, LossParts, Method  # noqa: E402
+from lnsr_viz.methods import METHODS, LossParts, Method  # noqa: E402
 from lnsr_viz.training.loop import FineTuner  # noqa: E402
 
 FLOOR = "lnsr-floor"

@@ -26,9 +26,9 @@ def _peak_rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    from lnsr_viz.data.text import load_domain
-    from lnsr_viz.data.models import load_model
     from lnsr_viz.core.probe import StabilityProbe
+    from lnsr_viz.data.models import load_model
+    from lnsr_viz.data.text import load_domain
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="sentences for the timing comparison")

@@ -35,10 +35,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from machine import machine  # noqa: E402  (benchmarks/machine.py; scripts run from this folder)
 
-from lnsr_viz.experiments.runs import make_qa_protocol  # noqa: E402
-from lnsr_viz.data.models import load_model  # noqa: E402
 from lnsr_viz.core.probe import StabilityProbe  # noqa: E402
+from lnsr_viz.data.models import load_model  # noqa: E402
 from lnsr_viz.data.squad import evaluate_qa, feature_batches, prepare_features  # noqa: E402
+from lnsr_viz.experiments.runs import make_qa_protocol  # noqa: E402
 from lnsr_viz.training.loop import FineTuner  # noqa: E402
 
 

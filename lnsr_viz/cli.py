@@ -48,55 +48,76 @@ def _params(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _add_common_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="minilm",
-                   help="'minilm' (the packaged all-MiniLM-L6-v2), a Hugging Face model id, or a local checkpoint "
-                        "folder (default: minilm)")
+def _experiment(args: argparse.Namespace) -> Any:
+    """The :class:`~lnsr_viz.experiments.config.ExperimentConfig` that ``compare`` / ``demo`` options describe."""
+    from .experiments.config import ExperimentConfig
+
+    names = set(ExperimentConfig.field_names())
+    given = {k: v for k, v in vars(args).items() if k in names}
+    # '' and 0 on the command line mean "the task's default data" and "evaluate on everything"
+    return ExperimentConfig(**{**given, "data": args.data or None, "eval_size": args.eval_size or None,
+                               "method_params": _params(args.param)})
+
+
+def _add_common_data(p: argparse.ArgumentParser, defaults: Any = None) -> None:
+    from .experiments.config import ExperimentConfig
+
+    defaults = defaults or ExperimentConfig()
+    p.add_argument("--model", default=defaults.model,
+                   help=f"'minilm' (the packaged all-MiniLM-L6-v2), a Hugging Face model id, or a local checkpoint "
+                        f"folder (default: {defaults.model})")
     p.add_argument("--data", default=None,
                    help="a packaged domain (movie, amazon, tweets, nyt) or a CSV/TSV file with text and label "
                         "columns (default: movie); with --task qa: 'squad' (the packaged SQuAD v1.1, default) or a "
                         "SQuAD-format JSON file")
-    p.add_argument("--text-column", default="text", help="text column of a CSV (default: text)")
-    p.add_argument("--label-column", default="label", help="label column of a CSV (default: label)")
-    p.add_argument("--max-length", type=int, default=64, help="tokenizer truncation length (default: 64)")
+    p.add_argument("--text-column", default=defaults.text_column,
+                   help=f"text column of a CSV (default: {defaults.text_column})")
+    p.add_argument("--label-column", default=defaults.label_column,
+                   help=f"label column of a CSV (default: {defaults.label_column})")
+    p.add_argument("--max-length", type=int, default=defaults.max_length,
+                   help=f"tokenizer truncation length (default: {defaults.max_length})")
 
 
-def _add_compare_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
-    _add_common_data(p)
-    p.add_argument("--methods", type=_str_list, default=list(defaults["methods"]),
-                   help=f"comma-separated methods (default: {','.join(defaults['methods'])})")
-    p.add_argument("--seeds", type=_int_list, default=list(defaults["seeds"]),
+def _add_compare_options(p: argparse.ArgumentParser, defaults: Any) -> None:
+    """The options of ``compare`` and ``demo``: one per :class:`ExperimentConfig` field, defaults read off it."""
+    from .experiments.config import TASKS
+
+    _add_common_data(p, defaults)
+    p.add_argument("--methods", type=_str_list, default=list(defaults.methods),
+                   help=f"comma-separated methods (default: {','.join(defaults.methods)})")
+    p.add_argument("--seeds", type=_int_list, default=list(defaults.seeds),
                    help=f"comma-separated seeds, one run per method and seed (default: "
-                        f"{','.join(map(str, defaults['seeds']))})")
+                        f"{','.join(map(str, defaults.seeds))})")
     p.add_argument("--ood", type=_str_list, default=None,
-                   help="comma-separated out-of-domain sets: packaged domains or CSV paths (default: "
-                        "amazon,tweets,nyt; pass '' for none); with --task qa: further SQuAD files (the packaged "
-                        "SQuAD's other topic groups are always used)")
-    p.add_argument("--task", choices=["classification", "qa"], default="classification",
-                   help="sequence classification (default) or extractive question answering")
-    p.add_argument("--qa-group", default="science",
-                   help="with --task qa and the packaged SQuAD: the topic group to train on (science, places, "
-                        "people; default: science)")
-    p.add_argument("--train-size", type=int, default=defaults["train_size"],
-                   help=f"training examples (default: {defaults['train_size']})")
-    p.add_argument("--val-size", type=int, default=defaults["val_size"],
-                   help=f"validation examples (default: {defaults['val_size']})")
-    p.add_argument("--eval-size", type=int, default=defaults["eval_size"],
-                   help=f"at most this many examples per evaluation set (default: {defaults['eval_size']}; 0 = all)")
-    p.add_argument("--epochs", type=int, default=defaults["epochs"], help=f"(default: {defaults['epochs']})")
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"],
-                   help=f"(default: {defaults['batch_size']})")
-    p.add_argument("--lr", type=float, default=defaults["lr"], help=f"peak learning rate (default: {defaults['lr']})")
+                   help=f"comma-separated out-of-domain sets: packaged domains or CSV paths (default: "
+                        f"{','.join(defaults.ood_data())}; pass '' for none); with "
+                        "--task qa: further SQuAD files (the packaged SQuAD's other topic groups are always used)")
+    p.add_argument("--task", choices=list(TASKS), default=defaults.task,
+                   help=f"sequence classification or extractive question answering (default: {defaults.task})")
+    p.add_argument("--qa-group", default=defaults.qa_group,
+                   help=f"with --task qa and the packaged SQuAD: the topic group to train on (science, places, "
+                        f"people; default: {defaults.qa_group})")
+    p.add_argument("--train-size", type=int, default=defaults.train_size,
+                   help=f"training examples (default: {defaults.train_size})")
+    p.add_argument("--val-size", type=int, default=defaults.val_size,
+                   help=f"validation examples (default: {defaults.val_size})")
+    p.add_argument("--eval-size", type=int, default=defaults.eval_size,
+                   help=f"at most this many examples per evaluation set (default: {defaults.eval_size}; 0 = all)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"(default: {defaults.epochs})")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"(default: {defaults.batch_size})")
+    p.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default: {defaults.lr})")
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE",
                    help="a method parameter, repeatable, e.g. --param lnsr.lam=10 --param lnsr.injection_layer=2")
-    p.add_argument("--probe-n", type=int, default=defaults["probe_n"],
-                   help=f"sentences for the stability probe (default: {defaults['probe_n']})")
-    p.add_argument("--probe-draws", type=int, default=defaults["probe_draws"],
-                   help=f"noise draws per sentence in the probe (default: {defaults['probe_draws']})")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed data split and subsets (default: 0)")
-    p.add_argument("--neutral-band", type=float, default=0.0,
-                   help="drop packaged-domain sentences with |sentiment| <= this (default: 0, drops only exact 0)")
-    p.add_argument("--results", default="results", help="run-store folder (default: results)")
+    p.add_argument("--probe-n", type=int, default=defaults.probe_n,
+                   help=f"sentences for the stability probe (default: {defaults.probe_n})")
+    p.add_argument("--probe-draws", type=int, default=defaults.probe_draws,
+                   help=f"noise draws per sentence in the probe (default: {defaults.probe_draws})")
+    p.add_argument("--split-seed", type=int, default=defaults.split_seed,
+                   help=f"seed of the fixed data split and subsets (default: {defaults.split_seed})")
+    p.add_argument("--neutral-band", type=float, default=defaults.neutral_band,
+                   help=f"drop packaged-domain sentences with |sentiment| <= this (default: {defaults.neutral_band:g}, "
+                        "drops only exact 0)")
+    p.add_argument("--results", default=str(defaults.results), help=f"run-store folder (default: {defaults.results})")
     p.add_argument("--out", default=None, help="HTML report path (default: RESULTS/report.html)")
     p.add_argument("--save-checkpoints", action="store_true", help="also store each fine-tuned model")
     p.add_argument("--device", default=None,
@@ -106,7 +127,7 @@ def _add_compare_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m lnsr_viz``."""
-    from .experiments.runs import DEMO_SETTINGS
+    from .experiments.config import ExperimentConfig
 
     parser = argparse.ArgumentParser(prog="python -m lnsr_viz",
                                      description="Noise stability of fine-tuned transformers: probes, LNSR, reports.")
@@ -131,15 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="fine-tune methods over seeds and compare them",
                        description="Fine-tune every method with every seed, evaluate in and out of domain, probe "
                                    "stability, and write the tidy tables and an HTML report. Stored runs are reused.")
-    _add_compare_options(p, DEMO_SETTINGS)
+    _add_compare_options(p, ExperimentConfig())
 
     p = sub.add_parser("demo", help="the headline experiment on the packaged defaults (what `make demo` runs)",
                        description="vanilla vs LNSR fine-tuning of all-MiniLM-L6-v2 on 500 movie snippets, 3 seeds, "
                                    "evaluated on movie (in-domain) and Amazon, tweets, NYT (out-of-domain), with "
                                    "stability profiles; writes reports/demo.html. A second run re-renders from the "
                                    "run store.")
-    _add_compare_options(p, DEMO_SETTINGS)
-    p.set_defaults(results="results/demo", out="reports/demo.html")
+    _add_compare_options(p, ExperimentConfig.demo())
+    p.set_defaults(out="reports/demo.html")
 
     p = sub.add_parser("sweep", help="run a grid of methods x parameters x training sizes x seeds",
                        description="Run (or resume) the grid described by a YAML/TOML file; stored runs are reused. "
@@ -196,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-column", default="split", help="(default: split)")
     p.add_argument("--max-examples", type=int, default=2000, help="at most this many examples per split "
                                                                    "(default: 2000)")
-    p.add_argument("--n-probe", type=int, default=64, help="sentences for the stability probe (default: 64)")
+    p.add_argument("--probe-n", "--n-probe", dest="probe_n", type=int, default=64,
+                   help="sentences for the stability probe (default: 64; --n-probe: its old name)")
     p.add_argument("--max-length", type=int, default=128, help="tokenizer truncation length (default: 128)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--out", default="diagnosis", help="output folder (default: diagnosis)")
@@ -217,7 +239,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from .core.adapter import ModelAdapter
     from .core.probe import StabilityProbe
     from .data.models import load_model
-    from .experiments.store import atomic_write_csv
+    from .utils.io import atomic_write_csv
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1; got {args.n}.")
@@ -238,18 +260,9 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     atomic_write_csv(out, profile)
     print(f"wrote {out} ({len(profile)} rows, {len(texts)} sentences, {time.perf_counter() - t0:.1f} s)")
     if args.html:
-        from .viz import figures as plots
-        from .viz.report import Report
+        from .viz.reports import probe_report
 
-        rep = Report(f"Noise-stability profile of {args.model}")
-        k = 0 if args.layer is None else args.layer
-        rep.add_figure(plots.plot_stability_curves(profile, injection_layer=k), heading="Stability curve",
-                       caption=f"Noise injected at layer {k}; relative change of every higher layer.")
-        if args.layer is None:
-            rep.add_figure(plots.plot_profile_heatmap(profile), heading="Full profile",
-                           caption="Relative change at every layer (x) for noise injected at every layer (y).")
-        rep.add_table(profile, heading="Profile")
-        print(f"wrote {rep.save(args.html)}")
+        print(f"wrote {probe_report(profile, model=str(args.model), layer=args.layer).save(args.html)}")
     return 0
 
 
@@ -260,23 +273,17 @@ def _run_compare(args: argparse.Namespace) -> int:
         args.out = str(Path(args.results) / "report.html")
     t0 = time.perf_counter()
     qa = args.task == "qa"
-    data = args.data or ("squad" if qa else "movie")
-    ood = args.ood if args.ood is not None else ([] if qa else ["amazon", "tweets", "nyt"])
-    result = compare(
-        args.methods, args.seeds, model=args.model, data=data, ood=ood, train_size=args.train_size,
-        val_size=args.val_size, eval_size=args.eval_size or None, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, max_length=args.max_length, method_params=_params(args.param), probe_n=args.probe_n,
-        probe_draws=args.probe_draws, results=args.results, split_seed=args.split_seed,
-        neutral_band=args.neutral_band, text_column=args.text_column, label_column=args.label_column,
-        save_checkpoints=args.save_checkpoints, progress=not args.quiet, task=args.task, qa_group=args.qa_group,
-        device=args.device)
-    from .experiments.store import atomic_write_csv
+    result = compare(config=_experiment(args), save_checkpoints=args.save_checkpoints, progress=not args.quiet,
+                     device=args.device)
+    from .utils.io import atomic_write_csv
 
     tables = Path(args.results) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics", "history", "profiles", "summary", "paired", "drift"):
+    for name in ("metrics", "history", "profile", "summary", "paired", "drift"):
         atomic_write_csv(tables / f"{name}.csv", getattr(result, name))
-    path = result.report(args.out)
+    from .viz.reports import comparison_report
+
+    path = comparison_report(result).save(args.out)
     if len(result.paired):
         headline = "f1" if qa else "accuracy"
         print(f"\nVerdicts ({headline}):")
@@ -292,7 +299,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from .experiments.diagnose import diagnose
 
-    for name in ("max_examples", "n_probe", "max_length"):
+    for name in ("max_examples", "probe_n", "max_length"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
     out = Path(args.out)
@@ -301,10 +308,12 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     diag = diagnose(args.model, args.base, args.data, held_out=args.held_out, text_column=args.text_column,
                     label_column=args.label_column, split_column=args.split_column,
-                    max_examples=args.max_examples, n_probe=args.n_probe, max_length=args.max_length,
+                    max_examples=args.max_examples, probe_n=args.probe_n, max_length=args.max_length,
                     seed=args.seed, progress=not args.quiet)
     out.mkdir(parents=True, exist_ok=True)
-    report = diag.report(out / "report.html")
+    from .viz.reports import diagnosis_report
+
+    report = diagnosis_report(diag).save(out / "report.html")
     diag.to_json(out / "summary.json")
     print(diag.summary())
     print(f"\nreport: {report.resolve()}\nsummary: {(out / 'summary.json').resolve()}")
@@ -314,17 +323,26 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments.store import RunStore
-    from .experiments.sweep import expand, load_sweep_config, parse_shard, run_sweep, select_from_store, setting_order
+    from .experiments.sweep import (
+        expand,
+        load_sweep_config,
+        parse_shard,
+        run_sweep,
+        select_from_store,
+        setting_order,
+        shard_jobs,
+        sweep_results,
+    )
 
     config = load_sweep_config(args.config)
     i, n = parse_shard(args.shard)
-    jobs = [j for k, j in enumerate(expand(config)) if k % n == i - 1]
+    jobs = shard_jobs(config, args.shard)
     print(f"{len(jobs)} jobs in shard {i}/{n} of {len(expand(config))}")
     if args.dry_run:
         for j in jobs:
             print(f"  train_size={j.train_size} {j.job.name} seed={j.job.seed}")
         return 0
-    results = args.results or config.get("results") or "results/sweep"
+    results = str(sweep_results(config, args.results))
     runs = run_sweep(config, results=results, shard=args.shard, progress=not args.quiet, device=args.device)
     print(f"{int((~runs['cached']).sum())} runs trained, {int(runs['cached'].sum())} loaded from {results}")
     chosen = select_from_store(RunStore(results), order=setting_order(config))
@@ -334,11 +352,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .experiments.study import study_claims, write_study
-    from .experiments.sweep import load_sweep_config, setting_order
+    from .experiments.study import study_claims
+    from .experiments.sweep import load_sweep_config, setting_order, sweep_results
+    from .viz.reports import write_study
 
     config = load_sweep_config(args.config)
-    results = args.results or config.get("results") or "results/sweep"
+    results = str(sweep_results(config, args.results))
     if not (Path(results) / "runs").is_dir():
         raise ValueError(f"no run store at {results!r}: run `python -m lnsr_viz sweep {args.config}` first.")
     result = study_claims(results, order=setting_order(config))

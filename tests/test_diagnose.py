@@ -22,6 +22,7 @@ from lnsr_viz.experiments.diagnose import (
     save_checkpoint,
 )
 from lnsr_viz.testing import tiny_model, toy_sentences
+from lnsr_viz.viz.reports import diagnosis_report
 
 
 def _random_label_data(n_train=16, n_held=48, seed=0):
@@ -79,7 +80,7 @@ def test_an_over_fitted_model_is_flagged():
     train, held = _random_label_data()
     FineTuner("vanilla", epochs=40, batch_size=8, lr=2e-3, warmup_ratio=0.0, seed=0, progress=False).fit(
         model, tok, train)
-    diag = diagnose((model, tok), (base, tok), train, held_out=held, n_probe=32)
+    diag = diagnose((model, tok), (base, tok), train, held_out=held, probe_n=32)
     gap = diag.finding("generalisation_gap")
     assert gap.severity == "warning" and gap.value > 0.3
     assert gap.evidence["train_accuracy"] == 1.0 and gap.evidence["gap_ci_low"] > 0
@@ -97,7 +98,7 @@ def test_an_over_fitted_model_is_flagged():
 def test_an_unchanged_model_shows_zero_drift_and_the_stability_of_its_base():
     model, tok = tiny_model("bert")
     train, held = _random_label_data(n_held=24)
-    diag = diagnose((model, tok), (copy.deepcopy(model), tok), train, held_out=held, n_probe=16)
+    diag = diagnose((model, tok), (copy.deepcopy(model), tok), train, held_out=held, probe_n=16)
     distances = diag.drift[diag.drift["kind"] == "distance"]["value"]
     similarities = diag.drift[diag.drift["kind"] == "similarity"]["value"]
     np.testing.assert_allclose(distances, 0.0, atol=1e-12)
@@ -123,7 +124,7 @@ def test_the_base_is_inferred_from_the_checkpoint_and_the_outputs_are_written(tm
     assert infer_base_model(ckpt) == (str(base_folder), "base_model")
     texts, labels = toy_sentences(24)
     frame = pd.DataFrame({"text": texts, "label": labels, "split": ["train"] * 12 + ["test"] * 12})
-    diag = diagnose(ckpt, data=frame, n_probe=8)
+    diag = diagnose(ckpt, data=frame, probe_n=8)
     assert isinstance(diag, Diagnosis)
     assert diag.settings["base_model"] == str(base_folder)
     assert "inferred from the 'base_model' field" in diag.settings["base_source"]
@@ -135,14 +136,14 @@ def test_the_base_is_inferred_from_the_checkpoint_and_the_outputs_are_written(tm
     assert [f["key"] for f in summary["findings"]] == ["generalisation_gap", "loss_gap", "stability_vs_base",
                                                        "drift", "calibration"]
     assert all("threshold_source" in f for f in summary["findings"])
-    html = diag.report(tmp_path / "out" / "report.html").read_text()
+    html = diagnosis_report(diag).save(tmp_path / "out" / "report.html").read_text()
     assert "Findings" in html and "Drift from the base per layer" in html and "Layer stability" in html
 
 
 def test_without_a_split_the_gap_is_not_measured_and_says_so():
     model, tok = tiny_model("bert")
     _, held = _random_label_data(n_held=12)
-    diag = diagnose((model, tok), (model, tok), held, n_probe=4)
+    diag = diagnose((model, tok), (model, tok), held, probe_n=4)
     gap = diag.finding("generalisation_gap")
     assert gap.severity == "info" and gap.value is None and "no training examples" in gap.message
     assert list(diag.metrics["split"].unique()) == ["held_out"]
@@ -151,7 +152,7 @@ def test_without_a_split_the_gap_is_not_measured_and_says_so():
 def test_mapping_data_with_named_splits():
     model, tok = tiny_model("bert")
     train, held = _random_label_data(n_train=8, n_held=8)
-    diag = diagnose((model, tok), (model, tok), {"train": train, "validation": held}, n_probe=4)
+    diag = diagnose((model, tok), (model, tok), {"train": train, "validation": held}, probe_n=4)
     assert diag.settings["split"] == "splits 'train' and 'validation' of data"
     with pytest.raises(ValueError, match=r"needs a held-out one named one of"):
         diagnose((model, tok), (model, tok), {"train": train, "other": held})
@@ -252,7 +253,7 @@ def test_cli_diagnose_writes_report_and_summary(tmp_path, base_folder, capsys):
     pd.DataFrame({"text": texts, "label": labels, "split": split}).to_csv(tmp_path / "d.csv", index=False)
     out = tmp_path / "diag"
     rc = main(["diagnose", "--model", str(ckpt), "--data", str(tmp_path / "d.csv"), "--out", str(out),
-               "--n-probe", "4", "--quiet"])
+               "--probe-n", "4", "--quiet"])
     assert rc == 0
     assert (out / "report.html").is_file()
     summary = json.loads((out / "summary.json").read_text())
@@ -264,13 +265,15 @@ def test_cli_diagnose_writes_report_and_summary(tmp_path, base_folder, capsys):
     assert "No checkpoint folder" in capsys.readouterr().err
 
 
-def test_lnsr_viz_diagnose_can_be_called_as_the_issue_writes_it():
+def test_lnsr_viz_diagnose_is_the_function_even_after_the_module_is_imported():
     import lnsr_viz
-    import lnsr_viz.experiments.diagnose  # noqa: F401  (the attribute lnsr_viz.experiments.diagnose is now the module)
+    import lnsr_viz.experiments.diagnose  # noqa: F401  (binds the module to lnsr_viz.experiments.diagnose)
+
+    assert callable(lnsr_viz.diagnose) and lnsr_viz.diagnose.__module__ == "lnsr_viz.experiments.diagnose"
 
     model, tok = tiny_model("bert")
     _, held = _random_label_data(n_held=8)
-    diag = lnsr_viz.experiments.diagnose((model, tok), (model, tok), held, n_probe=4)
+    diag = lnsr_viz.diagnose((model, tok), (model, tok), held, probe_n=4)
     assert isinstance(diag, Diagnosis)
 
 
@@ -286,7 +289,7 @@ def test_a_minilm_checkpoint_is_diagnosed_against_the_packaged_base(tmp_path, ln
     texts = ["a gripping, beautifully acted film", "dull and far too long", "an utter mess", "charming and funny",
              "the plot never comes together", "one of the best films of the year"]
     data = pd.DataFrame({"text": texts, "label": [1, 0, 0, 1, 0, 1], "split": ["train", "test"] * 3})
-    diag = diagnose(ckpt, data=data, n_probe=3)
+    diag = diagnose(ckpt, data=data, probe_n=3)
     assert diag.settings["base_model"] == "minilm"
     wd = diag.drift[diag.drift["metric"] == "weight_distance_rel"].set_index("layer")["value"]
     assert (wd.drop(6) == 0).all() and wd[6] == pytest.approx(0.5, rel=1e-3)  # only the top block was scaled

@@ -27,11 +27,10 @@ import numpy as np
 import pytest
 import torch
 
+from lnsr_viz.core.inputs import tokenize
 from lnsr_viz.core.noise import NoiseInjector
-from lnsr_viz.core.probe import _tokenize
 from lnsr_viz.data.text import TextDataset
-from lnsr_viz.methods.base import LNSR
-from lnsr_viz.methods.rivals import L2SP
+from lnsr_viz.methods import L2SP, LNSR
 from lnsr_viz.testing import tiny_model, toy_sentences
 from lnsr_viz.training.loop import FineTuner
 
@@ -72,7 +71,7 @@ def _penalty(texts, *, world_size=1):
     model, tok, _ = _setting()
     lnsr = _lnsr()
     lnsr.setup(model, world_size=world_size)
-    batch = _tokenize(tok, texts, 64, model)
+    batch = tokenize(tok, texts, max_length=64, model=model)
     batch["labels"] = torch.zeros(len(texts), dtype=torch.long)
     return lnsr(model.train(), batch).reg_loss
 

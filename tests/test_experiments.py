@@ -61,7 +61,7 @@ def test_cli_compare_end_to_end_then_cached(tiny_setup, tmp_path, count_fits, ca
     assert "Layer stability" in html and "Accuracy per domain" in html
     metrics = pd.read_csv(tmp_path / "store" / "tables" / "metrics.csv")
     assert set(metrics["method"]) == {"vanilla", "lnsr"} and set(metrics["seed"]) == {1, 2}
-    profiles = pd.read_csv(tmp_path / "store" / "tables" / "profiles.csv")
+    profiles = pd.read_csv(tmp_path / "store" / "tables" / "profile.csv")
     assert set(profiles["model"]) == {"pretrained", "vanilla", "lnsr"}
     paired = pd.read_csv(tmp_path / "store" / "tables" / "paired.csv")
     assert (paired["n_pairs"] == 2).all()

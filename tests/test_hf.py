@@ -1,6 +1,7 @@
-"""Hugging Face Trainer integration (lnsr_viz.training.hf_trainer): a tiny run through ``transformers.Trainer`` logs the regulariser
-next to the loss and reproduces the toolkit's own FineTuner on the same seed; evaluation keeps the plain task loss;
-the methods' hooks are removed after training; bad methods fail before the Trainer is built.
+"""Hugging Face Trainer integration (lnsr_viz.training.hf_trainer): a tiny run through ``transformers.Trainer``
+logs the regulariser next to the loss and reproduces the toolkit's own FineTuner on the same seed;
+evaluation keeps the plain task loss; the methods' hooks are removed after training;
+bad methods fail before the Trainer is built.
 
 Why the FineTuner and the Trainer runs are comparable exactly: both shuffle the first epoch with
 ``torch.randperm(n, generator seeded with seed)`` (Trainer through Accelerate's SeedableRandomSampler), pad each
@@ -20,12 +21,12 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from lnsr_viz.core.probe import _tokenize
+from lnsr_viz.core.inputs import tokenize
 from lnsr_viz.data.text import TextDataset
-from lnsr_viz.methods.base import Vanilla
+from lnsr_viz.methods import Vanilla
 from lnsr_viz.testing import tiny_model, toy_sentences
 from lnsr_viz.training.hf_trainer import RegularizationMixin, RegularizedTrainer
-from lnsr_viz.training.loop import FineTuner, TrainerCallback
+from lnsr_viz.training.loop import FineTuner, FineTunerCallback
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 SEED, LR, BATCH, N = 3, 1e-3, 8, 24
@@ -45,7 +46,7 @@ class _Tokenized(torch.utils.data.Dataset):
         return self.items[i]
 
 
-class _Steps(TrainerCallback):
+class _Steps(FineTunerCallback):
     def __init__(self):
         self.parts = []
 
@@ -104,7 +105,7 @@ def test_evaluation_reports_the_plain_task_loss(tmp_path):
     texts, labels = toy_sentences(12, seed=4)
     trainer = _trainer(model, tok, tmp_path, "lnsr", {"lam": 5.0}, per_device_eval_batch_size=12)
     metrics = trainer.evaluate(_Tokenized(tok, texts, labels))
-    batch = _tokenize(tok, texts, 64, model)
+    batch = tokenize(tok, texts, max_length=64, model=model)
     batch["labels"] = torch.tensor(labels)
     with torch.no_grad():
         expected = float(Vanilla()(model.eval(), batch).loss)
@@ -146,3 +147,32 @@ def test_bad_methods_fail_before_the_trainer_is_built(tmp_path, method, params, 
     model, tok = tiny_model("bert", seed=0)
     with pytest.raises(ValueError, match=match):
         RegularizedTrainer(model=model, args=_args(tmp_path), method=method, method_params=params)
+
+
+def test_collapse_guard_runs_inside_the_trainer(tmp_path):
+    from lnsr_viz.training.collapse import CollapseGuard
+
+    model, tok = tiny_model("bert", seed=0)
+    texts, labels = toy_sentences(N)
+    guard = CollapseGuard(texts[:8], tok)
+    trainer = RegularizedTrainer(model=model, args=_args(tmp_path, num_train_epochs=2),
+                                 train_dataset=_Tokenized(tok, texts, labels), processing_class=tok,
+                                 data_collator=DataCollatorWithPadding(tok), method="lnsr", method_params={"lam": 5.0},
+                                 callbacks=[guard])
+    trainer.train()
+    rows = [h for h in trainer.state.log_history if "repr_effective_rank" in h]
+    assert [round(r["epoch"]) for r in rows] == [1, 2]
+    assert guard.initial_rank is not None and guard.initial_rank > 1.0
+    rank, cosine = guard.measure(model)  # the last row is the model as training left it
+    assert rows[-1]["repr_effective_rank"] == pytest.approx(rank, rel=1e-9)
+    assert rows[-1]["repr_mean_cosine"] == pytest.approx(cosine, rel=1e-9)
+    logged = [h for h in trainer.state.log_history if "task_loss" in h and round(h["epoch"], 6) <= 1.0]
+    loss, task = np.mean([h["loss"] for h in logged]), np.mean([h["task_loss"] for h in logged])
+    assert rows[0]["reg_to_task_ratio"] == pytest.approx((loss - task) / task, rel=1e-6)
+    assert rows[0]["collapsed"] is False
+
+
+def test_a_finetuner_callback_is_refused_by_the_trainer(tmp_path):
+    model, tok = tiny_model("bert", seed=0)
+    with pytest.raises(TypeError, match="FineTunerCallback"):
+        RegularizedTrainer(model=model, args=_args(tmp_path), method="lnsr", callbacks=[_Steps()])

@@ -2,8 +2,10 @@
 
 Covered:
 
-* the committed notebooks are exactly what ``tools/build_notebooks.py`` writes (so they are reproducible) and carry
-  no outputs or execution counts;
+* every notebook has its Jupytext percent-format source ``notebooks/NN_name.py`` and vice versa, and the committed
+  ``.ipynb`` is exactly what :mod:`lnsr_viz.viz.notebook_sources` builds from it (``make notebooks``): the same cells,
+  sources and stable ids ``NN-ii``, byte for byte; rebuilding is deterministic and a changed source is caught;
+* the notebooks carry no outputs or execution counts;
 * each notebook runs top to bottom in a fresh ``python3`` kernel with nbclient, ``LNSR_VIZ_QUICK=1`` and a private
   run store (``LNSR_VIZ_RESULTS`` under a temporary folder), in numbered order so that later notebooks find the
   runs that earlier ones stored, as a user would; a failing cell fails the test with the cell's error;
@@ -24,6 +26,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from lnsr_viz.viz.notebook_sources import build_notebook, notebook_sources, notebook_text, sync_notebooks
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
@@ -35,10 +39,47 @@ def test_there_are_notebooks():
     assert names[:2] == ["01_noise_propagation.ipynb", "02_finetune_with_and_without_lnsr.ipynb"], names
 
 
-def test_notebooks_are_generated_and_stripped():
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "build_notebooks.py"), "--check"],
+def test_every_notebook_has_its_source():
+    sources = notebook_sources(NOTEBOOK_DIR)
+    assert [p.stem for p in sources] == [p.stem for p in NOTEBOOKS]
+    for source in sources:
+        header = source.read_text(encoding="utf-8").split("\n# ---\n", 1)[0]
+        assert header.startswith("# ---\n# jupyter:") and "format_name: percent" in header, source.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_in_step_with_its_source(path):
+    built = build_notebook(path.with_suffix(".py"))
+    committed = nbformat.read(path, as_version=4)
+    assert [c.cell_type for c in committed.cells] == [c.cell_type for c in built.cells], \
+        f"{path.name}: the cells differ from {path.stem}.py; run `make notebooks`"
+    for i, (have, want) in enumerate(zip(committed.cells, built.cells)):
+        assert have.source == want.source, f"{path.name} cell {i} differs from {path.stem}.py; run `make notebooks`"
+        assert have.get("id") == want.get("id") == f"{path.stem[:2]}-{i:02d}", f"{path.name} cell {i}: id"
+    assert path.read_text(encoding="utf-8") == notebook_text(path.with_suffix(".py")), \
+        f"{path.name} is not byte for byte what `make notebooks` writes"
+
+
+def test_notebook_build_is_deterministic_and_catches_a_changed_source(tmp_path):
+    source = tmp_path / "01_check.py"
+    source.write_text((NOTEBOOK_DIR / "01_noise_propagation.py").read_text(encoding="utf-8"), encoding="utf-8")
+    assert sync_notebooks(tmp_path) == [tmp_path / "01_check.ipynb"]   # written: it was missing
+    first = (tmp_path / "01_check.ipynb").read_text(encoding="utf-8")
+    assert sync_notebooks(tmp_path, check=True) == [] and notebook_text(source) == first   # no random ids
+    nb = nbformat.reads(first, as_version=4)
+    assert [c.id for c in nb.cells][:3] == ["01-00", "01-01", "01-02"]
+    source.write_text(source.read_text(encoding="utf-8") + "\n# %%\nprint('a new cell')\n", encoding="utf-8")
+    assert sync_notebooks(tmp_path, check=True) == [tmp_path / "01_check.ipynb"]
+    assert (tmp_path / "01_check.ipynb").read_text(encoding="utf-8") == first   # check writes nothing
+    proc = subprocess.run([sys.executable, "-m", "lnsr_viz.viz.notebook_sources", str(tmp_path), "--check"],
                           capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1 and "make notebooks" in proc.stderr, proc.stderr
+    assert sync_notebooks(tmp_path) == [tmp_path / "01_check.ipynb"]
+    rebuilt = nbformat.read(tmp_path / "01_check.ipynb", as_version=4)
+    assert rebuilt.cells[-1].source == "print('a new cell')" and rebuilt.cells[-1].id == f"01-{len(nb.cells):02d}"
+
+
+def test_notebooks_are_stripped():
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:

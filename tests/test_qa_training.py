@@ -11,6 +11,7 @@ from lnsr_viz.data.squad import load_squad
 from lnsr_viz.experiments.runs import compare
 from lnsr_viz.testing import tiny_model
 from lnsr_viz.training.loop import FineTuner
+from lnsr_viz.viz.reports import comparison_report
 
 WORDS = "the film story acting music ending plot scene actor director".split()
 ANSWERS = "good great awful boring brilliant dull charming terrible".split()
@@ -70,7 +71,7 @@ def test_compare_runs_qa_end_to_end(qa_setup, tmp_path):
     assert {"f1", "exact_match", "span_loss"} <= set(metrics["metric"])
     assert set(metrics["domain"]) == {"train", "other"}
     assert metrics.loc[metrics.metric == "f1", "value"].between(0, 100).all()
-    assert set(result.profiles["model"]) == {"pretrained", "vanilla", "lnsr"}
+    assert set(result.profile["model"]) == {"pretrained", "vanilla", "lnsr"}
     assert set(result.paired["metric"]) >= {"f1", "exact_match"}
     # drift from the pre-trained model, per layer, measured on the probe's QA windows, for every fine-tuned run
     drift = result.drift
@@ -79,7 +80,7 @@ def test_compare_runs_qa_end_to_end(qa_setup, tmp_path):
     assert cka["run_id"].nunique() == 4 and cka.groupby("run_id")["layer"].apply(lambda s: sorted(s) == list(
         range(len(s)))).all()
     assert cka["value"].between(-1e-9, 1 + 1e-9).all()
-    html = result.report(tmp_path / "qa.html").read_text()
+    html = comparison_report(result).save(tmp_path / "qa.html").read_text()
     assert "F1 per domain" in html and "Exact match per domain" in html
     assert "Drift from the pre-trained model" in html
     again = compare(["vanilla", "lnsr"], [1, 2], task="qa", model=str(root / "model"), data=str(train_path),
@@ -90,7 +91,7 @@ def test_compare_runs_qa_end_to_end(qa_setup, tmp_path):
     pd.testing.assert_frame_equal(result.metrics, again.metrics)
 
 
-@pytest.mark.parametrize("method", [m for m in __import__("lnsr_viz.methods.base", fromlist=["METHODS"]).METHODS])
+@pytest.mark.parametrize("method", [m for m in __import__("lnsr_viz.methods", fromlist=["METHODS"]).METHODS])
 def test_every_method_trains_a_qa_model(qa_setup, method):
     """One interface: each regulariser runs on an AutoModelForQuestionAnswering model (start/end logits)."""
     import math
@@ -109,14 +110,15 @@ def test_prediction_divergences_on_qa_use_the_start_and_end_distributions(qa_set
     import torch
 
     from lnsr_viz.data.squad import feature_batches, prepare_features
-    from lnsr_viz.methods.rivals import RDrop, _prediction_logits
+    from lnsr_viz.methods import RDrop
+    from lnsr_viz.methods.base import prediction_logits
 
     _, train_path, _ = qa_setup
     model, tok = tiny_model("bert", task="qa", seed=0)
     data = load_squad(train_path).subset(range(6))
     batch = feature_batches(prepare_features(data, tok, max_length=32, stride=16), list(range(6)), model=model)
     out = model(**{k: v for k, v in batch.items() if k not in ("start_positions", "end_positions")})
-    stacked = _prediction_logits(out)
+    stacked = prediction_logits(out)
     assert stacked.shape == (12, out.start_logits.shape[1])
     torch.testing.assert_close(stacked[:6], out.start_logits)
     torch.testing.assert_close(stacked[6:], out.end_logits)

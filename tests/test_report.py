@@ -6,7 +6,8 @@ page and in the table of contents, with unique anchors; user text (title, headin
 key/value pairs, captions) is escaped; the markdown subset of ``add_text`` and the ``html=True``
 pass-through; table number formatting; the footer with the version (and its "unknown" fallback);
 and ``save``: parent folders created, the path returned, no temporary file left, and an existing
-file left untouched when writing fails.
+file left untouched when writing fails. The page comes from the packaged Jinja2 templates (autoescaped HTML,
+unescaped markdown, undefined names refused); the probe report (:mod:`lnsr_viz.viz.reports`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -201,3 +203,43 @@ def test_save_failure_while_rendering_keeps_old_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="render failed"):
         Report("new").save(target)
     assert target.read_text(encoding="utf-8") == "old report"
+
+
+def test_pages_come_from_the_packaged_templates_with_autoescape():
+    import lnsr_viz.viz
+
+    folder = Path(lnsr_viz.viz.__file__).parent / "templates"
+    env = report_module.template_environment()
+    names = set(env.list_templates())
+    assert {"report.html.j2", "blocks.html.j2", "report.css.j2", "study.md.j2"} <= names
+    assert all((folder / n).is_file() for n in names)
+    assert env.from_string("{{ x }}").render(x="<b>'&\"") == "&lt;b&gt;&#x27;&amp;&quot;"  # html.escape's entities
+    md = report_module.template_environment(markdown=True)
+    assert md.from_string("{{ x }}").render(x="<b>") == "<b>"  # markdown is not HTML-escaped
+    with pytest.raises(Exception, match="undefined"):
+        env.from_string("{{ missing }}").render()
+    # the stylesheet in the page is the packaged one
+    css = (folder / "report.css.j2").read_text(encoding="utf-8").split("\n", 1)[1]
+    assert css in Report("t").to_html()
+
+
+def _profile(ks=(0, 1)) -> pd.DataFrame:
+    rows = []
+    for k in ks:
+        for layer in range(k, 3):
+            v = 0.1 * (layer - k + 1)
+            rows.append({"model": "tiny", "injection_layer": k, "layer": layer, "noise": "gaussian", "scale": 0.05,
+                         "change_rel": v, "change_rel_ci_low": v - 0.01, "change_rel_ci_high": v + 0.01,
+                         "change_l2": v, "change_l2_ci_low": v, "change_l2_ci_high": v})
+    return pd.DataFrame(rows)
+
+
+def test_probe_report_shows_the_curve_and_with_every_layer_the_heatmap(tmp_path):
+    from lnsr_viz.viz.reports import probe_report
+
+    html = probe_report(_profile(), model="tiny").to_html()
+    assert "<title>Noise-stability profile of tiny</title>" in html
+    assert 'id="stability-curve"' in html and 'id="full-profile"' in html and 'id="profile"' in html
+    assert "Noise injected at layer 0" in html
+    one = probe_report(_profile(ks=(1,)), model="tiny", layer=1).save(tmp_path / "p.html").read_text()
+    assert "Noise injected at layer 1" in one and 'id="full-profile"' not in one

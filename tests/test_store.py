@@ -25,13 +25,12 @@ from lnsr_viz.experiments import store as store_mod
 from lnsr_viz.experiments.store import (
     CorruptRunWarning,
     RunStore,
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
     canonical_json,
     config_hash,
     flatten_config,
 )
+from lnsr_viz.utils import io as io_mod
+from lnsr_viz.utils.io import atomic_write_csv, atomic_write_json, atomic_write_text, sha256_file
 
 CFG = {"method": "lnsr", "seed": 1, "lr": 2e-5, "model": {"name": "minilm", "layers": (1, 2)}, "domain": "movie"}
 
@@ -126,7 +125,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_mod.os, "replace", broken_replace)
+    monkeypatch.setattr(io_mod.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(p, "new")
     assert p.read_text() == "old"
@@ -274,7 +273,7 @@ def _corrupt_config_edit(path: Path) -> None:
     (path / "config.json").write_text(json.dumps(doc))
     record = json.loads((path / "record.json").read_text())
     record["files"]["config.json"] = {
-        "sha256": store_mod._sha256(path / "config.json"),
+        "sha256": sha256_file(path / "config.json"),
         "bytes": (path / "config.json").stat().st_size,
     }
     (path / "record.json").write_text(json.dumps(record))

@@ -1,7 +1,10 @@
 """The study write-up on a hand-built run store with known answers: selection on validation only, the claims'
-effect sizes, intervals and verdicts, the collapse flag in tables and figures, and the CLI."""
+effect sizes, intervals and verdicts, the collapse flag in tables and figures, the CLI, and the committed write-up
+(docs/study.md and its SVG) re-rendered byte for byte from results/study."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +13,9 @@ from scipy import stats
 
 from lnsr_viz import cli
 from lnsr_viz.experiments.store import RunStore
-from lnsr_viz.experiments.study import CLAIMS, plot_sensitivity_vs_ood, study_claims, study_runs, write_study
+from lnsr_viz.experiments.study import CLAIMS, study_claims, study_runs
+from lnsr_viz.viz.reports import write_study
+from lnsr_viz.viz.study_figures import plot_sensitivity_vs_ood
 
 SEEDS = [1, 2, 3, 4]
 NOISE = {1: -0.02, 2: 0.01, 3: 0.0, 4: 0.012}
@@ -151,3 +156,18 @@ def test_the_cli_says_when_there_is_no_store(tmp_path, capsys):
                                   "methods": {"vanilla": {}}, "results": str(tmp_path / "nothing")}))
     assert cli.main(["study", str(config)]) == 2
     assert "run `python -m lnsr_viz sweep" in capsys.readouterr().err
+
+
+def test_the_committed_write_up_rerenders_byte_for_byte(tmp_path, monkeypatch):
+    """``python -m lnsr_viz study configs/study.yaml`` on the committed store reproduces docs/study.md, its SVG and the
+    store's tables exactly (the write-up is a template over stored numbers: nothing may drift)."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "results" / "study", tmp_path / "results" / "study")
+    shutil.copytree(root / "configs", tmp_path / "configs")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["study", "configs/study.yaml"]) == 0
+    for name in ("study.md", "study-sensitivity-vs-ood.svg"):
+        assert (tmp_path / "docs" / name).read_bytes() == (root / "docs" / name).read_bytes(), name
+    for table in sorted((root / "results" / "study" / "tables").glob("*.csv")):
+        assert (tmp_path / "results" / "study" / "tables" / table.name).read_bytes() == table.read_bytes(), table.name

@@ -17,11 +17,12 @@ from lnsr_viz.analysis.theory import (
     hutchinson_trace,
     jacobian_norm,
     small_noise_identity,
-    theory_table,
+    theory_table_from_tables,
 )
 from lnsr_viz.core.adapter import ModelAdapter
 from lnsr_viz.data.text import TextDataset
 from lnsr_viz.experiments.store import RunStore
+from lnsr_viz.experiments.theory_runs import theory_table
 from lnsr_viz.testing import LinearStack, tiny_model, toy_sentences
 
 
@@ -308,6 +309,43 @@ def test_theory_table_errors(tmp_path):
     assert len(theory_table(store, scale=0.05, n_boot=50).runs) == 7
     with pytest.raises(ValueError, match="no stored profile rows with scale=0.2"):
         theory_table(store, scale=0.2)
+
+
+def test_theory_table_from_plain_tables_needs_no_store():
+    runs = pd.DataFrame({"run_id": ["r1", "r2", "r3", "r4"], "method": ["a", "b", "c", "d"], "seed": [0, 1, 2, 3],
+                         "data.in_domain": "movie"})
+    profile = pd.DataFrame({"run_id": np.repeat(["r1", "r2", "r3", "r4"], 2), "injection_layer": 0,
+                            "layer": [0, 2] * 4, "change_rel": [0.0, 0.1, 0.0, 0.2, 0.0, 0.3, 0.0, 0.4]})
+    history = pd.DataFrame({"run_id": ["r1", "r2", "r3", "r4"], "epoch": 1, "gap": [0.05, 0.10, 0.15, 0.20]})
+    metrics = pd.DataFrame({"run_id": np.repeat(["r1", "r2", "r3", "r4"], 2), "domain": ["movie", "nyt"] * 4,
+                            "metric": "accuracy", "value": [0.9, 0.8, 0.9, 0.7, 0.9, 0.6, 0.9, 0.5]})
+    extras = pd.DataFrame({"run_id": ["r1", "r2", "r3", "r4"], "jacobian_fro2": [1.0, 2.0, math.inf, 4.0],
+                           "hessian_trace": ["x", None, 3.0, 4.0]})
+    result = theory_table_from_tables(runs, profile=profile, history=history, metrics=metrics, extras=extras,
+                                      n_boot=50)
+    table = result.runs.set_index("run_id")
+    assert table["noise_sensitivity"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert table["ood_gap"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert table["jacobian_fro2"].iloc[:2].tolist() == [1.0, 2.0] and math.isnan(table.loc["r3", "jacobian_fro2"])
+    assert table["hessian_trace"].isna().tolist() == [True, True, False, False]  # a string or None is no number
+    corr = result.correlations.set_index(["x", "y"])
+    assert corr.loc[("noise_sensitivity", "generalisation_gap"), "pearson_r"] == pytest.approx(1.0)
+    assert corr.loc[("noise_sensitivity", "jacobian_fro2"), "n"] == 3
+    with pytest.raises(ValueError, match="no runs to relate"):
+        theory_table_from_tables(runs.iloc[:0], profile=profile, history=history, metrics=metrics)
+
+
+def test_the_store_wrapper_gives_what_the_tables_give(tmp_path):
+    from lnsr_viz.experiments.theory_runs import stored_extras
+
+    store = _fake_store(tmp_path)
+    runs = store.list_runs()
+    direct = theory_table_from_tables(runs, profile=store.load_table("profile"), history=store.load_table("history"),
+                                      metrics=store.load_table("metrics"),
+                                      extras=stored_extras(store, runs["run_id"]), n_boot=100)
+    via_store = theory_table(tmp_path, n_boot=100)  # a path is opened read-only
+    pd.testing.assert_frame_equal(direct.runs, via_store.runs)
+    pd.testing.assert_frame_equal(direct.correlations, via_store.correlations)
 
 
 def test_theory_measurements_give_the_extra_entries_theory_table_reads():

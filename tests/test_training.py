@@ -7,7 +7,7 @@ import pytest
 
 from lnsr_viz.data.text import TextDataset
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.training.loop import HISTORY_COLUMNS, FineTuner, TrainerCallback
+from lnsr_viz.training.loop import HISTORY_COLUMNS, FineTuner, FineTunerCallback
 
 
 def _data(n=24, seed=0, name="toy"):
@@ -44,7 +44,7 @@ def test_history_records_task_and_regulariser_parts():
     assert h["val_accuracy"].between(0, 1).all()
 
 
-class EventRecorder(TrainerCallback):
+class EventRecorder(FineTunerCallback):
     def __init__(self):
         self.events = []
 
@@ -76,7 +76,7 @@ def test_callbacks_see_the_exact_event_sequence():
 def test_a_callback_can_stop_training_and_state_is_serialisable():
     import json
 
-    class StopAfterFirstEpoch(TrainerCallback):
+    class StopAfterFirstEpoch(FineTunerCallback):
         def on_epoch_end(self, state, **kw):
             state.should_stop = True
 
@@ -88,7 +88,7 @@ def test_a_callback_can_stop_training_and_state_is_serialisable():
 
 
 def test_early_stopping_restores_the_best_epoch():
-    class ForceWorse(TrainerCallback):
+    class ForceWorse(FineTunerCallback):
         """Validation accuracy can only go down after epoch 1 when we corrupt the weights at each epoch start."""
 
         def on_epoch_begin(self, state, **kw):

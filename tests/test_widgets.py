@@ -1,4 +1,4 @@
-"""Tests for :mod:`lnsr_viz.viz.dashboards` (dashboard wiring) and :mod:`lnsr_viz.viz.notebook_figures` (their extra figures).
+"""Tests for :mod:`lnsr_viz.viz.dashboards` (dashboard wiring) and :mod:`lnsr_viz.viz.notebook_figures` (their figures).
 
 Covered:
 
@@ -9,8 +9,8 @@ Covered:
 * the table dashboards (stability curves, metrics per domain, training curves, the generic one) and the analysis
   dashboards (drift heat-map, projection scatter, theory scatter, attributions side by side): a control change
   redraws with different data; an empty selection or an unavailable combination is a message, not an exception;
-* the notebook helpers: the quick switch, the results folder, the quick comparison settings and protocol, stored
-  tables and checkpoints, and the readable message for a missing checkpoint;
+* the dashboards module holds dashboards only (the notebook runtime is :mod:`lnsr_viz.viz.runtime`, tested in
+  ``tests/test_runtime.py``);
 * the notebook plot functions: traces, titles, axis titles, colours, errors.
 """
 
@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import pytest
 
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.viz import dashboards as widgets
+from lnsr_viz.viz import dashboards
 from lnsr_viz.viz.dashboards import (
     AttributionDashboard,
     DriftDashboard,
@@ -296,33 +296,6 @@ def test_figure_dashboard_wires_any_plot_function():
     assert list(_curve(dash.figure).x) == [1, 2, 3]
 
 
-# ----------------------------------------------------------------------------------------------- notebook helpers
-
-
-@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), ("", False), ("0", False)])
-def test_quick_mode(monkeypatch, value, expected):
-    monkeypatch.setenv(widgets.QUICK_ENV, value)
-    assert widgets.quick_mode() is expected
-
-
-def test_results_dir_and_stored_table(monkeypatch, tmp_path):
-    monkeypatch.setenv(widgets.RESULTS_ENV, str(tmp_path))
-    assert widgets.results_dir("demo", quick=True) == tmp_path / "quick" / "demo"
-    assert widgets.results_dir("demo", quick=False) == tmp_path / "demo"
-    assert widgets.reports_dir(quick=True) == tmp_path / "quick" / "reports"
-    assert widgets.stored_table("profile", quick=True).empty
-    assert not (tmp_path / "quick").exists()  # looking never creates a store
-
-
-def test_quick_comparison_settings(tmp_path):
-    settings = widgets.comparison_settings(quick=True, results=tmp_path)
-    assert settings["results"] == str(tmp_path)
-    assert (tmp_path / "assets" / "tiny-bert" / "config.json").is_file()
-    assert pd.read_csv(settings["data"]).shape[0] == 80
-    full = widgets.comparison_settings(quick=False, results=tmp_path)
-    assert full["model"] == "minilm" and full["seeds"] == (1, 2, 3)
-
-
 # ----------------------------------------------------------------------------------------------- notebook plots
 
 
@@ -479,32 +452,7 @@ def test_attribution_dashboard(explorer_models):
     assert "change of the output" in dash.figure.data[0].colorbar.title.text
 
 
-# ----------------------------------------------------------------------------------------------- checkpoints
-
-
-def test_check_checkpoint_says_what_to_set(tmp_path):
-    with pytest.raises(FileNotFoundError, match="CHECKPOINT is not set. Set CHECKPOINT"):
-        widgets.check_checkpoint(None)
-    with pytest.raises(FileNotFoundError, match="does not exist. Set CHECKPOINT in the first code cell"):
-        widgets.check_checkpoint(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
-        widgets.check_checkpoint(tmp_path)
-    (tmp_path / "config.json").write_text("{}")
-    assert widgets.check_checkpoint(tmp_path) == str(tmp_path)
-
-
-def test_default_checkpoint_in_the_full_setting_trains_nothing(monkeypatch, tmp_path):
-    monkeypatch.setenv(widgets.RESULTS_ENV, str(tmp_path))
-    assert widgets.default_checkpoint(quick=False) is None
-    assert widgets.stored_checkpoints(quick=False).empty
-    assert not (tmp_path / "demo").exists()
-
-
-def test_comparison_protocol(tmp_path):
-    settings = widgets.comparison_settings(quick=True, results=tmp_path)
-    protocol = widgets.comparison_protocol(settings)
-    assert len(protocol.train) == settings["train_size"] and len(protocol.validation) == settings["val_size"]
-    assert set(protocol.evaluation) == {"toy_in", "toy_ood"} and protocol.in_domain == "toy_in"
+# ----------------------------------------------------------------------------------------------- notebook plots
 
 
 def test_plot_step_costs():
@@ -520,15 +468,10 @@ def test_plot_step_costs():
         plot_step_costs(bench.drop(columns="memory_ratio"))
 
 
-def test_benchmark_table_absent_is_empty(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    rows, info = widgets.benchmark_table("no_such_benchmark")
-    assert rows.empty and info["path"].endswith("no_such_benchmark.json")
-
-
-def test_default_folders_are_under_the_project(monkeypatch):
-    monkeypatch.delenv(widgets.RESULTS_ENV, raising=False)
-    root = widgets._project_root()
-    assert root is not None and (root / "pyproject.toml").is_file()
-    assert widgets.results_dir("demo", quick=False) == root / "results" / "demo"  # shared with `make demo`
-    assert widgets.reports_dir(quick=False) == root / "reports" / "notebooks"  # git-ignored
+def test_dashboards_hold_no_notebook_runtime():
+    runtime_names = {"quick_mode", "setup_notebook", "results_dir", "reports_dir", "study_dir", "stored_table",
+                     "stored_checkpoints", "check_checkpoint", "default_checkpoint", "comparison_protocol",
+                     "comparison_settings", "benchmark_table", "probe_sentences", "explorer_models", "QUICK_ENV",
+                     "RESULTS_ENV", "_project_root", "project_root"}
+    assert not runtime_names & set(vars(dashboards)), runtime_names & set(vars(dashboards))
+    assert all(name.endswith(("Dashboard", "Error", "Explorer")) for name in dashboards.__all__), dashboards.__all__

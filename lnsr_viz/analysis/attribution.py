@@ -28,9 +28,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..core.inputs import eval_mode, named_models, texts_of, tokenize
 from ..core.noise import NOISE_TYPES, make_noise
+from ..utils.extras import require
 from ..utils.validation import check_choice, check_positive_int
-from .drift import _model_and_tokenizer, _model_label
 
 __all__ = ["ATTRIBUTION_COLUMNS", "STABILITY_COLUMNS", "token_attributions", "attribution_stability"]
 
@@ -44,42 +45,16 @@ STABILITY_COLUMNS = ("model", "sentence", "text", "metric", "value", "target", "
 Output = Literal["probability", "logit"]
 
 
-def _models(model_a: Any, model_b: Any, tokenizer: Any, names: Sequence[str] | None) -> list[tuple[str, nn.Module,
-                                                                                                  Any]]:
-    items = [_model_and_tokenizer(model_a, tokenizer, which="model_a")]
-    if model_b is not None:
-        items.append(_model_and_tokenizer(model_b, tokenizer, which="model_b"))
-    if names is None:
-        names = [_model_label(m, f"model_{c}") for (m, _), c in zip(items, "ab")]
-        if len(names) == 2 and names[0] == names[1]:
-            names = [f"{names[0]} (a)", f"{names[1]} (b)"]
-    names = [str(n) for n in names]
-    if len(names) != len(items):
-        raise ValueError(f"names must give one label per model ({len(items)}); got {list(names)}.")
-    out = []
-    for name, (net, tok), which in zip(names, items, ("model_a", "model_b")):
-        if tok is None:
-            raise ValueError(f"a tokenizer is needed for {which}: pass tokenizer=... or (model, tokenizer).")
-        out.append((name, net, tok))
-    return out
-
-
-def _sentences(sentences: Any) -> list[str]:
-    if isinstance(sentences, str):
-        return [sentences]
-    items = list(getattr(sentences, "texts", sentences))
-    if not items or not all(isinstance(s, str) for s in items):
-        raise ValueError("sentences must be a string or a non-empty sequence of strings.")
-    return items
+def _sentences(sentences: Any, owner: str) -> list[str]:
+    """One sentence (a str) or the texts of a sequence / dataset (:func:`lnsr_viz.core.inputs.texts_of`)."""
+    return [sentences] if isinstance(sentences, str) else texts_of(sentences, owner=owner)
 
 
 class _Encoded:
     """One tokenized sentence: ids, the baseline ids, the extra forward arguments, and the tokens."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, text: str, max_length: int, baseline: str) -> None:
-        from .drift import _encode
-
-        enc = _encode(tokenizer, [text], max_length, model)
+        enc = tokenize(tokenizer, [text], max_length=max_length, model=model)
         self.input_ids = enc["input_ids"]
         self.attention_mask = enc.get("attention_mask", torch.ones_like(self.input_ids))
         self.token_type_ids = enc.get("token_type_ids")
@@ -190,7 +165,7 @@ def token_attributions(
         attributions of that model (comparable across models), ``target_prob`` the model's probability of the
         target, ``convergence_delta`` captum's completeness error.
     """
-    from captum.attr import LayerIntegratedGradients
+    LayerIntegratedGradients = require("captum.attr", "token_attributions").LayerIntegratedGradients
 
     owner = "token_attributions"
     check_choice("output", output, ("probability", "logit"), owner=owner)
@@ -199,10 +174,8 @@ def token_attributions(
     if not isinstance(sentence, str) or not sentence.strip():
         raise ValueError(f"{owner} needs one non-empty sentence (a str); got {sentence!r}.")
     rows = []
-    for name, net, tok in _models(model_a, model_b, tokenizer, names):
-        was_training = net.training
-        net.eval()
-        try:
+    for name, net, tok in named_models(model_a, model_b, tokenizer, names, owner=owner):
+        with eval_mode(net):
             enc = _Encoded(net, tok, sentence, max_length, baseline)
             probs = _predict(net, enc)
             tgt = _target_for(target, probs, name)
@@ -210,8 +183,6 @@ def token_attributions(
             attrs, delta = lig.attribute(enc.input_ids, baselines=enc.baseline_ids, target=tgt,
                                          additional_forward_args=enc.extra(), n_steps=n_steps,
                                          internal_batch_size=internal_batch_size, return_convergence_delta=True)
-        finally:
-            net.train(was_training)
         per_token = attrs.sum(dim=-1)[0].detach().to(torch.float64).cpu().numpy()
         total = float(np.abs(per_token).sum())
         label_names = getattr(getattr(net, "config", None), "id2label", None) or {}
@@ -298,7 +269,7 @@ def attribution_stability(
         ``rank_correlation_mean`` (Spearman between clean and noisy token attributions; 1 = same order),
         ``top_token_kept`` (fraction of draws whose most important token is the clean one).
     """
-    from captum.attr import IntegratedGradients
+    IntegratedGradients = require("captum.attr", "attribution_stability").IntegratedGradients
 
     owner = "attribution_stability"
     check_choice("noise", noise, NOISE_TYPES, owner=owner)
@@ -307,13 +278,11 @@ def attribution_stability(
     n_perturb = check_positive_int("n_perturb", n_perturb, owner=owner)
     n_steps = check_positive_int("n_steps", n_steps, owner=owner)
     injector = make_noise(noise, scale=scale, scale_kind=scale_kind)
-    texts = _sentences(sentences)
+    texts = _sentences(sentences, owner)
     rows = []
-    for name, net, tok in _models(model_a, model_b, tokenizer, names):
+    for name, net, tok in named_models(model_a, model_b, tokenizer, names, owner=owner):
         _check_embeds_supported(net)
-        was_training = net.training
-        net.eval()
-        try:
+        with eval_mode(net):
             for si, text in enumerate(texts):
                 enc = _Encoded(net, tok, text, max_length, baseline)
                 probs = _predict(net, enc)
@@ -356,8 +325,7 @@ def attribution_stability(
                     "top_token_kept": float(np.mean([int(np.argmax(np.abs(a))) == top for a in an])),
                 }
                 if use_captum:
-                    from captum.metrics import sensitivity_max
-
+                    sensitivity_max = require("captum.metrics", owner).sensitivity_max
                     sens = sensitivity_max(explain, clean, perturb_func=perturb, n_perturb_samples=n_perturb,
                                            **kwargs)
                     values["sensitivity_max"] = float(sens.reshape(-1)[0])
@@ -365,6 +333,4 @@ def attribution_stability(
                     rows.append({"model": name, "sentence": si, "text": text, "metric": metric, "value": value,
                                  "target": tgt, "noise": noise, "scale": float(scale), "scale_kind": scale_kind,
                                  "n_perturb": n_perturb, "n_steps": n_steps})
-        finally:
-            net.train(was_training)
     return pd.DataFrame(rows, columns=list(STABILITY_COLUMNS))

@@ -28,9 +28,9 @@ differ; different depths are refused unless ``match_layers=`` says which layers 
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +39,16 @@ import torch
 from torch import nn
 
 from ..core.adapter import ModelAdapter, layer_name
+from ..core.inputs import (
+    eval_mode,
+    forward_inputs,
+    iter_batches,
+    model_and_tokenizer,
+    model_label,
+    texts_of,
+    tokenize,
+    unwrap,
+)
 from ..utils.validation import check_choice, check_positive_int
 
 __all__ = [
@@ -247,13 +257,9 @@ def _block_for(adapter: ModelAdapter, layer: int) -> nn.Module:
 
 def _layer_params(adapter: ModelAdapter, layer: int) -> dict[str, torch.Tensor]:
     if layer == 0:
-        mods = _embedding_modules(_inner(adapter.model), adapter.blocks)
+        mods = _embedding_modules(unwrap(adapter.model), adapter.blocks)
         return {f"{k}.{n}": p for k, m in mods.items() for n, p in m.named_parameters()}
     return dict(_block_for(adapter, layer).named_parameters())
-
-
-def _inner(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
 
 
 def weight_distance(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str, torch.Tensor]) -> tuple[float, float]:
@@ -281,63 +287,7 @@ def weight_distance(params_a: Mapping[str, torch.Tensor], params_b: Mapping[str,
     return math.sqrt(diff), math.sqrt(ref)
 
 
-# ------------------------------------------------------------------------------------------------ inputs
-def _load_named(name: str | os.PathLike[str]) -> tuple[nn.Module, Any]:
-    """Load a model alias / folder / Hub id with its own head size and tokenizer."""
-    from ..data.models import load_model, resolve_model
-
-    resolved = resolve_model(name)
-    num_labels = 2
-    try:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(resolved, local_files_only=os.path.isdir(resolved))
-        num_labels = int(getattr(cfg, "num_labels", 2) or 2)
-    except (OSError, ValueError):
-        pass
-    return load_model(name, num_labels=num_labels)
-
-
-def _model_and_tokenizer(obj: Any, tokenizer: Any, *, which: str) -> tuple[nn.Module, Any]:
-    """Normalise a model argument: an ``nn.Module``, a ``(model, tokenizer)`` pair, or a name/folder to load."""
-    if isinstance(obj, ModelAdapter):
-        obj = obj.model
-    if isinstance(obj, tuple | list) and len(obj) == 2 and isinstance(obj[0], nn.Module):
-        return obj[0], tokenizer if tokenizer is not None else obj[1]
-    if isinstance(obj, nn.Module):
-        return obj, tokenizer
-    if isinstance(obj, str | os.PathLike):
-        model, tok = _load_named(obj)
-        return model, tokenizer if tokenizer is not None else tok
-    raise TypeError(f"{which} must be a model (nn.Module), a (model, tokenizer) pair, or a model name/folder; got "
-                    f"{type(obj).__name__}.")
-
-
-def _model_label(model: nn.Module, default: str) -> str:
-    cfg = getattr(_inner(model), "config", None)
-    path = str(getattr(cfg, "_name_or_path", "") or "")
-    return os.path.basename(path.rstrip("/")) or default
-
-
-def _texts_from(data: Any) -> list[str]:
-    """The texts of ``data``: a sequence of str, a TextDataset, or anything :func:`lnsr_viz.data.text.as_dataset` reads."""
-    from ..data.text import TextDataset, as_dataset
-
-    if isinstance(data, str | os.PathLike) or isinstance(data, pd.DataFrame):
-        data = as_dataset(data)
-    if isinstance(data, TextDataset):
-        return list(data.texts)
-    if isinstance(data, Mapping) and "text" in data:
-        return [str(t) for t in data["text"]]
-    texts = list(getattr(data, "texts", data))
-    if not texts:
-        raise ValueError("no sentences: pass at least one text.")
-    bad = next((t for t in texts if not isinstance(t, str)), None)
-    if bad is not None:
-        raise ValueError(f"the data must hold strings (sentences); got a {type(bad).__name__}: {bad!r:.60}.")
-    return texts
-
-
+# ------------------------------------------------------------------------------------------------ tokenizers
 def check_same_tokenizer(tok_a: Any, tok_b: Any, *, names: tuple[str, str] = ("model_a", "model_b"),
                          texts: Sequence[str] = (), max_length: int = 128) -> None:
     """Raise a ``ValueError`` saying how two tokenizers differ, if they do.
@@ -402,36 +352,6 @@ def _vocab(tok: Any) -> dict[str, int] | None:
         return None
 
 
-def _slice_inputs(data: Mapping[str, Any], start: int, stop: int, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rows ``start:stop`` of pre-tokenized inputs, on the model's device, without labels or inputs it does not take."""
-    import inspect
-
-    params = inspect.signature(_inner(model).forward).parameters
-    device = next(model.parameters()).device
-    return {k: v[start:stop].to(device) for k, v in data.items()
-            if torch.is_tensor(v) and k in params and k not in _LABEL_KEYS}
-
-
-_LABEL_KEYS = ("labels", "start_positions", "end_positions")
-
-
-def _batches(texts: Sequence[str], batch_size: int) -> Iterator[list[str]]:
-    for i in range(0, len(texts), batch_size):
-        yield list(texts[i:i + batch_size])
-
-
-def _encode(tokenizer: Any, texts: Sequence[str], max_length: int, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Tokenize a batch (padded, truncated) onto the model's device; drop inputs the model's forward does not take."""
-    import inspect
-
-    enc = dict(tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
-    params = inspect.signature(_inner(model).forward).parameters
-    if "token_type_ids" in enc and "token_type_ids" not in params:
-        enc.pop("token_type_ids")
-    device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in enc.items()}
-
-
 @torch.no_grad()
 def sentence_representations(model: nn.Module | ModelAdapter, texts: Sequence[str], tokenizer: Any, *,
                              layers: int | Sequence[int] | None = None, batch_size: int = 32,
@@ -457,17 +377,13 @@ def sentence_representations(model: nn.Module | ModelAdapter, texts: Sequence[st
     wanted = _normalise_layers(adapter, layers)
     batch_size = check_positive_int("batch_size", batch_size, owner="sentence_representations")
     net = adapter.model
-    was_training = net.training
-    net.eval()
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in wanted}
-    try:
-        for chunk in _batches(list(texts), batch_size):
-            inputs = _encode(tokenizer, chunk, max_length, net)
+    with eval_mode(net):
+        for inputs in iter_batches(list(texts), tokenizer, net, batch_size=batch_size, max_length=max_length,
+                                   owner="sentence_representations"):
             cap = adapter.capture(inputs, stop_at=max(wanted))
             for layer in wanted:
                 out[layer].append(mean_pool(cap.hidden[layer], cap.mask).float().cpu())
-    finally:
-        net.train(was_training)
     return {layer: torch.cat(parts, dim=0) for layer, parts in out.items()}
 
 
@@ -591,89 +507,135 @@ def representation_drift(
     wanted = list(DRIFT_METRICS) if metrics is None else list(metrics)
     for m in wanted:
         check_choice("metrics", m, DRIFT_METRICS, owner=owner)
-    net_a, tok_a = _model_and_tokenizer(model_a, tokenizer, which="model_a")
-    net_b, tok_b = _model_and_tokenizer(model_b, tokenizer_b if tokenizer_b is not None else tokenizer,
-                                        which="model_b")
+    inp = _drift_inputs(model_a, model_b, data, tokenizer, tokenizer_b, names, wanted, max_length=max_length,
+                        max_examples=max_examples, owner=owner)
+    ad_a = inp.net_a if isinstance(inp.net_a, ModelAdapter) else ModelAdapter(inp.net_a)
+    ad_b = ModelAdapter(inp.net_b) if inp.net_b is not inp.net_a else ad_a
+    pairs = _layer_pairs(ad_a.n_layers, ad_b.n_layers, match_layers, (f"model_a ({inp.names[0]})",
+                                                                        f"model_b ({inp.names[1]})"))
+    states = _pooled_states(inp, ad_a, ad_b, pairs, batch_size=batch_size, max_length=max_length,
+                            progress=progress) if any(not m.startswith("weight") for m in wanted) else None
+    if states is not None and not states.same_width and any(m.startswith("cosine") for m in wanted):
+        warnings.warn("model_a and model_b have different hidden sizes, so cosine drift is left out; CKA compares "
+                      "representations of any width and is reported.", RuntimeWarning, stacklevel=2)
+    rows, weight_skipped = _drift_rows(inp.names, pairs, wanted, states, ad_a, ad_b)
+    if weight_skipped:
+        warnings.warn("weight distances left out where the two models' parameters do not match: "
+                      + "; ".join(weight_skipped[:3]), RuntimeWarning, stacklevel=2)
+    order = {m: i for i, m in enumerate(DRIFT_METRICS)}
+    out = pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
+    out = out.sort_values(["layer", "layer_b", "metric"], key=lambda s: s.map(order) if s.name == "metric" else s,
+                          kind="stable").reset_index(drop=True)
+    return out
+
+
+@dataclass
+class _DriftInputs:
+    """The two models and tokenizers, their labels, and the sentences (or pre-tokenized rows) they read."""
+
+    net_a: nn.Module
+    net_b: nn.Module
+    tok_a: Any
+    tok_b: Any
+    names: tuple[str, str]
+    n: int
+    texts: list[str] | None = None  # None: ``tokens`` holds pre-tokenized inputs
+    tokens: Mapping[str, Any] | None = None
+
+    def batch(self, start: int, stop: int, side: str, max_length: int) -> dict[str, torch.Tensor]:
+        """Rows ``start:stop`` as model inputs for side 'a' or 'b'."""
+        net, tok = (self.net_a, self.tok_a) if side == "a" else (self.net_b, self.tok_b)
+        if self.tokens is not None:
+            return forward_inputs({k: v[start:stop] for k, v in self.tokens.items() if torch.is_tensor(v)}, net)
+        return tokenize(tok, self.texts[start:stop], max_length=max_length, model=net)
+
+
+def _drift_inputs(model_a: Any, model_b: Any, data: Any, tokenizer: Any, tokenizer_b: Any,
+                  names: tuple[str, str] | None, wanted: Sequence[str], *, max_length: int,
+                  max_examples: int | None, owner: str) -> _DriftInputs:
+    """Resolve the models, tokenizers, labels and sentences, and refuse what cannot be compared, before any work."""
+    net_a, tok_a = model_and_tokenizer(model_a, tokenizer, which="model_a")
+    net_b, tok_b = model_and_tokenizer(model_b, tokenizer_b if tokenizer_b is not None else tokenizer,
+                                       which="model_b")
     if tok_a is None and tok_b is None:
         raise ValueError(f"{owner} needs a tokenizer: pass tokenizer=..., or the models as (model, tokenizer) pairs "
                          "or names to load.")
     tok_a = tok_a if tok_a is not None else tok_b
     tok_b = tok_b if tok_b is not None else tok_a
-    names = names or (_model_label(net_a, "model_a"), _model_label(net_b, "model_b"))
+    names = names or (model_label(net_a, "model_a"), model_label(net_b, "model_b"))
     if names[0] == names[1] and net_a is not net_b:
         names = (f"{names[0]} (a)", f"{names[1]} (b)")
     pretokenized = isinstance(data, Mapping) and torch.is_tensor(data.get("input_ids"))
+    texts: list[str] | None = None
     if pretokenized:  # token ids both models read as they are (e.g. QA question+context windows)
         n_total = int(data["input_ids"].shape[0])
-        keep = n_total if max_examples is None else min(
+        n = n_total if max_examples is None else min(
             n_total, check_positive_int("max_examples", max_examples, owner=owner))
-        texts = [""] * keep  # stands for the windows in the size checks below
     else:
-        texts = _texts_from(data)
-    if max_examples is not None and not pretokenized:
-        texts = texts[: check_positive_int("max_examples", max_examples, owner=owner)]
-    if "cka_debiased" in wanted and len(texts) < 4:
+        texts = texts_of(data, load=True, owner=owner)
+        if max_examples is not None:
+            texts = texts[: check_positive_int("max_examples", max_examples, owner=owner)]
+        n = len(texts)
+    if "cka_debiased" in wanted and n < 4:
         raise ValueError(f"{owner}: debiased CKA needs at least 4 sentences (its unbiased HSIC estimator divides by "
-                         f"n(n-3)); got {len(texts)}. Pass more sentences, or metrics= without 'cka_debiased'.")
-    if len(texts) < 2 and any(m.startswith("cka") for m in wanted):
-        raise ValueError(f"{owner}: CKA needs at least 2 sentences; got {len(texts)}.")
-    if not pretokenized:
+                         f"n(n-3)); got {n}. Pass more sentences, or metrics= without 'cka_debiased'.")
+    if n < 2 and any(m.startswith("cka") for m in wanted):
+        raise ValueError(f"{owner}: CKA needs at least 2 sentences; got {n}.")
+    if texts is not None:
         check_same_tokenizer(tok_a, tok_b, names=(f"model_a ({names[0]})", f"model_b ({names[1]})"),
                              texts=texts[:64], max_length=max_length)
-    emb_a = getattr(getattr(_inner(net_a), "config", None), "vocab_size", None)
-    emb_b = getattr(getattr(_inner(net_b), "config", None), "vocab_size", None)
+    emb_a = getattr(getattr(unwrap(net_a), "config", None), "vocab_size", None)
+    emb_b = getattr(getattr(unwrap(net_b), "config", None), "vocab_size", None)
     if emb_a is not None and emb_b is not None and emb_a != emb_b:
         raise ValueError(f"model_a ({names[0]}) and model_b ({names[1]}) have different vocabulary sizes in their "
                          f"configs ({emb_a} vs {emb_b}), so they cannot read the same token ids: compare a fine-tuned "
                          "model with its own base.")
+    return _DriftInputs(net_a, net_b, tok_a, tok_b, (names[0], names[1]), n, texts=texts,
+                        tokens=data if pretokenized else None)
 
-    ad_a = net_a if isinstance(net_a, ModelAdapter) else ModelAdapter(net_a)
-    ad_b = ModelAdapter(net_b) if net_b is not net_a else ad_a
-    pairs = _layer_pairs(ad_a.n_layers, ad_b.n_layers, match_layers, (f"model_a ({names[0]})",
-                                                                        f"model_b ({names[1]})"))
 
-    rep_metrics = [m for m in wanted if not m.startswith("weight")]
-    pooled_a: dict[int, list[torch.Tensor]] = {la: [] for la, _ in pairs}
-    pooled_b: dict[int, list[torch.Tensor]] = {lb: [] for _, lb in pairs}
-    tok_sums = {p: [0.0, 0] for p in pairs}
-    same_width = True
-    if rep_metrics:
-        from tqdm.auto import tqdm
+@dataclass
+class _PooledStates:
+    """Per layer, the mean-pooled sentence vectors of both models (float64, CPU) and the token-level cosine sums."""
 
-        states = [(net_a, net_a.training), (net_b, net_b.training)]
-        net_a.eval()
-        net_b.eval()
-        try:
-            with torch.no_grad():
-                chunks = (list(range(0, len(texts), batch_size)) if pretokenized
-                          else list(_batches(texts, batch_size)))
-                for chunk in tqdm(chunks, desc="drift", unit="batch", disable=not progress, leave=False):
-                    if pretokenized:
-                        stop = min(chunk + batch_size, len(texts))
-                        inputs = _slice_inputs(data, chunk, stop, net_a)
-                        inputs_b = inputs if net_b is net_a else _slice_inputs(data, chunk, stop, net_b)
-                    else:
-                        inputs = _encode(tok_a, chunk, max_length, net_a)
-                        inputs_b = inputs if net_b is net_a else _encode(tok_b, chunk, max_length, net_b)
-                    cap_a = ad_a.capture(inputs)
-                    cap_b = cap_a if net_b is net_a else ad_b.capture(inputs_b)
-                    for la, lb in pairs:
-                        ha, hb = cap_a.hidden[la], cap_b.hidden[lb]
-                        pooled_a[la].append(mean_pool(ha, cap_a.mask).to(torch.float64).cpu())
-                        pooled_b[lb].append(mean_pool(hb, cap_b.mask).to(torch.float64).cpu())
-                        if ha.shape == hb.shape:
-                            s, c = cosine_drift(ha, hb, cap_a.mask & cap_b.mask)
-                            tok_sums[(la, lb)][0] += s
-                            tok_sums[(la, lb)][1] += c
-                        else:
-                            same_width = False
-        finally:
-            for net, mode in states:
-                net.train(mode)
-    if not same_width and any(m.startswith("cosine") for m in wanted):
-        warnings.warn("model_a and model_b have different hidden sizes, so cosine drift is left out; CKA compares "
-                      "representations of any width and is reported.", RuntimeWarning, stacklevel=2)
+    pooled_a: dict[int, list[torch.Tensor]]
+    pooled_b: dict[int, list[torch.Tensor]]
+    token_sums: dict[tuple[int, int], list[float]]
+    same_width: bool = True
 
+
+def _pooled_states(inp: _DriftInputs, ad_a: ModelAdapter, ad_b: ModelAdapter, pairs: Sequence[tuple[int, int]], *,
+                   batch_size: int, max_length: int, progress: bool) -> _PooledStates:
+    """One pass over the sentences in eval mode without gradients: pool every paired layer, sum token cosines."""
+    from tqdm.auto import tqdm
+
+    net_a, net_b = inp.net_a, inp.net_b
+    states = _PooledStates({la: [] for la, _ in pairs}, {lb: [] for _, lb in pairs}, {p: [0.0, 0] for p in pairs})
+    with eval_mode(net_a), eval_mode(net_b), torch.no_grad():
+        starts = list(range(0, inp.n, batch_size))
+        for start in tqdm(starts, desc="drift", unit="batch", disable=not progress, leave=False):
+            stop = min(start + batch_size, inp.n)
+            inputs = inp.batch(start, stop, "a", max_length)
+            inputs_b = inputs if net_b is net_a else inp.batch(start, stop, "b", max_length)
+            cap_a = ad_a.capture(inputs)
+            cap_b = cap_a if net_b is net_a else ad_b.capture(inputs_b)
+            for la, lb in pairs:
+                ha, hb = cap_a.hidden[la], cap_b.hidden[lb]
+                states.pooled_a[la].append(mean_pool(ha, cap_a.mask).to(torch.float64).cpu())
+                states.pooled_b[lb].append(mean_pool(hb, cap_b.mask).to(torch.float64).cpu())
+                if ha.shape == hb.shape:
+                    s, c = cosine_drift(ha, hb, cap_a.mask & cap_b.mask)
+                    states.token_sums[(la, lb)][0] += s
+                    states.token_sums[(la, lb)][1] += c
+                else:
+                    states.same_width = False
+    return states
+
+
+def _drift_rows(names: tuple[str, str], pairs: Sequence[tuple[int, int]], wanted: Sequence[str],
+                states: _PooledStates | None, ad_a: ModelAdapter,
+                ad_b: ModelAdapter) -> tuple[list[dict[str, Any]], list[str]]:
+    """The table's rows per layer pair and metric, and the layers whose weight distance could not be taken."""
     rows: list[dict[str, Any]] = []
 
     def add(la: int, lb: int, metric: str, value: float, n: int, n_of: str) -> None:
@@ -683,9 +645,9 @@ def representation_drift(
 
     weight_skipped: list[str] = []
     for la, lb in pairs:
-        if rep_metrics:
-            xa = torch.cat(pooled_a[la])
-            xb = torch.cat(pooled_b[lb])
+        if states is not None:
+            xa = torch.cat(states.pooled_a[la])
+            xb = torch.cat(states.pooled_b[lb])
             n = xa.shape[0]
             if "cka" in wanted:
                 add(la, lb, "cka", linear_cka(xa, xb), n, "sentences")
@@ -693,7 +655,7 @@ def representation_drift(
                 add(la, lb, "cka_debiased", linear_cka(xa, xb, debiased=True), n, "sentences")
             if xa.shape == xb.shape:
                 if "cosine_drift_token" in wanted:
-                    s, c = tok_sums[(la, lb)]
+                    s, c = states.token_sums[(la, lb)]
                     add(la, lb, "cosine_drift_token", s / max(c, 1), c, "tokens")
                 if "cosine_drift_sentence" in wanted:
                     s, c = cosine_drift(xa, xb)
@@ -710,49 +672,4 @@ def representation_drift(
                 add(la, lb, "weight_distance", dist, n_params, "parameters")
             if "weight_distance_rel" in wanted:
                 add(la, lb, "weight_distance_rel", dist / ref if ref > 0 else math.nan, n_params, "parameters")
-    if weight_skipped:
-        warnings.warn("weight distances left out where the two models' parameters do not match: "
-                      + "; ".join(weight_skipped[:3]), RuntimeWarning, stacklevel=2)
-    order = {m: i for i, m in enumerate(DRIFT_METRICS)}
-    out = pd.DataFrame(rows, columns=list(DRIFT_COLUMNS))
-    out = out.sort_values(["layer", "layer_b", "metric"], key=lambda s: s.map(order) if s.name == "metric" else s,
-                          kind="stable").reset_index(drop=True)
-    return out
-
-
-def _iter_inputs(data: Any, tokenizer: Any, model: nn.Module, *, batch_size: int, max_length: int,
-                 with_labels: bool = False, owner: str = "lnsr_viz") -> Iterator[dict[str, torch.Tensor]]:
-    """Model-input batches from texts, a labelled dataset, or a pre-tokenized mapping of tensors.
-
-    A mapping holding an ``input_ids`` tensor is cut into batches along dim 0 (it may carry ``labels``). Anything
-    else is read as texts (with labels when ``with_labels``: a TextDataset, CSV path, domain name or DataFrame) and
-    tokenized batch by batch.
-    """
-    if isinstance(data, Mapping) and torch.is_tensor(data.get("input_ids")):
-        n = int(data["input_ids"].shape[0])
-        if with_labels and "labels" not in data:
-            raise ValueError(f"{owner} needs labels: the tokenized inputs have no 'labels' tensor.")
-        device = next(model.parameters()).device
-        for i in range(0, n, batch_size):
-            yield {k: (v[i:i + batch_size].to(device) if torch.is_tensor(v) else v) for k, v in data.items()}
-        return
-    if tokenizer is None:
-        raise ValueError(f"{owner} needs tokenizer= when the data holds texts.")
-    if with_labels:
-        from ..data.text import TextDataset, as_dataset
-
-        if not isinstance(data, TextDataset):
-            if isinstance(data, Sequence) and not isinstance(data, str):
-                raise ValueError(f"{owner} needs labelled data (the loss needs the true classes): pass a "
-                                 "TextDataset, a CSV path, a DataFrame with text and label columns, or tokenized "
-                                 "inputs with a 'labels' tensor, not a plain list of texts.")
-            data = as_dataset(data)
-        texts, labels = list(data.texts), np.asarray(data.labels)
-    else:
-        texts, labels = _texts_from(data), None
-    for i in range(0, len(texts), batch_size):
-        enc = _encode(tokenizer, texts[i:i + batch_size], max_length, model)
-        if labels is not None:
-            enc["labels"] = torch.as_tensor(labels[i:i + batch_size], dtype=torch.long,
-                                            device=enc["input_ids"].device)
-        yield enc
+    return rows, weight_skipped

@@ -5,8 +5,10 @@ Two layers, kept apart on purpose:
 * **Pure metric functions** on numpy arrays (``probs`` of shape ``(n, C)`` whose rows sum to 1, ``labels`` of
   shape ``(n,)`` with class indices in ``[0, C)``): :func:`accuracy`, :func:`macro_f1`, :func:`nll`,
   :func:`expected_calibration_error`, :func:`roc_auc`, :func:`label_balance` and the bundle
-  :func:`classification_metrics`. They need no model, so they are cheap to test against hand-worked values and
-  against scikit-learn.
+  :func:`classification_metrics`. Accuracy, macro-F1, log-loss and ROC AUC are ``sklearn.metrics``
+  (``accuracy_score``, ``f1_score(average="macro")``, ``log_loss``, ``roc_auc_score``) behind our input checks and
+  conventions (clipping, the NaN of an undefined AUC); the expected calibration error is ours, as scikit-learn has
+  none. They need no model, so they are cheap to test against hand-worked values.
 * **Model-facing helpers**: :func:`predict_proba` runs a Hugging Face style sequence classifier over a list of
   texts, and :func:`evaluate` turns a mapping ``{domain: dataset}`` into the tidy metrics table of
   ``docs/architecture.md`` (columns ``domain, metric, value``).
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 from ..utils.validation import check_positive_int
 
@@ -151,7 +153,7 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
         Class indices in ``[0, C)``.
     """
     p, y = _check_probs_labels(probs, labels)
-    return float(np.mean(p.argmax(axis=1) == y))
+    return float(accuracy_score(y, p.argmax(axis=1)))
 
 
 def macro_f1(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -162,26 +164,25 @@ def macro_f1(probs: np.ndarray, labels: np.ndarray) -> float:
     score to zero. Per class, ``F1 = 2 TP / (2 TP + FP + FN)``.
     """
     p, y = _check_probs_labels(probs, labels)
-    pred = p.argmax(axis=1)
-    classes = np.union1d(y, pred)
-    scores = []
-    for c in classes:
-        tp = np.sum((pred == c) & (y == c))
-        fp = np.sum((pred == c) & (y != c))
-        fn = np.sum((pred != c) & (y == c))
-        scores.append(2.0 * tp / (2.0 * tp + fp + fn))
-    return float(np.mean(scores))
+    # labels=None: sklearn averages over the union of the classes in y and in the predictions, as documented above
+    return float(f1_score(y, p.argmax(axis=1), average="macro"))
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the true class, ``-mean(log p[i, y_i])``.
 
     Probabilities are clipped to ``[1e-12, 1]`` first, so a confidently wrong prediction costs at most
-    ``-log(1e-12) ~ 27.6`` nats instead of making the mean infinite.
+    ``-log(1e-12) ~ 27.6`` nats instead of making the mean infinite (``sklearn.metrics.log_loss`` alone clips at the
+    float64 machine epsilon, ~36 nats). The rows are not renormalised, so float32 softmax output counts as it is.
     """
     p, y = _check_probs_labels(probs, labels)
-    true_p = np.clip(p[np.arange(len(y)), y], _NLL_EPS, 1.0)
-    return float(-np.mean(np.log(true_p)))
+    clipped = np.clip(p, _NLL_EPS, 1.0)
+    if clipped.shape[1] == 1:  # log_loss needs two labels; a zero column adds nothing (0 * log(...) is 0)
+        clipped = np.column_stack([clipped, np.zeros(len(y))])
+    with warnings.catch_warnings():
+        # our row-sum tolerance (_ROW_SUM_ATOL) is wider than log_loss's; the check above already ran
+        warnings.filterwarnings("ignore", message="The y_prob values do not sum to one", category=UserWarning)
+        return float(log_loss(y, clipped, labels=np.arange(clipped.shape[1])))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
@@ -214,20 +215,18 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 
 
 def _binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney form of the ROC AUC; tied scores get average ranks (a tie counts one half)."""
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    ranks = rankdata(scores, method="average")
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """ROC AUC of one score column against a boolean target (ties count one half); both classes must occur."""
+    return float(roc_auc_score(positive, scores))
 
 
 def roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve.
 
-    * Two classes: AUC of the positive-class probability ``probs[:, 1]``, computed from ranks (Mann-Whitney U),
-      with tied scores given average ranks, so it equals ``sklearn.metrics.roc_auc_score(labels, probs[:, 1])``.
-    * More classes: one-vs-rest AUC of ``probs[:, c]`` for each class, averaged without weights (macro). Classes
-      with no positive or no negative example are left out of the mean, with a warning.
+    * Two classes: ``sklearn.metrics.roc_auc_score(labels == 1, probs[:, 1])``, the AUC of the positive-class
+      probability (tied scores count one half, as in the Mann-Whitney U).
+    * More classes: one-vs-rest AUC of ``probs[:, c]`` for each class, averaged without weights (macro), as
+      ``roc_auc_score(multi_class="ovr", average="macro")`` does; but classes with no positive or no negative
+      example are left out of the mean, with a warning, where scikit-learn would raise.
 
     When no class can be scored (e.g. every label is the same) the AUC is undefined: the function warns and
     returns NaN rather than raising, so one degenerate evaluation domain does not crash a whole sweep.
@@ -287,15 +286,6 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, *, n_bins: int
 # --------------------------------------------------------------------------------------------------------------
 # model-facing helpers
 # --------------------------------------------------------------------------------------------------------------
-def _model_device(model: Any) -> Any:
-    import torch
-
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
 def predict_proba(
     model: Any,
     tokenizer: Any,
@@ -352,9 +342,10 @@ def predict_proba(
             "Convert missing values to '' or drop them first."
         )
 
-    original_device = _model_device(model)
+    from ..core.inputs import eval_mode, model_device, to_device, tokenize
+
+    original_device = model_device(model)
     target = original_device if device is None else torch.device(device)
-    was_training = bool(getattr(model, "training", False))
 
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory error shows up at once
@@ -368,34 +359,26 @@ def predict_proba(
 
     out: np.ndarray | None = None
     moved = target != original_device
-    try:
-        if moved:
-            model.to(target)
-        model.eval()
-        with torch.no_grad():
-            for idx in batches_iter:
-                enc = tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-                enc = {k: v.to(target) if hasattr(v, "to") else v for k, v in enc.items()}
-                logits = model(**enc).logits
-                if logits.ndim != 2 or logits.shape[0] != len(idx):
-                    raise ValueError(
-                        f"model(...).logits must have shape (batch, n_classes); got {tuple(logits.shape)} for a "
-                        f"batch of {len(idx)} texts. predict_proba expects a sequence-classification model."
-                    )
-                probs = torch.softmax(logits.detach().to(torch.float64), dim=-1).cpu().numpy()
-                if out is None:
-                    out = np.empty((len(texts), probs.shape[1]), dtype=np.float64)
-                out[idx] = probs
-    finally:
-        if moved:
-            model.to(original_device)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            if moved:
+                model.to(target)
+            with torch.no_grad():
+                for idx in batches_iter:
+                    enc = tokenize(tokenizer, [texts[i] for i in idx], max_length=max_length, model=model)
+                    logits = model(**to_device(enc, target)).logits
+                    if logits.ndim != 2 or logits.shape[0] != len(idx):
+                        raise ValueError(
+                            f"model(...).logits must have shape (batch, n_classes); got {tuple(logits.shape)} for "
+                            f"a batch of {len(idx)} texts. predict_proba expects a sequence-classification model."
+                        )
+                    probs = torch.softmax(logits.detach().to(torch.float64), dim=-1).cpu().numpy()
+                    if out is None:
+                        out = np.empty((len(texts), probs.shape[1]), dtype=np.float64)
+                    out[idx] = probs
+        finally:
+            if moved:
+                model.to(original_device)
     assert out is not None  # texts is non-empty, so at least one batch ran
     return out
 

@@ -29,8 +29,10 @@ import pandas as pd
 import torch
 
 from ..core.adapter import ModelAdapter, layer_name
+from ..core.inputs import named_models, texts_of
+from ..utils.extras import check_available, require
 from ..utils.validation import check_choice, check_number, check_positive_int
-from .drift import _model_and_tokenizer, _model_label, _texts_from, sentence_representations
+from .drift import sentence_representations
 
 __all__ = ["PROJECTION_COLUMNS", "project_representations"]
 
@@ -55,7 +57,7 @@ def _collect(data: Any, in_domain: str | None) -> tuple[pd.DataFrame, str | None
             else:
                 frame["domain"] = domain if domain is not None else obj.name
             return frame
-        texts = _texts_from(obj)
+        texts = texts_of(obj, load=True, owner="project_representations")
         return pd.DataFrame({"text": texts, "label": np.nan, "label_name": "", "domain": domain or "data"})
 
     if isinstance(data, Mapping) and not ("text" in data and "label" in data):
@@ -147,6 +149,8 @@ def project_representations(
     """
     owner = "project_representations"
     check_choice("method", method, ("umap", "pca"), owner=owner, hint="'pca' is the fast fallback.")
+    if method == "umap":
+        check_available("umap", f"{owner}(method='umap')")
     n_neighbors = check_positive_int("n_neighbors", n_neighbors, owner=owner)
     min_dist = float(check_number("min_dist", min_dist, owner=owner, low=0.0))
     if data is None:
@@ -154,21 +158,11 @@ def project_representations(
     frame, in_name = _collect(data, in_domain)
     if max_examples is not None:
         frame = frame.iloc[: check_positive_int("max_examples", max_examples, owner=owner)].reset_index(drop=True)
-    models = [_model_and_tokenizer(model_a, tokenizer, which="model_a")]
-    if model_b is not None:
-        models.append(_model_and_tokenizer(model_b, tokenizer, which="model_b"))
-    if names is None:
-        names = [_model_label(m, f"model_{c}") for (m, _), c in zip(models, "ab")]
-        if len(names) == 2 and names[0] == names[1]:
-            names = [f"{names[0]} (a)", f"{names[1]} (b)"]
-    names = [str(n) for n in names]
-    if len(names) != len(models):
-        raise ValueError(f"names must give one label per model ({len(models)}); got {list(names)}.")
+    models = named_models(model_a, model_b, tokenizer, names, owner=owner)
+    names = [name for name, _, _ in models]
     texts = frame["text"].tolist()
     reps, layers = [], []
-    for (net, tok), which in zip(models, ("model_a", "model_b")):
-        if tok is None:
-            raise ValueError(f"{owner} needs a tokenizer for {which}: pass tokenizer=... or (model, tokenizer).")
+    for (_, net, tok), which in zip(models, ("model_a", "model_b"), strict=False):
         adapter = ModelAdapter(net)
         lay = _resolve_layer(adapter, layer, which)
         reps.append(sentence_representations(adapter, texts, tok, layers=lay, batch_size=batch_size,
@@ -192,7 +186,7 @@ def project_representations(
                 f"{len(frame)} sentences x {len(models)} model(s)); use more sentences, a smaller n_neighbors, or "
                 "method='pca'."
             )
-        import umap
+        umap = require("umap", f"{owner}(method='umap')")
 
         reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=int(seed))
         with warnings.catch_warnings():

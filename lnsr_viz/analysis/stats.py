@@ -9,7 +9,12 @@ variation. This module turns the tidy metrics table (``method, seed, domain, met
   differences, an exact sign test and a paired sign-flip permutation test, and a sentence
   (:func:`describe_comparison`) that says "within noise" whenever the interval contains 0 and warns when there are
   too few seeds for any test to reach p < 0.05;
-* :func:`bootstrap_ci`: a percentile bootstrap interval for statistics without a closed form (e.g. correlations).
+* :func:`bootstrap_ci`: a percentile bootstrap interval for statistics without a closed form (e.g. correlations);
+* :func:`t_interval`: the Student-t interval for a mean that every module uses (defined in
+  :mod:`lnsr_viz.utils.intervals`, the bottom layer, so that the probe can use it too).
+
+The tests and intervals are scipy's (``scipy.stats.t``, ``binomtest``, ``permutation_test``, ``bootstrap``) behind
+our input checks, conventions for ties and degenerate cases, and plain-words verdicts.
 
 Small-sample facts the verdicts rely on: with ``n`` paired seeds, an exact two-sided sign or sign-flip test can
 never give a p-value below ``2 / 2**n`` (0.25 for 3 seeds, 0.125 for 4, 0.0625 for 5), so fewer than 6 seeds can
@@ -19,6 +24,7 @@ never be "significant at 5 %", however large the difference.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,11 +32,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from ..utils.intervals import TInterval, t_interval
 from ..utils.validation import check_number, check_positive_int
 
 __all__ = [
     "LOWER_IS_BETTER",
     "HIGHER_IS_BETTER",
+    "TInterval",
+    "t_interval",
     "summarize",
     "paired_comparison",
     "describe_comparison",
@@ -78,22 +87,6 @@ def _check_columns(df: Any, needed: Sequence[str], owner: str) -> None:
             f"{owner}: column(s) {missing} not found in the DataFrame. Expected the tidy metrics table with "
             f"columns {list(needed)}; available columns are {list(df.columns)}."
         )
-
-
-def _t_interval(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
-    """Return ``(mean, sd, ci_low, ci_high)`` of a Student-t interval for the mean (sd with ddof=1).
-
-    With one value the sd and the interval are NaN (there is no spread to estimate); with none, everything is NaN.
-    """
-    n = values.size
-    if n == 0:
-        return math.nan, math.nan, math.nan, math.nan
-    mean = float(np.mean(values))
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan
-    sd = float(np.std(values, ddof=1))
-    half = float(_st.t.ppf(0.5 + confidence / 2.0, df=n - 1)) * sd / math.sqrt(n)
-    return mean, sd, mean - half, mean + half
 
 
 def _as_diffs(diffs: Any, owner: str) -> np.ndarray:
@@ -155,28 +148,28 @@ def paired_permutation_test(
     ``2**n`` sign vectors are enumerated and the p-value is exact (``count / 2**n``, the observed assignment
     included); otherwise ``n_permutations`` sign vectors are drawn from ``numpy.random.default_rng(seed)`` and the
     p-value is ``(1 + count) / (1 + n_permutations)``, which is never 0 and keeps the test valid.
+
+    The sign flips are ``scipy.stats.permutation_test(permutation_type="samples")``'s (one sample: each observation
+    keeps or flips its sign). The count uses our tie tolerance, ``1e-10 * sum(|d|)``, which is wider than scipy's
+    (relative to the observed statistic only), so that a sum that is 0 in exact arithmetic (e.g. ``[0.1, 0.2,
+    -0.3]``) still ties with its mirror image.
     """
     n_permutations = check_positive_int("n_permutations", n_permutations, owner="paired_permutation_test")
     d = _as_diffs(diffs, "paired_permutation_test")
     n = d.size
     if n == 0:
         return math.nan
+    if n == 1:  # both signs give the observed |d|: p = 1 (scipy's permutation_test needs two observations)
+        return 1.0
     observed = abs(float(d.sum()))
     tol = 1e-10 * float(np.abs(d).sum())  # float summation order must not turn a tie into a miss
-    if 2**n <= n_permutations:
-        codes = np.arange(2**n, dtype=np.int64)[:, None]
-        signs = ((codes >> np.arange(n, dtype=np.int64)) & 1) * 2.0 - 1.0
-        stats = np.abs(signs @ d)
-        return float(np.mean(stats >= observed - tol))
-    rng = np.random.default_rng(seed)
-    count = 0
-    chunk = 4096
-    remaining = n_permutations
-    while remaining > 0:
-        size = min(chunk, remaining)
-        signs = rng.integers(0, 2, size=(size, n)) * 2.0 - 1.0
-        count += int(np.sum(np.abs(signs @ d) >= observed - tol))
-        remaining -= size
+    res = _st.permutation_test(
+        (d,), lambda x, axis: np.abs(np.sum(x, axis=axis)), permutation_type="samples", vectorized=True,
+        n_resamples=n_permutations, alternative="greater", rng=np.random.default_rng(seed),
+    )
+    count = int(np.sum(res.null_distribution >= observed - tol))
+    if 2**n <= n_permutations:  # scipy enumerated all 2**n sign vectors (the observed one included)
+        return count / 2.0**n
     return (1.0 + count) / (1.0 + n_permutations)
 
 
@@ -209,6 +202,9 @@ def bootstrap_ci(
         The ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the bootstrap distribution;
         ``(nan, nan)`` with fewer than 2 values. Resamples on which the statistic is NaN (e.g. a correlation of a
         constant resample) are ignored.
+
+    The resamples are ``scipy.stats.bootstrap``'s (rows drawn with ``numpy.random.default_rng(seed)``); the
+    percentiles are taken here, over the finite values of its bootstrap distribution.
     """
     confidence = _check_confidence(confidence, "bootstrap_ci")
     n_boot = check_positive_int("n_boot", n_boot, owner="bootstrap_ci")
@@ -222,12 +218,16 @@ def bootstrap_ci(
     n = x.shape[0]
     if n < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    if statistic is None:
-        boot = x[idx].mean(axis=1)
-    else:
-        boot = np.array([float(statistic(x[i])) for i in idx])
+    common = {"n_resamples": n_boot, "confidence_level": confidence, "method": "percentile",
+              "rng": np.random.default_rng(seed)}
+    with warnings.catch_warnings():  # NaN statistics make scipy's own interval NaN; ours drops them below
+        warnings.simplefilter("ignore", _st.DegenerateDataWarning)
+        if statistic is None:
+            res = _st.bootstrap((x,), np.mean, vectorized=True, **common)
+        else:  # resample row numbers, so that rows of 2-D values stay together
+            res = _st.bootstrap((np.arange(n),), lambda i: float(statistic(x[np.asarray(i, dtype=np.intp)])),
+                                vectorized=False, **common)
+    boot = np.asarray(res.bootstrap_distribution, dtype=np.float64)
     boot = boot[np.isfinite(boot)]
     if boot.size == 0:
         return math.nan, math.nan
@@ -272,7 +272,7 @@ def summarize(
     for keys, group in df.groupby(by, sort=True, dropna=False):
         vals = pd.to_numeric(group[value], errors="raise").to_numpy(dtype=np.float64)
         vals = vals[~np.isnan(vals)]
-        mean, sd, low, high = _t_interval(vals, confidence)
+        mean, sd, low, high, _ = t_interval(vals, confidence)
         rows.append(
             {**dict(zip(by, keys)), "n_seeds": int(vals.size), "mean": mean, "sd": sd, "ci_low": low, "ci_high": high}
         )
@@ -424,7 +424,7 @@ def paired_comparison(
         d = (a.loc[common].to_numpy() - b.loc[common].to_numpy()) if common else np.empty(0)
         n = int(d.size)
         if n >= 2:
-            mean, _sd, low, high = _t_interval(d, confidence)
+            mean, _sd, low, high, _ = t_interval(d, confidence)
             p_sign = sign_test(d)
             p_perm = paired_permutation_test(d, n_permutations=n_permutations, seed=seed)
         else:

@@ -19,10 +19,11 @@ This module measures both sides and where the identity holds:
   floating-point round-off in ``f(h+e) - f(h)`` dominates (float32 carries ~7 digits).
 * :func:`hutchinson_trace` / :func:`hessian_trace`: ``tr(H)`` of the training loss, Hutchinson's estimator with
   Rademacher vectors and Hessian-vector products by double backward, over all or a subset of the parameters.
-* :func:`theory_table`: across all runs of a :class:`~lnsr_viz.experiments.store.RunStore`, top-layer noise sensitivity
-  (stored profile), generalisation gap (history), out-of-domain gap (metrics) and, where stored in a run's
-  ``extra`` (see :func:`theory_measurements`), the Jacobian norm and Hessian trace, with Pearson and Spearman
-  correlations and percentile-bootstrap confidence intervals.
+* :func:`theory_table_from_tables`: across runs (the tables of a run store; the store-reading wrapper is
+  :func:`lnsr_viz.experiments.theory_runs.theory_table`), top-layer noise sensitivity (profile), generalisation gap
+  (history), out-of-domain gap (metrics) and, where stored in a run's ``extra`` (see :func:`theory_measurements`),
+  the Jacobian norm and Hessian trace, with Pearson and Spearman correlations and percentile-bootstrap confidence
+  intervals.
 
 Double backward and forward-mode AD are not implemented for PyTorch's fused CPU attention kernel, so every
 derivative here is taken with the math attention backend (``torch.nn.attention.sdpa_kernel(SDPBackend.MATH)``),
@@ -45,9 +46,10 @@ import torch
 from torch import nn
 
 from ..core.adapter import ModelAdapter, layer_name
+from ..core.inputs import eval_mode, iter_batches
 from ..core.noise import GaussianNoise
 from ..utils.validation import check_choice, check_number, check_positive_int
-from .drift import _iter_inputs
+from .stats import t_interval
 
 __all__ = [
     "JacobianEstimate",
@@ -60,7 +62,7 @@ __all__ = [
     "hutchinson_trace",
     "hessian_trace",
     "theory_measurements",
-    "theory_table",
+    "theory_table_from_tables",
 ]
 
 #: Columns of :func:`small_noise_identity`.
@@ -69,7 +71,7 @@ IDENTITY_COLUMNS = (
     "jacobian_fro2", "jacobian_se", "ratio", "regime", "n_examples", "n_draws", "n_probes", "dtype",
 )
 
-#: Keys of a run's ``extra`` that :func:`theory_table` reads (written by :func:`theory_measurements`).
+#: Keys of a run's ``extra`` that :func:`theory_table_from_tables` reads (written by :func:`theory_measurements`).
 EXTRA_KEYS = ("jacobian_fro2", "jacobian_fro2_se", "hessian_trace", "hessian_trace_se")
 
 
@@ -84,23 +86,6 @@ def _math_attention() -> Iterator[None]:
         return
     with sdpa_kernel(SDPBackend.MATH):
         yield
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module, *, freeze: bool) -> Iterator[None]:
-    """Eval mode (dropout off) and, with ``freeze``, no parameter gradients; both restored on exit."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    try:
-        if freeze:
-            for p, _ in flags:
-                p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def _adapter_for(model: Any, dtype: torch.dtype | None) -> ModelAdapter:
@@ -124,17 +109,6 @@ def _rademacher(shape: Sequence[int], gen: torch.Generator, like: torch.Tensor) 
 
 def _strip_labels(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in inputs.items() if k != "labels"}
-
-
-def _t_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    from scipy import stats
-
-    mean = float(np.mean(values))
-    n = values.size
-    if n < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
-    return mean, mean - half, mean + half
 
 
 # ------------------------------------------------------------------------------------------------ (a) Jacobian
@@ -270,7 +244,7 @@ def jacobian_norm(
     max_rows = check_positive_int("max_rows", max_rows, owner=owner)
     adapter = _adapter_for(model, dtype)
     layer, stop = _check_span(adapter, layer, stop, owner)
-    batches = _iter_inputs(data, tokenizer, adapter.model, batch_size=batch_size, max_length=max_length, owner=owner)
+    batches = iter_batches(data, tokenizer, adapter.model, batch_size=batch_size, max_length=max_length, owner=owner)
     return _jacobian_from_batches(adapter, batches, layer=layer, stop=stop, n_probes=n_probes, mode=mode, seed=seed,
                                   max_rows=max_rows)
 
@@ -279,7 +253,7 @@ def _jacobian_from_batches(adapter: ModelAdapter, batches: Iterable[Mapping[str,
                            stop: int, n_probes: int, mode: str, seed: int, max_rows: int) -> JacobianEstimate:
     gen = torch.Generator().manual_seed(int(seed))
     samples = []
-    with _eval_mode(adapter.model, freeze=True), _math_attention():
+    with eval_mode(adapter.model, freeze=True), _math_attention():
         for inputs in batches:
             with torch.no_grad():
                 cap = adapter.capture(_strip_labels(inputs), stop_at=stop)
@@ -363,14 +337,14 @@ def small_noise_identity(
     batch_size = check_positive_int("batch_size", batch_size, owner=owner)
     adapter = _adapter_for(model, dtype)
     layer, stop = _check_span(adapter, layer, stop, owner)
-    batches = list(_iter_inputs(data, tokenizer, adapter.model, batch_size=batch_size, max_length=max_length,
+    batches = list(iter_batches(data, tokenizer, adapter.model, batch_size=batch_size, max_length=max_length,
                                 owner=owner))
     jac = _jacobian_from_batches(adapter, batches, layer=layer, stop=stop,
                                  n_probes=check_positive_int("n_probes", n_probes, owner=owner), mode="vjp",
                                  seed=seed, max_rows=64)
     per_sigma: dict[float, list[np.ndarray]] = {s: [] for s in sig}
     net = adapter.model
-    with _eval_mode(net, freeze=True), torch.no_grad():
+    with eval_mode(net, freeze=True), torch.no_grad():
         for bi, inputs in enumerate(batches):
             cap = adapter.capture(_strip_labels(inputs), stop_at=stop)
             h, mask = cap.hidden[layer], cap.mask
@@ -390,7 +364,7 @@ def small_noise_identity(
     rows = []
     for s in sig:
         values = np.concatenate(per_sigma[s])
-        mean, lo, hi = _t_ci(values)
+        mean, _sd, lo, hi, _n = t_interval(values)
         rows.append({"layer": layer, "stop": stop, "sigma": s, "noise_sensitivity": mean,
                      "noise_sensitivity_ci_low": lo, "noise_sensitivity_ci_high": hi, "jacobian_fro2": jac.fro2,
                      "jacobian_se": jac.se, "ratio": mean / jac.fro2 if jac.fro2 > 0 else math.nan,
@@ -569,7 +543,7 @@ def hessian_trace(
     owner = "hessian_trace"
     batch_size = check_positive_int("batch_size", batch_size, owner=owner)
     names, chosen = _select_params(model, params)
-    batches = list(_iter_inputs(data, tokenizer, model, batch_size=batch_size, max_length=max_length,
+    batches = list(iter_batches(data, tokenizer, model, batch_size=batch_size, max_length=max_length,
                                 with_labels=True, owner=owner))
     n_total = sum(int(b["input_ids"].shape[0]) for b in batches)
     flags = [(p, p.requires_grad) for p in chosen]
@@ -580,23 +554,21 @@ def hessian_trace(
             loss = out["loss"] if isinstance(out, Mapping) else out.loss
             yield int(b["input_ids"].shape[0]) / n_total, loss
 
-    was_training = model.training
-    model.eval()
-    try:
-        for p in chosen:
-            p.requires_grad_(True)
-        with _math_attention():
-            return hutchinson_trace(terms, chosen, n_probes=n_probes, seed=seed, names=names)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for p in chosen:
+                p.requires_grad_(True)
+            with _math_attention():
+                return hutchinson_trace(terms, chosen, n_probes=n_probes, seed=seed, names=names)
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 def theory_measurements(model: nn.Module, data: Any, tokenizer: Any = None, *, layer: int = 0,
                         n_probes: int = 8, hessian_params: Any = None, seed: int = 0,
                         max_length: int = 128) -> dict[str, float]:
-    """The Jacobian norm and Hessian trace of a fine-tuned model, as the ``extra`` entries :func:`theory_table` reads.
+    """The Jacobian norm and Hessian trace of a fine-tuned model: the ``extra`` entries the theory table reads.
 
     Store them with a run: ``store.save(cfg, ..., extra={**extra, **theory_measurements(model, train, tok)})``.
     ``data`` must be labelled (for the loss); the Jacobian is of the top layer with respect to ``h_layer``.
@@ -621,7 +593,7 @@ def theory_measurements(model: nn.Module, data: Any, tokenizer: Any = None, *, l
 # ------------------------------------------------------------------------------------------------ (c) across runs
 @dataclass
 class TheoryTable:
-    """What :func:`theory_table` returns.
+    """What :func:`theory_table_from_tables` returns.
 
     Attributes
     ----------
@@ -660,9 +632,13 @@ def _pick(df: pd.DataFrame, column: str, value: Any, param: str) -> pd.DataFrame
     return df[mask]
 
 
-def theory_table(
-    store: Any,
+def theory_table_from_tables(
+    runs: pd.DataFrame,
     *,
+    profile: pd.DataFrame,
+    history: pd.DataFrame,
+    metrics: pd.DataFrame,
+    extras: pd.DataFrame | None = None,
     injection_layer: int = 0,
     metric: Literal["change_rel", "change_l2"] = "change_rel",
     noise: str | None = None,
@@ -675,28 +651,35 @@ def theory_table(
 ) -> TheoryTable:
     """Relate noise stability, Jacobian norm and Hessian trace to the generalisation and OOD gaps across runs.
 
-    Per run (every complete run of ``store``):
+    The tables are those of a run store (:func:`lnsr_viz.experiments.theory_runs.theory_table` reads them from one),
+    each with a ``run_id`` column. Per run (every row of ``runs``):
 
-    * ``noise_sensitivity``: the stored profile's ``metric`` at the top layer for noise injected at
+    * ``noise_sensitivity``: the ``profile``'s ``metric`` at the top layer for noise injected at
       ``injection_layer`` (the paper's Figure 1 quantity);
-    * ``generalisation_gap``: the last epoch's ``gap`` (train - validation accuracy) of the stored history;
-    * ``ood_gap``: in-domain minus mean out-of-domain ``gap_metric`` from the stored metrics (the in-domain set is
-      the run config's ``data.in_domain``, or ``in_domain``);
-    * ``jacobian_fro2``, ``hessian_trace``: from the run's ``extra`` when stored (:func:`theory_measurements`).
+    * ``generalisation_gap``: the last epoch's ``gap`` (train - validation accuracy) of the ``history``;
+    * ``ood_gap``: in-domain minus mean out-of-domain ``gap_metric`` from the ``metrics`` (the in-domain set is
+      the run's ``data.in_domain`` column, or ``in_domain``);
+    * ``jacobian_fro2``, ``hessian_trace``: from ``extras`` when given (:func:`theory_measurements`).
 
     Correlations (Pearson and Spearman, with scipy's p-values and percentile-bootstrap CIs from
-    :func:`lnsr_viz.analysis.stats.bootstrap_ci`, resampling runs) are computed for every stability quantity against every
-    gap, and for noise sensitivity against the Jacobian norm, on the runs where both values exist (at least 3).
+    :func:`lnsr_viz.analysis.stats.bootstrap_ci`, resampling runs) are computed for every stability quantity
+    against every gap, and for noise sensitivity against the Jacobian norm, on the runs where both values exist
+    (at least 3).
 
     Parameters
     ----------
-    store : RunStore or path
+    runs : DataFrame
+        One row per run: ``run_id`` and, where known, ``method``, ``seed``, ``data.in_domain``.
+    profile, history, metrics : DataFrame
+        The stored tables of all runs, with ``run_id`` (empty frames where none was stored).
+    extras : DataFrame, optional
+        One row per run: ``run_id`` and ``jacobian_fro2`` / ``hessian_trace`` (missing or non-finite: NaN).
     injection_layer : int, default=0
     metric : {'change_rel', 'change_l2'}, default='change_rel'
     noise, scale : optional
-        Which profile rows to use when the store holds several noise kinds or scales.
+        Which profile rows to use when the profiles hold several noise kinds or scales.
     in_domain : str, optional
-        The in-domain set, if the run configs do not say.
+        The in-domain set, if the runs do not say.
     gap_metric : str, default='accuracy'
     confidence : float, default=0.95
     n_boot : int, default=2000
@@ -708,21 +691,16 @@ def theory_table(
     """
     from scipy import stats
 
-    from ..experiments.store import RunStore
     from .stats import bootstrap_ci
 
     owner = "theory_table"
     check_choice("metric", metric, ("change_rel", "change_l2"), owner=owner)
-    if not isinstance(store, RunStore):
-        store = RunStore(store, read_only=True)
-    runs = store.list_runs()
     if runs.empty:
-        raise ValueError(f"{owner}: {store!r} holds no complete runs; run lnsr_viz.compare(...) first.")
+        raise ValueError(f"{owner}: no runs to relate; run lnsr_viz.compare(...) first.")
     table = runs[["run_id"]].copy()
     for col in ("method", "seed"):
         table[col] = runs[col] if col in runs.columns else None
 
-    profile = store.load_table("profile")
     sens: dict[str, float] = {}
     if len(profile) and metric in profile.columns:
         prof = profile[profile["injection_layer"] == injection_layer]
@@ -735,7 +713,6 @@ def theory_table(
             sens[str(run_id)] = float(top[metric].mean())
     table["noise_sensitivity"] = table["run_id"].map(sens).astype(float)
 
-    history = store.load_table("history")
     gaps: dict[str, float] = {}
     if len(history) and "gap" in history.columns:
         for run_id, g in history.groupby("run_id"):
@@ -743,7 +720,6 @@ def theory_table(
             gaps[str(run_id)] = float(g["gap"].iloc[-1])
     table["generalisation_gap"] = table["run_id"].map(gaps).astype(float)
 
-    metrics = store.load_table("metrics")
     ood: dict[str, float] = {}
     in_col = runs.set_index("run_id")["data.in_domain"] if "data.in_domain" in runs.columns else None
     if len(metrics):
@@ -757,14 +733,11 @@ def theory_table(
                 ood[str(run_id)] = float(g[g["domain"] == ind]["value"].astype(float).mean() - others.mean())
     table["ood_gap"] = table["run_id"].map(ood).astype(float)
 
-    extras = {key: {} for key in ("jacobian_fro2", "hessian_trace")}
-    for run_id in table["run_id"]:
-        extra = store.load(run_id).extra
-        for key in extras:
-            value = extra.get(key)
-            if isinstance(value, int | float) and math.isfinite(value):
-                extras[key][run_id] = float(value)
-    for key, values in extras.items():
+    for key in ("jacobian_fro2", "hessian_trace"):
+        values: dict[str, float] = {}
+        if extras is not None and key in extras.columns:
+            column = pd.to_numeric(extras[key], errors="coerce").astype(float)
+            values = {str(r): float(v) for r, v in zip(extras["run_id"], column) if math.isfinite(v)}
         table[key] = table["run_id"].map(values).astype(float)
 
     pairs = [(x, y) for x in _STABILITY for y in _GAPS] + [("noise_sensitivity", "jacobian_fro2")]

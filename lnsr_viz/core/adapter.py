@@ -50,7 +50,7 @@ _BLOCK_PATHS: dict[str, str] = {
     "t5": "encoder.block",
 }
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(sorted(_BLOCK_PATHS))
-_HIDDEN_KWARG_NAMES = ("hidden_states", "hidden_state", "x", "inputs_embeds")
+HIDDEN_KWARG_NAMES = ("hidden_states", "hidden_state", "x", "inputs_embeds")
 
 
 def layer_name(layer: int) -> str:
@@ -283,7 +283,7 @@ class ModelAdapter:
                 pos: int | str = 0
                 h = args[0]
             else:
-                name = next((n for n in _HIDDEN_KWARG_NAMES if torch.is_tensor(kwargs.get(n))), None)
+                name = next((n for n in HIDDEN_KWARG_NAMES if torch.is_tensor(kwargs.get(n))), None)
                 if name is None:
                     raise TypeError(f"cannot find the hidden state among the arguments of {type(module).__name__}")
                 pos, h = name, kwargs[name]
@@ -370,13 +370,13 @@ class ModelAdapter:
                 return None
             state["first"] = False
             h = args[0] if args and torch.is_tensor(args[0]) else next(
-                kwargs[n] for n in _HIDDEN_KWARG_NAMES if torch.is_tensor(kwargs.get(n)))
+                kwargs[n] for n in HIDDEN_KWARG_NAMES if torch.is_tensor(kwargs.get(n)))
             if layer == 0:
                 h = perturb(h)
             hidden.append(h)
             if args and torch.is_tensor(args[0]):
                 return (h, *args[1:]), kwargs
-            name = next(n for n in _HIDDEN_KWARG_NAMES if torch.is_tensor(kwargs.get(n)))
+            name = next(n for n in HIDDEN_KWARG_NAMES if torch.is_tensor(kwargs.get(n)))
             return args, {**kwargs, name: h}
 
         def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:

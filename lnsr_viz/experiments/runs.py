@@ -1,8 +1,9 @@
-"""Experiments: fine-tune every method over seeds, evaluate in and out of domain, probe, compare, report.
+"""Experiments: fine-tune every method over seeds, evaluate in and out of domain, probe, compare (the report of a
+comparison is :func:`lnsr_viz.viz.reports.comparison_report`).
 
-``compare(...)`` runs the grid methods x seeds on one data protocol, keyed in a :class:`~lnsr_viz.experiments.store.RunStore`
-by the hash of each run's full configuration: a run that is already stored is loaded, not retrained, so an
-interrupted sweep resumes where it stopped and a second call re-renders in seconds.
+``compare(...)`` runs the grid methods x seeds on one data protocol, keyed in a
+:class:`~lnsr_viz.experiments.store.RunStore` by the hash of each run's full configuration: a run that is already stored
+is loaded, not retrained, so an interrupted sweep resumes where it stopped and a second call re-renders in seconds.
 
 Protocol (documented, fixed by ``split_seed``): the in-domain data are split once into train / validation / test
 (:func:`lnsr_viz.data.text.split_dataset`); the training set is a stratified subsample of ``train_size`` examples of the
@@ -10,14 +11,14 @@ train part, the validation set ``val_size`` examples of the validation part, and
 test part and each out-of-domain set) a stratified subsample of at most ``eval_size`` examples. These subsets are the
 same for every method and seed; the seeds vary the head initialisation, the shuffling, dropout and the noise. The
 stability probe runs on the first ``probe_n`` examples of the in-domain evaluation set, for the pre-trained model and
-every fine-tuned one.
+every fine-tuned one. Every setting, with its default, is a field of
+:class:`~lnsr_viz.experiments.config.ExperimentConfig`.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,16 +28,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..methods.base import METHODS, get_method
-from ..utils.validation import check_number, check_positive_int
+from ..data.text import IN_DOMAIN, OOD_DOMAINS
+from ..methods import get_method
+from .config import ExperimentConfig
 
-__all__ = ["compare", "ComparisonResult", "DEMO_SETTINGS", "build_report", "Protocol"]
+__all__ = ["compare", "ComparisonResult", "Protocol", "build_protocol", "probe_key", "run_config",
+           "run_configs", "run_jobs", "Job"]
 
-# The demo's headline setting (the paper's regime: few examples). Chosen a priori, never tuned on results.
-DEMO_SETTINGS: dict[str, Any] = dict(
-    methods=("vanilla", "lnsr"), seeds=(1, 2, 3), train_size=500, val_size=300, eval_size=600, epochs=4,
-    batch_size=32, lr=5e-5, max_length=64, probe_n=64, probe_draws=4,
-)
+_DEMO_KEYS = ("methods", "seeds", "train_size", "val_size", "eval_size", "epochs", "batch_size", "lr", "max_length",
+              "probe_n", "probe_draws")
+
+
+def __getattr__(name: str) -> Any:
+    """``DEMO_SETTINGS``: the demo's headline setting as ``compare`` keywords, read off :meth:`ExperimentConfig.demo`
+    (kept for callers that spread it into ``compare(**DEMO_SETTINGS)``; built on first use, not at import)."""
+    if name == "DEMO_SETTINGS":
+        demo = ExperimentConfig.demo()
+        return {k: getattr(demo, k) for k in _DEMO_KEYS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -104,7 +113,7 @@ def _fingerprint(datasets: Mapping[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def make_protocol(data: Any = "movie", *, ood: Sequence[Any] | Mapping[str, Any] = ("amazon", "tweets", "nyt"),
+def make_protocol(data: Any = IN_DOMAIN, *, ood: Sequence[Any] | Mapping[str, Any] = OOD_DOMAINS,
                   train_size: int = 500, val_size: int = 300, eval_size: int | None = 600, split_seed: int = 0,
                   neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label") -> Protocol:
     """Build the fixed train / validation / evaluation subsets (see the module docstring)."""
@@ -197,7 +206,7 @@ class ComparisonResult:
     runs: pd.DataFrame
     metrics: pd.DataFrame
     history: pd.DataFrame
-    profiles: pd.DataFrame
+    profile: pd.DataFrame
     summary: pd.DataFrame
     paired: pd.DataFrame
     config: dict[str, Any]
@@ -205,36 +214,12 @@ class ComparisonResult:
     timings: dict[str, float] = field(default_factory=dict)
     drift: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-    def report(self, path: str | Path, *, title: str = "lnsr_viz: fine-tuning with and without LNSR") -> Path:
-        """Write the self-contained interactive HTML report and return its path."""
-        return build_report(self, title=title).save(path)
-
 
 def _model_label(model: Any) -> str:
     if isinstance(model, str):
         return model
     cfg = getattr(model, "config", None)
     return str(getattr(cfg, "_name_or_path", "") or type(model).__name__)
-
-
-def _validate(methods: Sequence[str], seeds: Sequence[int], method_params: Mapping[str, Mapping[str, Any]]) -> None:
-    if isinstance(methods, str):
-        raise ValueError("methods must be a list of method names, e.g. ['vanilla', 'lnsr'].")
-    if not methods:
-        raise ValueError("methods is empty: give at least one method, e.g. ['vanilla', 'lnsr'].")
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"Unknown method {m!r}. Expected one of {sorted(METHODS)}.")
-        get_method(m, **dict(method_params.get(m, {})))  # parameters checked before any work
-    unknown = set(method_params) - set(methods)
-    if unknown:
-        raise ValueError(f"method_params names methods that are not run: {sorted(unknown)}.")
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed (three or more to measure spread).")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct; got {list(seeds)}.")
-    for s in seeds:
-        check_number("seed", s, owner="compare", low=0, integer=True)
 
 
 @dataclass(frozen=True)
@@ -251,21 +236,54 @@ class Job:
         return self.label or self.method
 
 
-def _split_cfg(train_size: int, val_size: int, eval_size: int | None, split_seed: int,
-               neutral_band: float) -> dict[str, Any]:
-    return {"train_size": train_size, "val_size": val_size, "eval_size": eval_size, "split_seed": split_seed,
-            "neutral_band": neutral_band}
+def build_protocol(config: ExperimentConfig) -> Protocol:
+    """The fixed data subsets of ``config`` (:func:`make_protocol`, or :func:`make_qa_protocol` for QA)."""
+    if config.task == "qa":
+        return make_qa_protocol(config.in_domain_data(), ood=config.ood_data(), train_group=config.qa_group,
+                                train_size=config.train_size, val_size=config.val_size, eval_size=config.eval_size,
+                                split_seed=config.split_seed)
+    return make_protocol(config.in_domain_data(), ood=config.ood_data(), train_size=config.train_size,
+                         val_size=config.val_size, eval_size=config.eval_size, split_seed=config.split_seed,
+                         neutral_band=config.neutral_band, text_column=config.text_column,
+                         label_column=config.label_column)
 
 
-def _data_cfg(protocol: Protocol, split: Mapping[str, Any]) -> dict[str, Any]:
-    return {"in_domain": protocol.in_domain, "evaluation": sorted(protocol.evaluation), **split,
+def data_key(protocol: Protocol, config: ExperimentConfig) -> dict[str, Any]:
+    """The ``data`` part of a run's key: the data's names, the split's settings and the data's fingerprint."""
+    return {"in_domain": protocol.in_domain, "evaluation": sorted(protocol.evaluation), **config.split_params(),
             "fingerprint": protocol.fingerprint}
 
 
-def _probe_cfg(probe: Mapping[str, Any], protocol: Protocol, max_length: int) -> dict[str, Any]:
-    n = min(int(probe["n"]), protocol.n_probe_examples)
-    return {"n": n, "n_draws": probe["n_draws"], "noise": probe["noise"], "scale": probe["scale"],
-            "scale_kind": "relative", "injection_layers": "all", "max_length": max_length}
+#: The probe's parameters that a run's key records (the others, such as its batch size, do not change a profile).
+PROBE_KEY_PARAMS = ("n_draws", "noise", "scale", "scale_kind", "injection_layers", "max_length")
+
+
+def _probe_params(prober: Any) -> dict[str, Any]:
+    """The probe's own parameters (its ``get_params()`` where it has one), with the noise as its name and scale."""
+    from ..core.noise import NoiseInjector
+
+    if hasattr(prober, "get_params"):
+        params = dict(prober.get_params())
+    else:
+        params = {"n_draws": prober.n_draws, "noise": prober.injector, "injection_layers": prober.injection_layers,
+                  "max_length": prober.max_length}
+    noise = params.get("noise", getattr(prober, "injector", None))
+    if isinstance(noise, NoiseInjector):  # the injector's own parameters, under the probe's names
+        params.update(noise=noise.name, scale=noise.scale, scale_kind=noise.scale_kind)
+    return params
+
+
+def probe_key(prober: Any, n: int) -> dict[str, Any]:
+    """The ``probe`` part of a run's key: ``n`` probed examples and the parameters of the probe that ran on them.
+
+    ``injection_layers=None`` (every layer) is recorded as ``'all'``. For a probe made by
+    :meth:`ExperimentConfig.make_probe` this is the dict the run store has always hashed, key for key.
+    """
+    params = _probe_params(prober)
+    key = {"n": int(n), **{name: params[name] for name in PROBE_KEY_PARAMS}}
+    if key["injection_layers"] is None:
+        key["injection_layers"] = "all"
+    return key
 
 
 def run_config(job: Job, *, model_label: str, data_cfg: Mapping[str, Any], train: Mapping[str, Any],
@@ -281,6 +299,18 @@ def run_config(job: Job, *, model_label: str, data_cfg: Mapping[str, Any], train
     return cfg
 
 
+def run_configs(jobs: Sequence[Job], config: ExperimentConfig, protocol: Protocol) -> list[dict[str, Any]]:
+    """The configuration of every job (what the run store hashes into its run id), in order.
+
+    The ``train`` part is ``config``'s trainer settings, the ``probe`` part the parameters of
+    :meth:`ExperimentConfig.make_probe`'s probe (:func:`probe_key`), the ``data`` part :func:`data_key`.
+    """
+    n = min(int(config.probe_n), protocol.n_probe_examples)
+    parts = {"model_label": _model_label(config.model), "data_cfg": data_key(protocol, config),
+             "train": config.train_params(), "probe_cfg": probe_key(config.make_probe(), n), "task": protocol.task}
+    return [run_config(job, **parts) for job in jobs]
+
+
 def _reference_model(model: Any, task: str, n_labels: int, device: str | None) -> Any:
     """The pre-trained model that drift is measured from (its head is never read: drift covers layers 0..L)."""
     from ..data.models import load_model
@@ -291,34 +321,32 @@ def _reference_model(model: Any, task: str, n_labels: int, device: str | None) -
     return ref.eval()
 
 
-def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any, train: Mapping[str, Any],
-             probe: Mapping[str, Any], split: Mapping[str, Any], save_checkpoints: bool = False,
-             progress: bool = True, verbose: bool = True, callbacks: Sequence[Any] = (),
-             device: str | None = None) -> pd.DataFrame:
+def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protocol, store: Any,
+             save_checkpoints: bool = False, progress: bool = True, verbose: bool = True,
+             callbacks: Sequence[Any] = (), device: str | None = None) -> pd.DataFrame:
     """Run (or load from ``store``) every job on one data protocol; one row per job.
 
-    A job whose configuration is already stored is loaded, not retrained: this is how interrupted grids resume.
-    ``device`` (e.g. ``'cuda'``) is where each model trains; it is recorded with the run (``extra.json``) but is not
-    part of the run's key, so a stored run is reused whichever device made it.
+    ``config`` gives the model, the training and the probe settings (its methods, seeds and method parameters are
+    not read: the jobs carry theirs). A job whose configuration is already stored is loaded, not retrained: this is
+    how interrupted grids resume. ``device`` (e.g. ``'cuda'``) is where each model trains; it is recorded with the run
+    (``extra.json``) but is not part of the run's key, so a stored run is reused whichever device made it.
     """
     from tqdm.auto import tqdm
 
     from ..analysis.drift import representation_drift
-    from ..core.probe import StabilityProbe
     from ..data.models import load_model
     from ..training.loop import FineTuner
     from ..utils.validation import check_device
 
     device = check_device(device, owner="run_jobs")
-    max_length = int(train["max_length"])
-    probe_cfg = _probe_cfg(probe, protocol, max_length)
+    model = config.model
+    max_length = int(config.max_length)
+    prober = config.make_probe()
+    configs = run_configs(jobs, config, protocol)
+    probe_cfg = probe_key(prober, min(int(config.probe_n), protocol.n_probe_examples))
     n_labels = protocol.n_labels()
     model_label = _model_label(model)
-    data_cfg = _data_cfg(protocol, split)
-    prober = StabilityProbe(probe_cfg["noise"], scale=probe_cfg["scale"], n_draws=probe_cfg["n_draws"],
-                            max_length=max_length, seed=0, progress=False)
-    train_kw = {k: train[k] for k in ("epochs", "batch_size", "lr", "max_length", "warmup_ratio", "weight_decay",
-                                      "max_grad_norm")}
+    train_kw = config.train_params()
     say = tqdm.write if verbose else (lambda *_a, **_k: None)
     reference = None  # the pre-trained model, loaded once when the first fine-tuned run needs it
     if not isinstance(model, (str, Path)):  # a user's model object: drift is measured from it as given
@@ -327,9 +355,7 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
             reference.to(device)
     rows = []
     outer = tqdm(jobs, desc="runs", unit="run", disable=not progress)
-    for job in outer:
-        cfg = run_config(job, model_label=model_label, data_cfg=data_cfg, train=train_kw, probe_cfg=probe_cfg,
-                         task=protocol.task)
+    for job, cfg in zip(outer, configs, strict=True):
         what = "pre-trained model" if job.method == "pretrained" else f"{job.name}, seed {job.seed}"
         if store.exists(cfg):
             run = store.load(cfg)
@@ -392,109 +418,75 @@ def run_jobs(jobs: Sequence[Job], *, protocol: Protocol, model: Any, store: Any,
     return runs
 
 
-def compare(methods: Sequence[str] = ("vanilla", "lnsr"), seeds: Sequence[int] = (1, 2, 3), *,
-            model: Any = "minilm", data: Any = "movie", ood: Sequence[Any] | Mapping[str, Any] = ("amazon", "tweets",
-                                                                                                  "nyt"),
-            train_size: int = 500, val_size: int = 300, eval_size: int | None = 600, epochs: int = 4,
-            batch_size: int = 32, lr: float = 5e-5, max_length: int = 64, warmup_ratio: float = 0.1,
-            weight_decay: float = 0.01, max_grad_norm: float = 1.0,
-            method_params: Mapping[str, Mapping[str, Any]] | None = None, probe_n: int = 64, probe_draws: int = 4,
-            probe_noise: str = "gaussian", probe_scale: float = 0.05, results: str | Path = "results",
-            split_seed: int = 0, neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label",
-            baseline: str = "vanilla", save_checkpoints: bool = False, progress: bool = True,
-            verbose: bool = True, task: str = "classification", qa_group: str = "science",
-            device: str | None = None) -> ComparisonResult:
+#: ``compare``'s own keywords: how it runs, not what it runs (none is part of a run's key).
+RUN_OPTIONS = ("save_checkpoints", "progress", "verbose", "device")
+
+
+def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, *,
+            config: ExperimentConfig | None = None, save_checkpoints: bool = False, progress: bool = True,
+            verbose: bool = True, device: str | None = None, **settings: Any) -> ComparisonResult:
     """Fine-tune each method with each seed, evaluate in / out of domain, probe, and compare over seeds.
 
     Parameters
     ----------
-    methods : sequence of str
-        Method names (``vanilla``, ``lnsr``, ...).
-    seeds : sequence of int
-        One run per method and seed; at least 3 to measure spread.
-    model : str or path
-        ``minilm`` (the packaged default), a Hugging Face id, or a local checkpoint folder.
-    data : str, path, DataFrame or datasets.Dataset
-        The in-domain data: a packaged domain name or any labelled text data.
-    ood : sequence or mapping
-        Out-of-domain evaluation sets: packaged domain names, or ``{name: data}``.
-    train_size, val_size, eval_size : int
-        Sizes of the fixed subsets (see the module docstring); ``eval_size=None`` evaluates on everything.
-    epochs, batch_size, lr, max_length, warmup_ratio, weight_decay, max_grad_norm
-        Passed to :class:`~lnsr_viz.training.loop.FineTuner`.
-    method_params : mapping, optional
-        ``{method: {param: value}}``, e.g. ``{'lnsr': {'lam': 10.0}}``.
-    probe_n, probe_draws, probe_noise, probe_scale
-        The stability probe's examples, draws, noise type and relative scale.
-    results : str or path
-        The run store's folder.
-    baseline : str
-        The method every other method is compared with, seed by seed.
+    methods, seeds : optional
+        Method names (``vanilla``, ``lnsr``, ...) and seeds (one run per method and seed; at least 3 to measure
+        spread); default: the config's (``('vanilla', 'lnsr')`` and ``(1, 2, 3)``).
+    config : ExperimentConfig, optional
+        The experiment; default: ``ExperimentConfig()``. Every setting is documented there.
+    **settings
+        Changes to ``config`` (any :class:`~lnsr_viz.experiments.config.ExperimentConfig` field: ``model``, ``data``,
+        ``ood``, ``train_size``, ``epochs``, ``method_params``, ``probe_n``, ``results``, ``task``, ...), applied with
+        :meth:`ExperimentConfig.replace`; an unknown name is refused, listing the valid ones.
+    save_checkpoints : bool
+        Also store each fine-tuned model (so that ``diagnose`` can read it later).
     progress, verbose : bool
         Progress bars; one status line per run step.
-    task : {'classification', 'qa'}
-        ``'qa'``: extractive question answering; ``data='squad'`` (the packaged SQuAD v1.1 with its topic groups,
-        trained on ``qa_group``) or a SQuAD-format file, ``ood`` further SQuAD files (see :func:`make_qa_protocol`).
     device : str, optional
         Where to train and evaluate (``'cuda'``, ``'cuda:1'``, ...); default: the CPU. Not part of the run key.
+
+    Every setting is checked before any data or model is loaded.
     """
-    from ..training.loop import FineTuner
     from ..utils.validation import check_device
     from .store import RunStore
 
     t_start = time.perf_counter()
-    method_params = {k: dict(v) for k, v in (method_params or {}).items()}
-    methods = list(methods)
-    seeds = [int(s) for s in seeds]
-    _validate(methods, seeds, method_params)
-    check_positive_int("train_size", train_size, owner="compare")
-    check_positive_int("val_size", val_size, owner="compare")
-    if eval_size is not None:
-        check_positive_int("eval_size", eval_size, owner="compare")
-    check_positive_int("probe_n", probe_n, owner="compare")
-    # Trainer parameters are checked here, before any data or model is loaded.
-    FineTuner("vanilla", epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length,
-              warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm, progress=False)
-    if task not in ("classification", "qa"):
-        raise ValueError(f"task must be 'classification' or 'qa'; got {task!r}.")
+    ExperimentConfig.check_names(settings, owner="compare", also=("methods", "seeds", "config", *RUN_OPTIONS))
+    given = {k: v for k, v in (("methods", methods), ("seeds", seeds)) if v is not None}
+    config = (config if config is not None else ExperimentConfig()).replace(**given, **settings)
     device = check_device(device, owner="compare")
-    store = RunStore(results)
-    split = _split_cfg(train_size, val_size, eval_size, split_seed, neutral_band)
-    if task == "qa":
-        if isinstance(data, str) and data == "movie":  # the classification defaults mean "the packaged SQuAD"
-            data = "squad"
-        if not isinstance(ood, Mapping) and tuple(ood) == ("amazon", "tweets", "nyt"):
-            ood = ()
-        protocol = make_qa_protocol(data, ood=ood, train_group=qa_group, train_size=train_size, val_size=val_size,
-                                    eval_size=eval_size, split_seed=split_seed)
-    else:
-        protocol = make_protocol(data, ood=ood, train_size=train_size, val_size=val_size, eval_size=eval_size,
-                                 split_seed=split_seed, neutral_band=neutral_band, text_column=text_column,
-                                 label_column=label_column)
-    train_cfg = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length,
-                 "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm}
-    probe_cfg = {"n": probe_n, "n_draws": probe_draws, "noise": probe_noise, "scale": probe_scale}
-    jobs = [Job("pretrained", {}, None)] + [Job(m, method_params.get(m, {}), s) for m in methods for s in seeds]
-    runs = run_jobs(jobs, protocol=protocol, model=model, store=store, train=train_cfg, probe=probe_cfg,
-                    split=split, save_checkpoints=save_checkpoints, progress=progress, verbose=verbose, device=device)
-    model_label = _model_label(model)
-    data_cfg = _data_cfg(protocol, split)
-    probe_cfg = _probe_cfg(probe_cfg, protocol, max_length)
-    result = _collect(store, runs, baseline=baseline, methods=methods)
-    if task == "qa":
-        balance = pd.DataFrame([{"domain": name, "n": len(ds), "articles": len(ds.titles)}
-                                for name, ds in protocol.evaluation.items()])
-    else:
-        balance = pd.DataFrame([{"domain": name, "n": len(ds), "positive_rate": float(np.mean(ds.labels == 1))}
-                                for name, ds in protocol.evaluation.items()])
-    config = {"task": task, "model": model_label, "methods": methods, "seeds": seeds, "method_params": {
-        m: get_method(m, **method_params.get(m, {})).params() for m in methods}, "data": data_cfg,
-        "train": train_cfg, "probe": probe_cfg, "results": str(results), "baseline": baseline}
-    result.config = config
-    result.label_balance = balance
+    store = RunStore(config.results)
+    protocol = build_protocol(config)
+    jobs = [Job("pretrained", {}, None)] + [Job(m, config.method_params.get(m, {}), s)
+                                            for m in config.methods for s in config.seeds]
+    runs = run_jobs(jobs, config, protocol=protocol, store=store, save_checkpoints=save_checkpoints,
+                    progress=progress, verbose=verbose, device=device)
+    result = _collect(store, runs, baseline=config.baseline, methods=list(config.methods))
+    result.config = comparison_config(config, protocol)
+    result.label_balance = label_balance(protocol)
     result.timings = {"total_seconds": time.perf_counter() - t_start,
                       "trained_runs": int((~runs["cached"]).sum()), "cached_runs": int(runs["cached"].sum())}
     return result
+
+
+def comparison_config(config: ExperimentConfig, protocol: Protocol) -> dict[str, Any]:
+    """What :attr:`ComparisonResult.config` records: the settings, with the parts of the runs' keys."""
+    methods = list(config.methods)
+    return {"task": config.task, "model": _model_label(config.model), "methods": methods,
+            "seeds": list(config.seeds),
+            "method_params": {m: get_method(m, **config.method_params.get(m, {})).params() for m in methods},
+            "data": data_key(protocol, config), "train": config.train_params(),
+            "probe": probe_key(config.make_probe(), min(int(config.probe_n), protocol.n_probe_examples)),
+            "results": str(config.results), "baseline": config.baseline}
+
+
+def label_balance(protocol: Protocol) -> pd.DataFrame:
+    """One row per evaluation set: its size and positive rate (QA: its questions and articles)."""
+    if protocol.task == "qa":
+        return pd.DataFrame([{"domain": name, "n": len(ds), "articles": len(ds.titles)}
+                             for name, ds in protocol.evaluation.items()])
+    return pd.DataFrame([{"domain": name, "n": len(ds), "positive_rate": float(np.mean(ds.labels == 1))}
+                         for name, ds in protocol.evaluation.items()])
 
 
 def _collect(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence[str]) -> ComparisonResult:
@@ -528,122 +520,5 @@ def _collect(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence
             if m != baseline:
                 paired.append(paired_comparison(scored, method=m, baseline=baseline))
     paired_df = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
-    return ComparisonResult(runs=runs, metrics=metrics_df, history=history_df, profiles=profiles_df,
+    return ComparisonResult(runs=runs, metrics=metrics_df, history=history_df, profile=profiles_df,
                             summary=summary, paired=paired_df, config={}, drift=drift_df)
-
-
-def _machine() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
-            platform.machine(), "cores": os.cpu_count(), "torch threads": torch.get_num_threads()}
-
-
-def build_report(result: ComparisonResult, *, title: str) -> Any:
-    """Assemble the HTML report of a comparison (figures, statistics in plain words, the protocol)."""
-    from ..viz import figures as plots
-    from ..viz.report import Report
-
-    cfg = result.config
-    rep = Report(title, subtitle=f"{cfg.get('model')} fine-tuned on {cfg['data']['train_size']} "
-                                 f"{cfg['data']['in_domain']} examples; methods {', '.join(cfg['methods'])}; "
-                                 f"seeds {', '.join(map(str, cfg['seeds']))}")
-    in_domain = cfg["data"]["in_domain"]
-    qa = cfg.get("task") == "qa"
-    headline = ["f1", "exact_match"] if qa else ["accuracy", "roc_auc"]
-    rep.add_text(
-        "Every number on this page comes from the runs listed at the bottom (stored in the run store "
-        f"`{cfg['results']}`). Each method was fine-tuned once per seed on the same training subset; the seeds vary "
-        "the head initialisation, data order, dropout and noise. Differences are reported with 95% confidence "
-        "intervals over seeds and paired tests; a difference whose interval includes zero is **within noise**.",
-        heading="What this report shows")
-    collapsed = result.runs[result.runs["collapsed"].fillna(False).astype(bool)] if "collapsed" in result.runs else []
-    if len(collapsed):
-        rep.add_text("**Collapsed runs** (the collapse guard saw the top-layer representations lose their spread; "
-                     "their numbers are in every table and figure below but measure a degenerate model): "
-                     + ", ".join(f"{r.method} seed {r.seed}" for r in collapsed.itertuples()),
-                     heading="Warning: collapsed runs")
-    if len(result.paired):
-        verdicts = result.paired[result.paired["metric"].isin(headline)]
-        lines = "\n".join(f"- **{r.domain}, {r.metric}**: {r.verdict}" for r in verdicts.itertuples())
-        rep.add_text(lines, heading="Verdicts in plain words")
-    if len(result.profiles):
-        prof = result.profiles
-        rep.add_figure(plots.plot_stability_curves(prof, metric="change_rel", injection_layer=0, color="model"),
-                       heading="Layer stability (paper Figure 1 style)",
-                       caption="Gaussian noise with 5% of each token's norm is added to the embedding output (layer "
-                               "0); each curve shows how much every higher layer's output changes, relative to its "
-                               "norm (mean over sentences; bands: 95% CI over seeds, or over sentences for the single "
-                               "pre-trained model). Lower curves at the top layers mean a more noise-stable model.")
-        rep.add_figure(plots.plot_stability_curves(prof, metric="change_l2", injection_layer=0, color="model"),
-                       heading="Layer stability, absolute change",
-                       caption="The same probe in absolute units: the L2 norm of the change of each layer's output. "
-                               "A model can look stable here simply by shrinking its representations; compare with "
-                               "the relative curve above.")
-    if len(result.metrics):
-        panels = ((("f1", "F1 per domain"), ("exact_match", "Exact match per domain")) if qa else
-                  (("accuracy", "Accuracy per domain"), ("roc_auc", "ROC AUC per domain")))
-        for metric, name in panels:
-            sub = result.metrics[result.metrics["metric"] == metric]
-            if len(sub):
-                rep.add_figure(plots.plot_metric_by_domain(result.metrics, metric=metric, in_domain=in_domain),
-                               heading=name,
-                               caption=f"One dot per seed; the larger marker is the mean with its 95% CI over seeds. "
-                                       f"{in_domain} is in-domain (held-out test split); the others are "
-                                       "out-of-domain. " + (
-                                           "SQuAD's official metrics in percent (answers normalised; the best "
-                                           "match over the reference answers)." if qa else
-                                           "ROC AUC ranks examples without a decision threshold, so a shifted "
-                                           "threshold lowers accuracy but not AUC."))
-    if len(result.label_balance):
-        if qa:
-            rep.add_table(result.label_balance, heading="Evaluation sets",
-                          caption="Questions (n) and articles per evaluation set; the in-domain set holds held-out "
-                                  "questions on the training articles, the others come from other topic groups.")
-        else:
-            rep.add_table(result.label_balance, heading="Evaluation sets and their label balance",
-                          caption="positive_rate: the fraction of positive examples; accuracy must be read "
-                                  "against it.")
-    if len(result.history):
-        history = result.history.assign(
-            train_reg_contribution=result.history["train_loss"] - result.history["train_task_loss"])
-        rep.add_figure(plots.plot_training_curves(
-            history, metrics=("train_loss", "train_task_loss", "train_reg_contribution")), heading="Training curves",
-                       caption="Training loss per epoch, split into the task loss and the regulariser's share of it "
-                               "(its weight times its term; zero for vanilla), and training vs validation accuracy "
-                               "(measured in eval mode at the end of each epoch). The unweighted term is in the "
-                               "history table's train_reg_loss column.")
-        rep.add_figure(plots.plot_generalisation_gap(result.history), heading="Generalisation gap",
-                       caption="Training accuracy minus validation accuracy per epoch; mean and 95% CI over seeds.")
-    if len(result.drift):
-        from ..viz.analysis_figures import plot_drift_by_layer
-
-        rep.add_figure(plot_drift_by_layer(result.drift, metric="cka"), heading="Drift from the pre-trained model",
-                       caption="Linear CKA between each layer's mean-pooled representations of the probe inputs in "
-                               "the pre-trained and the fine-tuned model (1 = unchanged up to rotation and scale); "
-                               "mean and 95% CI over seeds. Layers that fine-tuning moved more sit lower.")
-        rep.add_figure(plot_drift_by_layer(result.drift, metric="weight_distance_rel"), caption=(
-            "The same per layer in weight space: ||W_ft - W_pre||_F / ||W_pre||_F."))
-    if len(result.paired):
-        rep.add_figure(plots.plot_paired_differences(result.paired, metric=headline[0], in_domain=in_domain),
-                       heading=f"Paired differences ({headline[0]})",
-                       caption="Method minus baseline, seed by seed; the bar is the 95% CI of the mean difference. "
-                               "Hollow markers: the CI includes zero (within noise).")
-        rep.add_table(result.paired[["method", "baseline", "domain", "metric", "n_pairs", "mean_diff", "ci_low",
-                                     "ci_high", "p_sign", "p_permutation", "verdict"]],
-                      heading="Paired comparison table")
-    if len(result.summary):
-        rep.add_table(result.summary, heading="Mean, sd and 95% CI over seeds",
-                      caption="nll and ece: lower is better; the others: higher is better.")
-    rep.add_key_values({"model": cfg["model"], **{f"data.{k}": v for k, v in cfg["data"].items()},
-                        **{f"train.{k}": v for k, v in cfg["train"].items()},
-                        **{f"probe.{k}": v for k, v in cfg["probe"].items()},
-                        **{f"{m}.params": str(p) for m, p in cfg["method_params"].items()},
-                        **{f"time.{k}": (round(v, 1) if isinstance(v, float) else v)
-                           for k, v in result.timings.items()},
-                        **{f"machine.{k}": v for k, v in _machine().items()}},
-                       heading="Protocol, settings and machine")
-    rep.add_table(result.runs, heading="Runs", caption="cached: loaded from the run store instead of retrained.")
-    return rep

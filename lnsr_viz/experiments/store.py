@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..utils.io import atomic_write_json, dumps_json, sha256_file
 from ..utils.validation import check_choice
 
 __all__ = [
@@ -75,9 +76,6 @@ __all__ = [
     "config_hash",
     "canonical_json",
     "flatten_config",
-    "atomic_write_text",
-    "atomic_write_csv",
-    "atomic_write_json",
 ]
 
 #: Version of the on-disk layout; bump it when the layout changes incompatibly.
@@ -179,70 +177,6 @@ def flatten_config(config: Mapping[str, Any], *, sep: str = ".") -> dict[str, An
     for key, val in config.items():
         walk(str(key), val)
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# atomic file helpers
-# --------------------------------------------------------------------------------------------------------------
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` so that readers see either the old file or the complete new one.
-
-    The text goes to a temporary file in the same folder (same file system), is flushed and fsync'ed, and then
-    ``os.replace``-d over ``path``. The temporary file is removed if anything fails. The new file gets the usual
-    permissions (``0o666`` minus the umask).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_csv(path: str | os.PathLike[str], df: pd.DataFrame, *, index: bool = False) -> Path:
-    """Write a DataFrame as CSV atomically (see :func:`atomic_write_text`). Missing values are written as ``""``."""
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"atomic_write_csv expects a pandas DataFrame; got {type(df).__name__}.")
-    return atomic_write_text(path, df.to_csv(index=index, lineterminator="\n"))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON-serialisable.")
-
-
-def _dumps(obj: Any, *, sort_keys: bool = True) -> str:
-    return json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default, allow_nan=True) + "\n"
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically. numpy scalars/arrays, sets and paths are converted."""
-    return atomic_write_text(path, _dumps(obj))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -428,7 +362,7 @@ class RunStore:
                 raise _BadRun(f"{rel} is listed in record.json but missing")
             if fp.stat().st_size != info.get("bytes"):
                 raise _BadRun(f"{rel} has {fp.stat().st_size} bytes, record.json says {info.get('bytes')}")
-            if (checkpoint_hashes or not rel.startswith(_CHECKPOINT + "/")) and _sha256(fp) != info.get("sha256"):
+            if (checkpoint_hashes or not rel.startswith(_CHECKPOINT + "/")) and sha256_file(fp) != info.get("sha256"):
                 raise _BadRun(f"checksum mismatch for {rel} (the file changed after the run was saved)")
         try:
             doc = json.loads((path / _CONFIG).read_text(encoding="utf-8"))
@@ -553,12 +487,12 @@ class RunStore:
                 "created_at": _now(),
                 "config": plain_config,
             }
-            _write_durable(tmp / _CONFIG, _dumps(doc, sort_keys=False))
+            _write_durable(tmp / _CONFIG, dumps_json(doc, sort_keys=False))
             for name, table in (("metrics", metrics), ("history", history), ("profile", profile), ("drift", drift)):
                 if table is not None:
                     _write_durable(tmp / TABLES[name], table.to_csv(index=False, lineterminator="\n"))
             if extra is not None:
-                _write_durable(tmp / _EXTRA, _dumps(dict(extra)))
+                _write_durable(tmp / _EXTRA, dumps_json(dict(extra)))
             if checkpoint_fn is not None:
                 ckpt = tmp / _CHECKPOINT
                 ckpt.mkdir()
@@ -568,7 +502,7 @@ class RunStore:
             files = {}
             for fp in sorted(p for p in tmp.rglob("*") if p.is_file()):
                 rel = fp.relative_to(tmp).as_posix()
-                files[rel] = {"sha256": _sha256(fp), "bytes": fp.stat().st_size}
+                files[rel] = {"sha256": sha256_file(fp), "bytes": fp.stat().st_size}
             record = {"run_id": run_id, "schema_version": SCHEMA_VERSION, "completed_at": _now(), "files": files}
             atomic_write_json(tmp / _RECORD, record)
             self._move_into_place(tmp, final, run_id)

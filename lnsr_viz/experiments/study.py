@@ -7,12 +7,14 @@ over seeds; (d) better out-of-domain accuracy.
 
 :func:`study_runs` reads a sweep's run store into one row per run (its setting, training-set size, seed, in-domain
 and out-of-domain metrics, top-layer sensitivity, collapse flag, cost). :func:`study_claims` then picks, for every
-training-set size, the LNSR setting with the best mean **validation** accuracy (:func:`lnsr_viz.experiments.sweep.select_settings`;
-no test or out-of-domain number is read to choose) and tests each claim seed by seed against vanilla:
+training-set size, the LNSR setting with the best mean **validation** accuracy
+(:func:`lnsr_viz.experiments.sweep.select_settings`; no test or out-of-domain number is read to choose) and tests each
+claim seed by seed against vanilla:
 
 * (a), (b), (d): paired differences over seeds (LNSR - vanilla) with a Student-t 95% CI and the exact paired
-  permutation test (:func:`lnsr_viz.analysis.stats.paired_comparison`). **Supported** when the CI excludes zero in the claimed
-  direction, **contradicted** when it excludes zero in the other direction, **not shown** (within noise) otherwise.
+  permutation test (:func:`lnsr_viz.analysis.stats.paired_comparison`). **Supported** when the CI excludes zero in the
+  claimed direction, **contradicted** when it excludes zero in the other direction, **not shown** (within noise)
+  otherwise.
   Top-layer sensitivity is the probe's relative change of the top layer for 5% relative Gaussian noise injected at
   the embedding output (layer 0), averaged over 64 in-domain sentences; out-of-domain accuracy is the mean over the
   out-of-domain sets.
@@ -20,26 +22,24 @@ no test or out-of-domain number is read to choose) and tests each claim seed by 
   Brown-Forsythe test of equal spread (Levene's test around the median; with 5 seeds per method it only detects
   large differences). Supported when LNSR's spread is lower with p < 0.05.
 
-:func:`write_study` renders the markdown write-up (``docs/study.md``) with its tables, a static SVG of the
-sensitivity / out-of-domain figure, and the tidy CSV tables next to the run store; :func:`plot_sensitivity_vs_ood`
-is the interactive (plotly) version of that figure for notebooks. Every number comes from the stored runs.
+:func:`lnsr_viz.viz.reports.write_study` renders the markdown write-up (``docs/study.md``) with its tables, a static
+SVG of the sensitivity / out-of-domain figure, and the tidy CSV tables next to the run store;
+:func:`lnsr_viz.viz.study_figures.plot_sensitivity_vs_ood` is the interactive (plotly) version of that figure for
+notebooks. Every number comes from the stored runs (this module computes them; the presentation lives in viz).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 
-__all__ = ["CLAIMS", "StudyResult", "study_runs", "study_claims", "plot_sensitivity_vs_ood", "write_study",
-           "load_study", "setting_colors"]
+__all__ = ["CLAIMS", "StudyResult", "study_runs", "study_claims", "load_study", "rank_correlation"]
 
 #: The four claims, as the write-up states them: (measure, column, direction, text).
 CLAIMS: dict[str, dict[str, str]] = {
@@ -231,8 +231,8 @@ def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr",
     confidence : float
         Level of the confidence intervals.
     order : sequence of str, optional
-        The sweep file's settings in order (:func:`lnsr_viz.experiments.sweep.setting_order`): equal validation means go to the
-        setting listed first (then to the alphabetically first name).
+        The sweep file's settings in order (:func:`lnsr_viz.experiments.sweep.setting_order`): equal validation means
+        go to the setting listed first (then to the alphabetically first name).
     """
     from .store import RunStore
     from .sweep import select_from_store
@@ -297,7 +297,12 @@ def load_study(store: str | os.PathLike[str] | Any, config: str | os.PathLike[st
     return study_claims(store, **kwargs)
 
 
-def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float, int]:
+def rank_correlation(x: pd.Series, y: pd.Series) -> tuple[float, float, int]:
+    """Spearman's rank correlation of ``x`` and ``y`` over the rows where both are present: ``(rho, p, n)``.
+
+    NaN ``rho`` and ``p`` with fewer than 3 such rows. The study's figure and write-up quote it for top-layer
+    sensitivity against out-of-domain accuracy.
+    """
     from scipy import stats
 
     ok = x.notna() & y.notna()
@@ -305,319 +310,3 @@ def _spearman(x: pd.Series, y: pd.Series) -> tuple[float, float, int]:
         return math.nan, math.nan, int(ok.sum())
     res = stats.spearmanr(x[ok], y[ok])
     return float(res.statistic), float(res.pvalue), int(ok.sum())
-
-
-#: Distinct colours for a study's settings (Okabe-Ito, then Paul Tol's muted set); vanilla keeps its usual blue.
-_SETTING_PALETTE = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#117733", "#999933",
-                    "#AA4499", "#44AA99", "#332288", "#DDCC77")
-
-
-def setting_colors(settings: Any) -> dict[str, str]:
-    """One distinct colour per setting, in order of first appearance (``vanilla`` gets the method colour)."""
-    from ..viz.figures import color_for
-
-    out: dict[str, str] = {}
-    k = 0
-    for name in pd.unique(pd.Series(list(settings), dtype=object)):
-        if name == "vanilla":
-            out[name] = color_for("vanilla")
-        else:
-            out[name] = _SETTING_PALETTE[k % len(_SETTING_PALETTE)]
-            k += 1
-    return out
-
-
-def plot_sensitivity_vs_ood(runs: pd.DataFrame, *, x: str = "top_sensitivity", y: str = "ood_accuracy",
-                            title: str | None = None) -> go.Figure:
-    """Top-layer noise sensitivity (x) against out-of-domain accuracy (y), one marker per run.
-
-    Colour: the setting; marker: circle / square / diamond per training-set size; collapsed runs are drawn with a
-    black cross on top and named in the hover. The title gives Spearman's rank correlation over all runs.
-    """
-    from ..viz.figures import TEMPLATE
-
-    needed = {x, y, "setting", "train_size", "seed", "collapsed"}
-    missing = needed - set(runs.columns)
-    if missing:
-        raise ValueError(f"plot_sensitivity_vs_ood needs the study_runs columns {sorted(needed)}; missing "
-                         f"{sorted(missing)}.")
-    symbols = ["circle", "square", "diamond", "triangle-up", "star"]
-    sizes = sorted(runs["train_size"].unique())
-    colors = setting_colors(runs["setting"])
-    fig = go.Figure()
-    for setting in pd.unique(runs["setting"]):
-        for i, size in enumerate(sizes):
-            sub = runs[(runs["setting"] == setting) & (runs["train_size"] == size)]
-            if sub.empty:
-                continue
-            fig.add_trace(go.Scatter(
-                x=sub[x], y=sub[y], mode="markers", name=f"{setting}, n={size}", legendgroup=str(setting),
-                marker={"color": colors[setting], "symbol": symbols[i % len(symbols)], "size": 9,
-                        "line": {"width": 0.5, "color": "white"}},
-                customdata=np.column_stack([sub["seed"], sub["collapsed"].map({True: "COLLAPSED", False: ""})]),
-                hovertemplate=(f"{setting}<br>train size {size}, seed %{{customdata[0]}}<br>{x} %{{x:.4f}}<br>"
-                               f"{y} %{{y:.3f}}<br>%{{customdata[1]}}<extra></extra>")))
-    collapsed = runs[runs["collapsed"].astype(bool)]
-    if len(collapsed):
-        fig.add_trace(go.Scatter(x=collapsed[x], y=collapsed[y], mode="markers", name="collapsed run",
-                                 marker={"symbol": "x-thin", "size": 14, "line": {"width": 2, "color": "black"}},
-                                 hoverinfo="skip"))
-    rho, p, n = _spearman(runs[x], runs[y])
-    fig.update_layout(template=TEMPLATE, title=title or (
-        f"Top-layer noise sensitivity vs out-of-domain accuracy, {n} runs (Spearman rho = {rho:.2f}, p = {p:.2g})"),
-        xaxis_title="top-layer noise sensitivity (relative change, noise at the embeddings)",
-        yaxis_title="out-of-domain accuracy (mean over the sets)", legend_title_text="setting, training size")
-    return fig
-
-
-def _svg_scatter(runs: pd.DataFrame, path: Path, *, x: str = "top_sensitivity", y: str = "ood_accuracy") -> Path:
-    """The static twin of :func:`plot_sensitivity_vs_ood` (matplotlib SVG) for markdown pages."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .store import atomic_write_text
-
-    markers = ["o", "s", "D", "^", "*"]
-    sizes = sorted(runs["train_size"].unique())
-    colors = setting_colors(runs["setting"])
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.4), squeeze=False, sharey=True)
-    for ax, (i, size) in zip(axes[0], enumerate(sizes), strict=True):
-        sub_size = runs[runs["train_size"] == size]
-        for setting in pd.unique(runs["setting"]):
-            sub = sub_size[sub_size["setting"] == setting]
-            if sub.empty:
-                continue
-            ax.scatter(sub[x], sub[y], c=colors[setting], marker=markers[i % len(markers)], s=36,
-                       label=str(setting), edgecolors="white", linewidths=0.5)
-        col = sub_size[sub_size["collapsed"].astype(bool)]
-        if len(col):
-            ax.scatter(col[x], col[y], marker="x", c="black", s=70, linewidths=1.5, label="collapsed run")
-        rho, p, n = _spearman(sub_size[x], sub_size[y])
-        ax.set_title(f"{size} training examples: Spearman rho = {rho:.2f} (p = {p:.2g}, {n} runs)", fontsize=9)
-        ax.set_xlabel("top-layer noise sensitivity (relative change)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("out-of-domain accuracy (mean over sets)")
-    handles, labels = [], []
-    for ax in axes[0]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    ncol = min(3, len(labels))
-    rows = math.ceil(len(labels) / ncol)
-    fig.set_size_inches(5.2 * len(sizes), 3.9 + 0.22 * rows)
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7.5, frameon=False)
-    fig.tight_layout(rect=(0, (0.22 * rows + 0.1) / (3.9 + 0.22 * rows), 1, 1))
-    import io
-
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": "lnsr_viz-study"}):  # stable element ids: same data, same file
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    plt.close(fig)
-    return atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else ""
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        if not np.isfinite(v):
-            return "–"
-        return f"{v:.{digits}g}" if abs(v) < 0.1 and v != 0 else f"{v:.{digits}f}"
-    return str(v)
-
-
-def _md_table(df: pd.DataFrame, columns: Mapping[str, str], digits: int = 3) -> str:
-    head = "| " + " | ".join(columns.values()) + " |"
-    sep = "| " + " | ".join("---" for _ in columns) + " |"
-    body = ["| " + " | ".join(_fmt(row[c], digits).replace("|", "/") for c in columns) + " |"
-            for _, row in df.iterrows()]
-    return "\n".join([head, sep, *body])
-
-
-def _claim_sentence(row: pd.Series) -> str:
-    meas = {"top_sensitivity": "top-layer sensitivity", "accuracy": "in-domain accuracy",
-            "ood_accuracy": "out-of-domain accuracy"}[row["measure"]]
-    if row["claim"] == "c":
-        return (f"in-domain accuracy sd over seeds {row['baseline_sd']:.3f} (vanilla) vs {row['method_sd']:.3f} "
-                f"(LNSR), ratio {_fmt(row['effect'], 2)}, Brown-Forsythe p = {_fmt(row['p_value'], 2)}")
-    rel = row["effect"] / row["baseline_mean"] if row["baseline_mean"] else math.nan
-    return (f"{meas} {row['baseline_mean']:.4g} (vanilla) vs {row['method_mean']:.4g} (LNSR); difference "
-            f"{row['effect']:+.3g} ({rel:+.1%} of vanilla's) [95% CI {row['ci_low']:+.3g}, {row['ci_high']:+.3g}], "
-            f"paired permutation p = {_fmt(row['p_value'], 2)} over {row['n_seeds']} seeds")
-
-
-def _verdict_table(claims: pd.DataFrame) -> str:
-    """Claims as rows, training-set sizes as columns, the chosen setting's verdict in each cell."""
-    main = claims[claims["role"] == "chosen"]
-    sizes = sorted(main["train_size"].unique())
-    head = "| claim | " + " | ".join(f"{s} examples" for s in sizes) + " |"
-    sep = "| --- | " + " | ".join("---" for _ in sizes) + " |"
-    body = []
-    for key, claim in CLAIMS.items():
-        cells = []
-        for size in sizes:
-            row = main[(main["claim"] == key) & (main["train_size"] == size)]
-            cells.append(f"{row['verdict'].iloc[0]} (`{row['setting'].iloc[0]}`)" if len(row) else "–")
-        body.append(f"| ({key}) {claim['title']} | " + " | ".join(cells) + " |")
-    return "\n".join([head, sep, *body])
-
-
-def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str] = "docs/study.md", *,
-                config: Mapping[str, Any] | None = None, config_path: str | None = None,
-                figure: str | os.PathLike[str] | None = None, tables: str | os.PathLike[str] | None = None,
-                result: StudyResult | None = None) -> Path:
-    """Write the study's markdown write-up, its static figure and its tidy tables; return the markdown path.
-
-    Parameters
-    ----------
-    store : RunStore or path
-        The sweep's run store (e.g. ``results/study``).
-    out : path
-        The markdown file.
-    config, config_path : optional
-        The sweep configuration (shown in the write-up) and the file it came from.
-    figure : path, optional
-        The SVG (default: ``<out stem>-sensitivity-vs-ood.svg`` next to ``out``).
-    tables : folder, optional
-        Where the tidy CSV tables go (default: ``<store>/tables``).
-    """
-    from .store import RunStore, atomic_write_csv, atomic_write_text
-
-    store = store if hasattr(store, "load") else RunStore(store, read_only=True)
-    res = result or study_claims(store)
-    out = Path(out)
-    figure = Path(figure) if figure else out.with_name(f"{out.stem}-sensitivity-vs-ood.svg")
-    tables = Path(tables) if tables else Path(store.root) / "tables"
-    tables.mkdir(parents=True, exist_ok=True)
-    for name in ("runs", "chosen", "claims", "settings", "balance", "paired"):
-        atomic_write_csv(tables / f"{name}.csv", getattr(res, name))
-    _svg_scatter(res.runs, figure)
-    runs = res.runs
-    rho, p, n = _spearman(runs["top_sensitivity"], runs["ood_accuracy"])
-    n_collapsed = int(runs["collapsed"].sum())
-    cfg = dict(config or {})
-    hours = res.cost["run_seconds_sum"] / 3600
-    main = res.claims[res.claims["role"] == "chosen"] if len(res.claims) else res.claims
-    n_seeds = int(main["n_seeds"].min()) if len(main) else 0
-    lines = [
-        "# The study: where LNSR helps and where it does not",
-        "",
-        "*Generated by `python -m lnsr_viz study "
-        f"{config_path or 'CONFIG'}` from the run store `{store.root}`; every number below comes from those runs. "
-        "Do not edit by hand: rerun the command.*",
-        "",
-        "## What was run",
-        "",
-        f"- {res.cost['runs']} fine-tuning runs (plus one probe-only run of the pre-trained model per training-set "
-        f"size): `{cfg.get('model', 'the model')}` fine-tuned on `{res.in_domain}` with training-set sizes "
-        f"{', '.join(map(str, sorted(runs['train_size'].unique())))} and seeds "
-        f"{', '.join(map(str, sorted(runs['seed'].unique())))}; out-of-domain sets: {', '.join(res.ood)}.",
-        f"- Settings: {', '.join(f'`{s}`' for s in pd.unique(runs['setting']))}.",
-    ]
-    if cfg.get("train"):
-        lines.append(f"- Training: {', '.join(f'{k} {v}' for k, v in dict(cfg['train']).items())}.")
-    lines += [
-        f"- Cost: the runs' own wall-clock times sum to {hours:.2f} hours ({res.cost['run_seconds_sum'] / 60:.0f} "
-        f"min); the store's first run started {res.cost['first_run']} and its last finished {res.cost['last_run']} "
-        f"({res.cost['elapsed_seconds'] / 3600:.2f} h elapsed, with whatever parallelism was used).",
-        "",
-        "## Verdicts at a glance",
-        "",
-        _verdict_table(res.claims),
-        "",
-        "## Selection rule (no peeking)",
-        "",
-        "For every training-set size the LNSR setting with the highest **validation** accuracy (last epoch, mean over "
-        "seeds) is chosen; ties (equal means) go to the setting listed first in the sweep file. The rule reads the "
-        "training histories "
-        "only (`lnsr_viz.experiments.sweep.select_settings`; a test proves that it never touches test or out-of-domain numbers). "
-        "All claims below compare that chosen setting with vanilla, seed by seed.",
-        "",
-        _md_table(res.chosen, {"method": "method", "train_size": "train size", "chosen": "chosen setting",
-                               "mean_val_accuracy": "mean validation accuracy", "n_seeds": "seeds",
-                               "tied_with": "tied with (lost the tie-break)"}),
-        "",
-        "## The four claims",
-        "",
-        "Verdicts: **supported** when the 95% CI of the paired difference excludes zero in the claimed direction, "
-        "**contradicted** when it excludes zero in the other direction, **not shown (within noise)** otherwise. For "
-        "(c) the Brown-Forsythe test of equal spread decides (p < 0.05). "
-        f"With {n_seeds} seeds the exact paired permutation test cannot go below p = {2 / 2 ** n_seeds:.3g}, so the "
-        f"CI is the deciding criterion. {len(main)} verdicts are drawn here, so at the 5% level about "
-        f"{0.05 * len(main):.1f} spurious 'supported' or 'contradicted' verdicts are expected by chance alone.",
-        "",
-    ]
-    for key, claim in CLAIMS.items():
-        rows = res.claims[res.claims["claim"] == key]
-        lines.append(f"### ({key}) {claim['title']}")
-        lines.append("")
-        for _, row in rows.iterrows():
-            if row["role"] == "chosen":
-                lines.append(f"- **{row['train_size']} examples** (`{row['setting']}`): **{row['verdict']}**. "
-                             f"{_claim_sentence(row)}."
-                             + (f" {row['collapsed_runs']} of the chosen setting's runs collapsed."
-                                if row["collapsed_runs"] else ""))
-            else:
-                lines.append(f"  - The setting that tied on validation accuracy and lost the tie-break, "
-                             f"`{row['setting']}`, would read: {row['verdict']}. {_claim_sentence(row)}.")
-        lines.append("")
-    lines += [
-        "## Noise sensitivity and out-of-domain accuracy across all runs",
-        "",
-        f"![top-layer noise sensitivity vs out-of-domain accuracy]({figure.name})",
-        "",
-        f"Across all {n} fine-tuned runs (every setting and size), Spearman's rank correlation between top-layer "
-        f"noise sensitivity and mean out-of-domain accuracy is rho = {rho:.2f} (p = {_fmt(p, 2)}). Within a "
-        "training-set size the panels give their own correlation. A correlation across settings says nothing causal: "
-        "settings differ in how far they trained. "
-        + (f"Crosses mark the {n_collapsed} runs whose representations collapsed (collapse guard). " if n_collapsed
-           else "No run crossed the collapse guard's thresholds (a crossed-out marker would show it). ")
-        + "The interactive version is in `notebooks/06_study.ipynb`.",
-        "",
-        "## Every setting (means over seeds)",
-        "",
-        "Validation accuracy chose the setting; the other columns were read afterwards. `chosen` marks the chosen "
-        "setting; `collapsed` counts runs the collapse guard flagged; `penalty/task` is the regulariser's share of "
-        "the task loss at the last epoch; `eff. rank` and `mean cos` describe how spread out the top-layer "
-        "sentence representations of 64 validation sentences were after the last epoch (the guard flags a run "
-        "when the effective rank falls below a quarter of its value before training or the mean pairwise cosine "
-        "exceeds 0.98; thresholds fixed before the study).",
-        "",
-        _md_table(res.settings, {"train_size": "size", "setting": "setting", "chosen": "chosen",
-                                 "n_runs": "runs", "collapsed_runs": "collapsed",
-                                 "val_accuracy": "val acc", "accuracy": "in-domain acc", "accuracy_sd": "sd",
-                                 "roc_auc": "in-domain AUC", "ood_accuracy": "OOD acc", "ood_roc_auc": "OOD AUC",
-                                 "top_sensitivity": "top sensitivity", "reg_to_task_ratio": "penalty/task",
-                                 "repr_effective_rank": "eff. rank", "repr_mean_cosine": "mean cos"}),
-        "",
-        "## Per domain, chosen LNSR setting minus vanilla",
-        "",
-        "Accuracy depends on the decision threshold; ROC AUC does not (it measures ranking only). The label balance "
-        "of each evaluation set is in the next table: where it is far from 0.5, accuracy moves with any shift of "
-        "the model's bias, while AUC does not.",
-        "",
-    ]
-    per_domain = res.paired[res.paired["metric"].isin(["accuracy", "roc_auc", "macro_f1", "ece"])
-                            & (res.paired["domain"] != "summary") & (res.paired["role"] == "chosen")]
-    lines += [
-        _md_table(per_domain, {"train_size": "size", "domain": "domain", "metric": "metric", "n_pairs": "seeds",
-                               "mean_diff": "difference", "ci_low": "CI low", "ci_high": "CI high",
-                               "p_permutation": "p"}),
-        "",
-        "### Label balance of the evaluation sets",
-        "",
-        _md_table(res.balance, {"domain": "domain", "role": "role", "n": "examples", "positive_rate": "positive rate"}),
-        "",
-        "## Tables",
-        "",
-        f"The tidy CSV tables behind this page are in `{tables.as_posix()}/` (`runs.csv`: one row per run; "
-        "`claims.csv`, `settings.csv`, `paired.csv`, `chosen.csv`, `balance.csv`).",
-        "",
-    ]
-    text = "\n".join(lines)
-    return atomic_write_text(out, text)

@@ -31,7 +31,6 @@ first (``order=setting_order(config)``).
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -40,19 +39,21 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sklearn.model_selection import ParameterGrid
 
-from ..methods.base import METHODS, get_method
-from .runs import Job, _split_cfg, make_protocol, run_jobs
+from ..methods import METHODS, get_method
+from .config import ExperimentConfig
+from .runs import Job, build_protocol, run_jobs
 
 __all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run_sweep", "merge_stores",
-           "select_settings", "select_from_store", "sweep_history", "setting_order", "SWEEP_KEYS"]
+           "select_settings", "select_from_store", "sweep_history", "setting_order", "experiment_config", "shard_jobs",
+           "sweep_results", "SWEEP_KEYS"]
 
-SWEEP_KEYS = {"model", "data", "ood", "train_sizes", "seeds", "train", "eval_size", "val_size", "split_seed",
-              "neutral_band", "methods", "probe", "results", "name"}
-_TRAIN_KEYS = {"epochs", "batch_size", "lr", "max_length", "warmup_ratio", "weight_decay", "max_grad_norm"}
-_TRAIN_DEFAULTS = {"epochs": 4, "batch_size": 32, "lr": 5e-5, "max_length": 64, "warmup_ratio": 0.1,
-                   "weight_decay": 0.01, "max_grad_norm": 1.0}
-_PROBE_DEFAULTS = {"n": 64, "n_draws": 4, "noise": "gaussian", "scale": 0.05}
+#: The :class:`~lnsr_viz.experiments.config.ExperimentConfig` settings a sweep file may give at its top level (the
+#: ``train:`` and ``probe:`` sections hold the others a sweep sets; ``methods`` holds grids, not a list).
+SWEEP_SETTINGS = ("model", "data", "ood", "seeds", "eval_size", "val_size", "split_seed", "neutral_band", "results")
+#: Every key of a sweep file.
+SWEEP_KEYS = {*SWEEP_SETTINGS, "train_sizes", "methods", "train", "probe", "name"}
 
 
 def load_sweep_config(path: str | Path) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
 
 
 def validate_config(config: dict[str, Any], *, source: str = "sweep config") -> dict[str, Any]:
-    """Check keys, methods and parameters before any work; fill defaults."""
+    """Check keys, methods and parameters before any work; fill defaults (read off ``ExperimentConfig()``)."""
     unknown = set(config) - SWEEP_KEYS
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(SWEEP_KEYS)}.")
@@ -88,25 +89,41 @@ def validate_config(config: dict[str, Any], *, source: str = "sweep config") -> 
     for name in methods:
         if name not in METHODS:
             raise ValueError(f"{source}: unknown method {name!r}; expected one of {sorted(METHODS)}.")
+    base = ExperimentConfig()
+    defaults = {**base.to_dict(), "data": base.in_domain_data(), "ood": list(base.ood_data())}
     train = dict(config.get("train") or {})
-    bad = set(train) - _TRAIN_KEYS
+    bad = set(train) - set(defaults["train"])
     if bad:
-        raise ValueError(f"{source}: unknown key(s) {sorted(bad)} under 'train'; allowed: {sorted(_TRAIN_KEYS)}.")
-    config["train"] = {**_TRAIN_DEFAULTS, **train}
-    config["probe"] = {**_PROBE_DEFAULTS, **dict(config.get("probe") or {})}
+        raise ValueError(f"{source}: unknown key(s) {sorted(bad)} under 'train'; allowed: "
+                         f"{sorted(defaults['train'])}.")
+    config["train"] = {**defaults["train"], **train}
+    config["probe"] = {**defaults["probe"], **dict(config.get("probe") or {})}
     for key in ("train_sizes", "seeds"):
         values = config.get(key)
         if not isinstance(values, Sequence) or isinstance(values, str) or not values:
             raise ValueError(f"{source}: {key!r} must be a non-empty list (the grid would be empty).")
-    config.setdefault("model", "minilm")
-    config.setdefault("data", "movie")
-    config.setdefault("ood", ["amazon", "tweets", "nyt"])
-    config.setdefault("eval_size", 600)
-    config.setdefault("val_size", 300)
-    config.setdefault("split_seed", 0)
-    config.setdefault("neutral_band", 0.0)
+    for key in SWEEP_SETTINGS:
+        if key not in ("seeds", "results"):
+            config.setdefault(key, defaults[key])
     expand(config)  # every method setting is checked here (unknown parameter, out-of-range value)
+    for size in config["train_sizes"]:  # sizes, seeds, training and probe settings, as compare checks them
+        experiment_config(config, size, source=source)
     return config
+
+
+def experiment_config(config: Mapping[str, Any], train_size: int, *, source: str = "sweep config"
+                      ) -> ExperimentConfig:
+    """The :class:`~lnsr_viz.experiments.config.ExperimentConfig` of one training-set size of a sweep.
+
+    Its ``methods`` are the sweep's method names (each job carries its own parameters); a refusal names ``source``.
+    """
+    values = {k: v for k, v in config.items() if k not in ("train_sizes", "methods", "name")}
+    try:
+        return ExperimentConfig.from_dict({**values, "methods": list(config["methods"]), "train_size": train_size},
+                                          source=source)
+    except ValueError as err:
+        message = str(err)
+        raise ValueError(message if message.startswith(source) else f"{source}: {message}") from None
 
 
 def _settings(method: str, params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
@@ -125,8 +142,8 @@ def _settings(method: str, params: Mapping[str, Any] | Sequence[Mapping[str, Any
     axes = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) for k, v in dict(params or {}).items()}
     if any(len(v) == 0 for v in axes.values()):
         raise ValueError(f"method {method!r} has an empty parameter list: the grid would be empty.")
-    keys = sorted(axes)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(axes[k] for k in keys))]
+    # sklearn's grid: keys in sorted order, the last key varying fastest (itertools.product over the sorted keys)
+    return [dict(setting) for setting in ParameterGrid(axes)]
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,17 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     return i, n
 
 
+def sweep_results(config: Mapping[str, Any], results: str | Path | None = None) -> Path:
+    """The sweep's run-store folder: ``results`` if given, else the file's ``results``, else ``results/sweep``."""
+    return Path(results or config.get("results") or "results/sweep")
+
+
+def shard_jobs(config: Mapping[str, Any], shard: str | None = None) -> list[SweepJob]:
+    """The jobs of one shard (``'i/n'``: every n-th job from the i-th; None: all of them), in the grid's order."""
+    i, n = parse_shard(shard)
+    return [j for k, j in enumerate(expand(config)) if k % n == i - 1]
+
+
 def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, shard: str | None = None,
               progress: bool = True, verbose: bool = True, device: str | None = None) -> pd.DataFrame:
     """Run this shard's jobs of the grid (loading stored ones) and return one row per job.
@@ -184,23 +212,16 @@ def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, s
     from .store import RunStore
 
     device = check_device(device, owner="run_sweep")
-    i, n = parse_shard(shard)
-    root = Path(results or config.get("results") or "results/sweep")
-    store = RunStore(root)
-    all_jobs = expand(config)
-    mine = [j for k, j in enumerate(all_jobs) if k % n == i - 1]
+    store = RunStore(sweep_results(config, results))
+    mine = shard_jobs(config, shard)
     frames = []
     by_size: dict[int, list[Job]] = {}
     for sj in mine:
         by_size.setdefault(sj.train_size, []).append(sj.job)
     for size, jobs in by_size.items():
-        protocol = make_protocol(config["data"], ood=config["ood"], train_size=size, val_size=config["val_size"],
-                                 eval_size=config["eval_size"], split_seed=config["split_seed"],
-                                 neutral_band=config["neutral_band"])
-        split = _split_cfg(size, config["val_size"], config["eval_size"], config["split_seed"],
-                           config["neutral_band"])
-        runs = run_jobs(jobs, protocol=protocol, model=config["model"], store=store, train=config["train"],
-                        probe=config["probe"], split=split, progress=progress, verbose=verbose, device=device)
+        experiment = experiment_config(config, size)
+        runs = run_jobs(jobs, experiment, protocol=build_protocol(experiment), store=store, progress=progress,
+                        verbose=verbose, device=device)
         frames.append(runs.assign(train_size=size))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

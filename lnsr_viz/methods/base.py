@@ -1,35 +1,4 @@
-"""Fine-tuning methods behind one interface: a task loss plus (optionally) a regulariser.
-
-Every method is a :class:`Method` with one verb, ``compute_loss(model, inputs) -> LossParts`` (also ``__call__``):
-the total loss to back-propagate, its task and regulariser parts (logged separately), and the logits. ``setup(model)``
-is called once before training (methods that need the pre-trained weights read them there).
-
-LNSR (Hua et al., NAACL 2021 / TNNLS 2023) — what is from the papers and what is our reconstruction
----------------------------------------------------------------------------------------------------
-From the papers: inject Gaussian or "in-manifold" noise into a hidden representation and penalise how much the
-representations of the layers above it change, so the upper sub-network becomes stable (low Jacobian norm) around the
-training data; total loss = task loss + lambda * penalty.
-
-Reconstructed here (the exact choices were not available to us; each is a parameter, defaults documented below)::
-
-    h_0 = embeddings(x);  h_l = f_l(h_{l-1})                 clean pass, l = 1..L (the model's own forward)
-    h~_k = h_k + e,  e ~ noise(h_k)                          inject at layer k (0 = embedding output)
-    h~_l = f_l(h~_{l-1})  for l > k                         noisy pass: only blocks k+1..L, same dropout masks
-    R = sum_{l>k} w_l * mean_{real tokens} d(h~_l, h_l)      padding never counted
-    loss = task_loss + lambda * R
-
-with ``d = mean over hidden dims of (h~ - h)^2`` (``reduction='mean'``; ``'sum'`` sums the dims instead, which makes
-the penalty ``hidden_size`` times larger), divided by ``||h_l||^2 / hidden_size`` of the clean token by default
-(``relative=True``: a scale-free penalty; ``relative=False`` keeps the plain squared change), uniform layer weights
-``w_l = 1 / (L - k)`` by default, clean targets not detached by default, and the noisy pass replaying the clean
-pass's dropout masks (so the penalty measures the noise's effect, not dropout's).
-The extra cost is one pass over blocks k+1..L and its backward.
-
-Rival methods and combinations
-------------------------------
-The rival methods (L2-SP, Mixout, SMART, R3F, R-Drop, NoisyTune, HyPe, ChildTuning) live in
-:mod:`lnsr_viz.methods.rivals` and are registered in :data:`METHODS` when this module is imported. Methods combine with
-``+`` (``get_method("lnsr+mixout")``, :func:`compose`) where that is meaningful; see :class:`Combined`.
+"""The :class:`Method` interface every fine-tuning method implements, and the helpers several methods share.
 
 Hooks, in the order a trainer calls them (:class:`~lnsr_viz.training.loop.FineTuner` and
 :class:`~lnsr_viz.training.hf_trainer.RegularizedTrainer` both follow it)::
@@ -51,20 +20,20 @@ the mean of the logged values over processes, equal the single-process penalty o
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..core.adapter import ModelAdapter
-from ..core.noise import NOISE_TYPES, NoiseInjector, make_noise
-from ..utils.validation import check_choice, check_number
+from ..utils.params import GetParams
 
-__all__ = ["LossParts", "Method", "Vanilla", "LNSR", "lnsr_penalty", "get_method", "METHODS", "Combined", "compose",
-           "unwrap_model"]
+__all__ = ["LossParts", "Method", "unwrap_model", "task_forward", "output_logits", "method_generator",
+           "pretrained_parameters", "pretrained_module_ids", "symmetric_kl", "is_regression", "input_embeddings",
+           "perturbed_embeddings", "draw_noise", "prediction_logits", "logits_of", "without_labels"]
 
 
 @dataclass
@@ -85,7 +54,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _task_forward(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, Any]:
+def task_forward(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, Any]:
     out = model(**inputs)
     loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
     if loss is None:
@@ -94,28 +63,24 @@ def _task_forward(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Te
     return loss, out
 
 
-def _logits(out: Any) -> torch.Tensor | None:
+def output_logits(out: Any) -> torch.Tensor | None:
     if isinstance(out, Mapping):
         return out.get("logits")
     return getattr(out, "logits", None)
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    param = next(unwrap_model(model).parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _method_generator(seed: int, rank: int | None, salt: int, device: torch.device | str = "cpu") -> torch.Generator:
+def method_generator(seed: int, rank: int | None, salt: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator seeded from (seed, rank, salt); ``rank=None`` gives the same stream on every process."""
     value = (int(seed) * 7919 + 17 + 1_000_003 * int(salt)) if rank is None else \
         (int(seed) * 7919 + 104_729 * int(rank) + 17 + 1_000_003 * int(salt))
     return torch.Generator(device=device).manual_seed(value % (2**63 - 1))
 
 
-class Method:
+class Method(GetParams):
     """Base class of fine-tuning methods. Subclasses set ``name`` and override ``compute_loss`` (and hooks).
 
-    ``params()`` returns the constructor parameters as a JSON-serialisable dict (used for run-store keys).
+    ``get_params()`` (alias ``params()``) reads the constructor parameters back from the instance, scikit-learn
+    style: every ``__init__`` parameter is stored under its own name, so a run-store key cannot miss one.
 
     Attributes
     ----------
@@ -134,11 +99,10 @@ class Method:
     role: ClassVar[Literal["forward", "penalty", "passive"]] = "forward"
     setup_priority: ClassVar[int] = 0  # Combined runs setups in increasing order (NoisyTune first)
     needs_data: bool = False
-    _param_names: ClassVar[tuple[str, ...]] = ()
 
     def params(self) -> dict[str, Any]:
-        """Constructor parameters, JSON-serialisable."""
-        return {p: getattr(self, p) for p in self._param_names}
+        """The constructor parameters (:meth:`get_params`), JSON-serialisable: what keys a run in the store."""
+        return self.get_params()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
@@ -173,452 +137,118 @@ class Method:
         return self.compute_loss(model, inputs)
 
 
-class Vanilla(Method):
-    """Plain fine-tuning: the task loss only."""
+# ---------------------------------------------------------------------------------------------------- helpers
+def pretrained_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The parameters that come from the pre-trained checkpoint: those of ``model.base_model``.
 
-    name = "vanilla"
-
-    def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
-        loss, out = _task_forward(model, inputs)
-        return LossParts(loss=loss, task_loss=loss.detach(), reg_loss=torch.zeros((), device=loss.device),
-                         logits=_logits(out))
-
-
-def _layer_weights(spec: str | Sequence[float], n: int) -> torch.Tensor:
-    if isinstance(spec, str):
-        if spec == "uniform":
-            w = torch.ones(n, dtype=torch.float64)
-        elif spec == "increasing":
-            w = torch.arange(1, n + 1, dtype=torch.float64)
-        else:
-            raise ValueError(f"layer_weights must be 'uniform', 'increasing' or a list of {n} floats. Got {spec!r}.")
-        return w / w.sum()
-    w = torch.as_tensor(list(spec), dtype=torch.float64)
-    if w.numel() != n or not torch.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"layer_weights must have {n} finite non-negative entries (one per layer above the "
-                         f"injection layer); got {list(spec)!r}.")
-    return w
-
-
-def lnsr_penalty(clean: Sequence[torch.Tensor], noisy: Sequence[torch.Tensor], mask: torch.Tensor,
-                 weights: torch.Tensor, *, reduction: Literal["mean", "sum"] = "mean",
-                 relative: bool = False, normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
-    """The LNSR penalty ``sum_l w_l * mean_{real tokens} d(h~_l, h_l)`` (see the module docstring).
-
-    Parameters
-    ----------
-    clean, noisy : sequences of Tensor (batch, seq, dim)
-        Layers k+1..L of the clean and noisy passes.
-    mask : Tensor (batch, seq), bool
-        Real tokens.
-    weights : Tensor (len(clean),)
-    reduction : {'mean', 'sum'}, default='mean'
-        Over hidden dimensions, per token.
-    relative : bool, default=False
-        Divide each token's squared change by its clean squared norm (same reduction).
-    normalizer : Tensor or float, optional
-        What the summed per-token distances are divided by. Default: the number of real tokens in ``mask``. In
-        distributed training LNSR passes ``global_tokens / world_size``, so that the mean over processes of the
-        per-process values is exactly the penalty of the global batch.
-
-    Returns
-    -------
-    Tensor ()
+    A Hugging Face task model keeps the pre-trained network in ``base_model`` (``model.bert``, ...) and the new head
+    (``classifier``, ``qa_outputs``, ...) outside it. A plain module without a distinct ``base_model`` counts as
+    pre-trained in full. Names are those of ``model.named_parameters()``.
     """
-    maskf = mask.to(clean[0].dtype)
-    n_tokens = maskf.sum().clamp_min(1.0) if normalizer is None else normalizer
-    total = clean[0].new_zeros(())
-    for w, h, h_noisy in zip(weights.tolist(), clean, noisy, strict=True):
-        sq = (h_noisy - h).pow(2)
-        d = sq.mean(dim=-1) if reduction == "mean" else sq.sum(dim=-1)
-        if relative:
-            ref = h.detach().pow(2)
-            ref = ref.mean(dim=-1) if reduction == "mean" else ref.sum(dim=-1)
-            d = d / ref.clamp_min(1e-12)
-        total = total + w * (d * maskf).sum() / n_tokens
-    return total
+    inner = unwrap_model(model)
+    base = getattr(inner, "base_model", None)
+    if not isinstance(base, nn.Module) or base is inner:
+        return list(inner.named_parameters())
+    ids = {id(p) for p in base.parameters()}
+    return [(n, p) for n, p in inner.named_parameters() if id(p) in ids]
 
 
-class LNSR(Method):
-    """Layerwise Noise Stability Regularization: task loss + ``lam`` x the noise-stability penalty.
+def pretrained_module_ids(model: nn.Module) -> set[int]:
+    inner = unwrap_model(model)
+    base = getattr(inner, "base_model", None)
+    root = base if isinstance(base, nn.Module) and base is not inner else inner
+    return {id(m) for m in root.modules()}
+
+
+def _kl_sum(q_logits: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
+    """``sum KL(P || Q)`` over batch and classes, ``P = softmax(p_logits)``, ``Q = softmax(q_logits)``.
+
+    Both log-probabilities come from ``log_softmax`` (``log_target=True``), so identical logits give exactly 0.
+    """
+    return F.kl_div(F.log_softmax(q_logits.float(), dim=-1), F.log_softmax(p_logits.float(), dim=-1),
+                    reduction="sum", log_target=True)
+
+
+def symmetric_kl(a: torch.Tensor, b: torch.Tensor, *, detach_targets: bool = False,
+                 reduction: Literal["batchmean", "sum"] = "batchmean") -> torch.Tensor:
+    """``KL(P_b || P_a) + KL(P_a || P_b)`` between the class distributions of two logit tensors (batch, classes).
 
     Parameters
     ----------
-    lam : float, default=10.0
-        Weight of the penalty (lambda). 0 gives vanilla fine-tuning (the noisy pass still runs). The default was
-        chosen a priori, not tuned on results: with the other defaults the penalty starts at about 1% of the task
-        loss on all-MiniLM-L6-v2 (penalty ~0.001 x 10 vs cross-entropy ~0.69). Sweep it for your model.
-    injection_layer : int, default=0
-        Layer k where noise is added (0 = embedding output). Must be below the last layer.
-    noise : {'gaussian', 'in_manifold'} or NoiseInjector, default='gaussian'
-    scale : float, default=0.05
-        Noise scale: with ``scale_kind='relative'`` the noise norm is this fraction of each token's norm.
-    scale_kind : {'relative', 'absolute'}, default='relative'
-    layer_weights : 'uniform', 'increasing' or list of float, default='uniform'
-        Weights ``w_l`` for layers k+1..L; the named schemes sum to 1.
-    reduction : {'mean', 'sum'}, default='mean'
-        Over hidden dimensions, per token.
-    relative : bool, default=True
-        Divide each token's squared change by its clean squared norm: a scale-free penalty that cannot be met by
-        shrinking the representations (False gives the plain squared change of the papers' formula).
-    detach_clean : bool, default=False
-        Treat the clean states as fixed targets (no gradient through them).
-    dropout : {'same', 'independent'}, default='same'
-        The noisy pass reuses the clean pass's dropout masks ('same') or draws its own.
-    n_components : int, default=16
-        Subspace size for in-manifold noise.
-    seed : int or None, default=None
-        Seed of the noise generator; None takes it from ``setup(seed=...)`` (the trainer's seed).
+    a, b : Tensor (batch, classes)
+    detach_targets : bool, default=False
+        Detach the probability that each KL term is taken against (SMART's ``SymKlCriterion`` in mt-dnn); the
+        gradient then flows through the log-probabilities only. False: full gradient (R3F in fairseq).
+    reduction : {'batchmean', 'sum'}
+        Divide the sum over the batch by the batch size, or not.
 
     Examples
     --------
-    In your own PyTorch loop::
-
-        lnsr = LNSR(lam=10.0, injection_layer=0, scale=0.05)
-        lnsr.setup(model, seed=0)
-        for batch in loader:                      # batch has input_ids, attention_mask, labels
-            parts = lnsr(model, batch)            # parts.loss = task loss + lam * penalty
-            parts.loss.backward(); optimizer.step(); optimizer.zero_grad()
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    >>> float(symmetric_kl(x, x))
+    0.0
     """
-
-    name = "lnsr"
-    _param_names = ("lam", "injection_layer", "noise", "scale", "scale_kind", "layer_weights", "reduction",
-                    "relative", "detach_clean", "dropout", "n_components", "seed")
-
-    def __init__(self, lam: float = 10.0, *, injection_layer: int = 0, noise: str | NoiseInjector = "gaussian",
-                 scale: float = 0.05, scale_kind: Literal["relative", "absolute"] = "relative",
-                 layer_weights: str | Sequence[float] = "uniform", reduction: Literal["mean", "sum"] = "mean",
-                 relative: bool = True, detach_clean: bool = False,
-                 dropout: Literal["same", "independent"] = "same", n_components: int = 16,
-                 seed: int | None = None) -> None:
-        owner = "LNSR"
-        self.lam = float(check_number("lam", lam, owner=owner, low=0.0))
-        self.injection_layer = int(check_number("injection_layer", injection_layer, owner=owner, low=0,
-                                                integer=True))
-        if isinstance(noise, str):
-            check_choice("noise", noise, NOISE_TYPES, owner=owner)
-        self.injector = make_noise(noise, scale=scale, scale_kind=scale_kind, n_components=n_components)
-        self.noise = self.injector.name
-        self.scale = self.injector.scale
-        self.scale_kind = self.injector.scale_kind
-        self.n_components = int(n_components)
-        if isinstance(layer_weights, str):
-            check_choice("layer_weights", layer_weights, ("uniform", "increasing"), owner=owner,
-                         hint="Or pass a list with one weight per layer above the injection layer.")
-            self.layer_weights: str | list[float] = layer_weights
-        else:
-            self.layer_weights = [float(w) for w in layer_weights]
-        self.reduction = check_choice("reduction", reduction, ("mean", "sum"), owner=owner)
-        self.relative = bool(relative)
-        self.detach_clean = bool(detach_clean)
-        self.dropout = check_choice("dropout", dropout, ("same", "independent"), owner=owner)
-        self.seed = seed if seed is None else int(seed)
-        self._adapter: ModelAdapter | None = None
-        self._generator: torch.Generator | None = None
-        self._weights: torch.Tensor | None = None
-
-    def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        """Bind to ``model``: find its blocks, check the injection layer, seed the noise (per process ``rank``)."""
-        self._adapter = ModelAdapter(model)
-        self._adapter.check_layer(self.injection_layer, allow_last=False)
-        base_seed = self.seed if self.seed is not None else seed
-        # Independent noise per process, reproducible from the seed. The generator lives on the model's device, so
-        # the noise is drawn where it is used (no host-to-device copy per step on a GPU; the same draws on CPU).
-        self._generator = _method_generator(int(base_seed), int(rank), 0, _model_device(model))
-        self._weights = _layer_weights(self.layer_weights, self._adapter.n_layers - self.injection_layer)
-        self._world_size = int(world_size)
-
-    _world_size: int = 1
-
-    def _ensure(self, model: nn.Module) -> ModelAdapter:
-        adapter = self._adapter
-        if adapter is not None and adapter.model is not model and unwrap_model(adapter.model) is unwrap_model(model):
-            adapter.model = model  # set up on the bare model, now called through its DDP / Accelerate wrapper
-        if adapter is None or adapter.model is not model:
-            self.setup(model, seed=self.seed or 0)
-        assert self._adapter is not None
-        return self._adapter
-
-    def _normalizer(self, mask: torch.Tensor) -> torch.Tensor | None:
-        """``global real tokens / world_size`` under distributed training (one scalar all-reduce), else None."""
-        if self._world_size <= 1:
-            return None
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return None
-        count = mask.sum().to(torch.float64)
-        dist.all_reduce(count)  # token counts, not means, are reduced: the global mean is then exact
-        return count.clamp_min(1.0) / self._world_size
-
-    def penalty(self, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, Any, dict[str, float]]:
-        """Run the clean pass (returns the model output) and the noisy pass; return (penalty, output, extras)."""
-        adapter = self._ensure(model)
-        k = self.injection_layer
-        same = self.dropout == "same" and model.training
-        cap = adapter.capture(inputs, record_rng=same)
-        h_k = cap.hidden[k]
-        noise = self.injector.inject(h_k, cap.mask, generator=self._generator)
-        start = (h_k.detach() if self.detach_clean else h_k) + noise
-        noisy = adapter.replay(cap, start, start=k, same_dropout=same)
-        clean = cap.hidden[k + 1:]
-        if self.detach_clean:
-            clean = [h.detach() for h in clean]
-        assert self._weights is not None
-        normalizer = self._normalizer(cap.mask)
-        if normalizer is not None:
-            normalizer = normalizer.to(device=clean[0].device, dtype=clean[0].dtype)
-        reg = lnsr_penalty(clean, noisy, cap.mask, self._weights, reduction=self.reduction, relative=self.relative,
-                           normalizer=normalizer)
-        with torch.no_grad():  # diagnostics: two means over real tokens, read back to the host in one transfer
-            top = cap.hidden[-1].detach()
-            maskf = cap.mask.to(top.dtype)
-            count = maskf.sum().clamp_min(1.0)
-            rel = (noisy[-1].detach() - top).norm(dim=-1) / top.norm(dim=-1).clamp_min(1e-12)
-            values = torch.stack([(noise.norm(dim=-1) * maskf).sum(), (rel * maskf).sum()]) / count
-            noise_norm, top_change = values.tolist()
-        return reg, cap.output, {"noise_norm": noise_norm, "top_change_rel": top_change}
-
-    def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
-        reg, out, extras = self.penalty(model, inputs)
-        loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
-        if loss is None:
-            raise ValueError("The model did not return a loss from the inputs; pass labels in the batch.")
-        total = loss + self.lam * reg
-        return LossParts(loss=total, task_loss=loss.detach(), reg_loss=reg.detach(), logits=_logits(out),
-                         extras=extras)
+    pa, pb = (a.detach(), b.detach()) if detach_targets else (a, b)
+    total = _kl_sum(a, pb) + _kl_sum(b, pa)
+    return total / a.shape[0] if reduction == "batchmean" else total
 
 
-class _Registry(dict):
-    """Name -> Method class. ``"a+b" in METHODS`` is True when every part is registered (a combination name)."""
-
-    def __contains__(self, key: object) -> bool:
-        if isinstance(key, str) and "+" in key:
-            parts = key.split("+")
-            return len(parts) >= 2 and all(dict.__contains__(self, part) for part in parts)
-        return dict.__contains__(self, key)
+def is_regression(logits: torch.Tensor) -> bool:
+    return logits.dim() >= 1 and logits.shape[-1] == 1
 
 
-#: Registered methods by name; :mod:`lnsr_viz.methods.rivals` adds the rival methods when this module is imported.
-METHODS: dict[str, type[Method]] = _Registry({"vanilla": Vanilla, "lnsr": LNSR})
-
-# Pairs that are refused even though their roles would allow them, with the reason shown to the user.
-_INCOMPATIBLE: dict[frozenset[str], str] = {
-    frozenset({"lnsr", "hype"}): (
-        "HyPe perturbs the input of every block, including LNSR's replay of blocks k+1..L, so the LNSR penalty "
-        "would measure HyPe's noise as well as its own; both are hidden-state noise methods, use one of them"),
-}
-
-
-class Combined(Method):
-    """Several methods trained together: their loss terms are summed and their setup-time changes all applied.
-
-    At most one component may run the forward pass its own way (``role='forward'``: LNSR, SMART, R3F, R-Drop);
-    the others add a weight-only term (L2-SP) or act through setup and the gradient hooks (Mixout, NoisyTune,
-    HyPe, ChildTuning). Build one with ``get_method("lnsr+mixout", ...)`` or :func:`compose`.
-
-    Parameters
-    ----------
-    methods : sequence of Method
-        Two or more distinct methods. Refused with a ``ValueError`` before training: ``vanilla`` (it is the absence
-        of a method), duplicates, two forward-owning methods (each needs the whole forward pass its own way), and
-        the pairs in ``_INCOMPATIBLE`` (LNSR + HyPe).
-
-    Notes
-    -----
-    * The name is canonical: the forward-owning method first, then the others in registry order
-      (``compose('mixout', 'lnsr').name == 'lnsr+mixout'``).
-    * ``setup`` runs NoisyTune first, so that anchors taken by other methods (L2-SP's and Mixout's pre-trained
-      weights) are the weights training starts from; ``teardown`` runs in reverse order.
-    * ``LossParts.reg_loss`` of a combination is the *weighted* sum of all regulariser terms (so that
-      ``loss = task_loss + reg_loss``); each component's own unweighted term is in ``extras['<name>.reg']``.
-    * Mixout draws its masks from torch's global generator, like dropout, so LNSR's ``dropout='same'`` replay reuses
-      the clean pass's Mixout masks too: in ``lnsr+mixout`` the LNSR penalty measures LNSR's noise only.
-
-    Examples
-    --------
-    >>> from lnsr_viz.methods.base import get_method
-    >>> get_method("mixout+lnsr", lam=2.0, p=0.5).name
-    'lnsr+mixout'
-    """
-
-    role = "forward"
-
-    def __init__(self, methods: Sequence[Method]) -> None:
-        methods = list(methods)
-        flat: list[Method] = []
-        for m in methods:
-            if not isinstance(m, Method):
-                raise ValueError(f"Combined takes Method instances; got {type(m).__name__}.")
-            flat.extend(m.methods if isinstance(m, Combined) else [m])
-        if len(flat) < 2:
-            raise ValueError("A combination needs at least two methods, e.g. 'lnsr+mixout'.")
-        names = [m.name for m in flat]
-        if "vanilla" in names:
-            raise ValueError(f"Cannot combine 'vanilla' with other methods ({'+'.join(names)}): vanilla is the "
-                             "absence of a regulariser. Drop it from the combination.")
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"Method {dupes[0]!r} appears twice in {'+'.join(names)!r}; give each method once "
-                             "(set its parameters instead of repeating it).")
-        owners = [m.name for m in flat if m.role == "forward"]
-        if len(owners) > 1:
-            raise ValueError(f"Cannot combine {' and '.join(repr(o) for o in owners)}: each runs the model's forward "
-                             "pass its own way (clean/noisy or adversarial passes), so their losses cannot be summed "
-                             "over one forward pass. Combine at most one of lnsr, smart, r3f, rdrop with l2sp, "
-                             "mixout, noisytune, hype or childtuning.")
-        for pair, reason in _INCOMPATIBLE.items():
-            if pair <= set(names):
-                raise ValueError(f"Cannot combine {' and '.join(sorted(pair))}: {reason}.")
-        order = list(METHODS)
-        rank = {n: (0 if n in owners else 1, order.index(n) if n in order else len(order)) for n in names}
-        self.methods: list[Method] = sorted(flat, key=lambda m: rank[m.name])
-        self.name = "+".join(m.name for m in self.methods)  # type: ignore[misc]
-
-    def __repr__(self) -> str:
-        return f"Combined([{', '.join(repr(m) for m in self.methods)}])"
-
-    def params(self) -> dict[str, Any]:
-        """``{component name: its params()}``."""
-        return {m.name: m.params() for m in self.methods}
-
-    @property
-    def needs_data(self) -> bool:  # type: ignore[override]
-        return any(m.needs_data for m in self.methods)
-
-    def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        for m in sorted(self.methods, key=lambda m: m.setup_priority):
-            m.setup(model, seed=seed, rank=rank, world_size=world_size)
-
-    def setup_data(self, model: nn.Module, batches: Iterable[Mapping[str, Any]]) -> None:
-        batches = list(batches) if sum(m.needs_data for m in self.methods) > 1 else batches
-        for m in self.methods:
-            if m.needs_data:
-                m.setup_data(model, batches)
-
-    def after_backward(self, model: nn.Module) -> None:
-        for m in self.methods:
-            m.after_backward(model)
-
-    def before_optimizer_step(self, model: nn.Module) -> None:
-        for m in self.methods:
-            m.before_optimizer_step(model)
-
-    def teardown(self, model: nn.Module) -> None:
-        for m in reversed(sorted(self.methods, key=lambda m: m.setup_priority)):
-            m.teardown(model)
-
-    def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
-        # Weight-only terms first: their gradients are then computed last in the backward pass (see L2SP).
-        penalties = [(m, *m.weighted_penalty(model)) for m in self.methods if m.role == "penalty"]
-        owner = next((m for m in self.methods if m.role == "forward"), None)
-        parts = (owner or Vanilla()).compute_loss(model, inputs)
-        loss = parts.loss
-        reg = parts.loss.detach() - parts.task_loss
-        extras = {f"{owner.name}.{k}": v for k, v in parts.extras.items()} if owner is not None else {}
-        if owner is not None:
-            extras[f"{owner.name}.reg"] = float(parts.reg_loss)
-        for m, weighted, term in penalties:
-            loss = loss + weighted
-            reg = reg + weighted.detach()
-            extras[f"{m.name}.reg"] = float(term.detach())
-        return LossParts(loss=loss, task_loss=parts.task_loss, reg_loss=reg, logits=parts.logits, extras=extras)
+def input_embeddings(model: nn.Module, owner: str) -> nn.Module:
+    inner = unwrap_model(model)
+    get = getattr(inner, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if not isinstance(emb, nn.Module):
+        raise ValueError(f"{owner} perturbs the input embeddings and needs a model with get_input_embeddings() "
+                         f"(any Hugging Face model); {type(inner).__name__} has none.")
+    return emb
 
 
-def _init_params(cls: type[Method]) -> set[str]:
-    return {n for n, p in inspect.signature(cls.__init__).parameters.items()
-            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-
-
-def _route_params(names: Sequence[str], params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Send each parameter of a combination to its method: ``lam=`` (unambiguous), ``'lnsr.lam'`` or ``lnsr={...}``."""
-    combo = "+".join(names)
-    out: dict[str, dict[str, Any]] = {n: {} for n in names}
-    for key, value in params.items():
-        if key in out and isinstance(value, Mapping):
-            out[key].update(value)
-            continue
-        if "." in key:
-            comp, sub = key.split(".", 1)
-            if comp not in out:
-                raise ValueError(f"Parameter {key!r} names {comp!r}, which is not part of {combo!r}; expected one "
-                                 f"of {list(names)}.")
-            out[comp][sub] = value
-            continue
-        owners = [n for n in names if key in _init_params(METHODS[n])]
-        if not owners:
-            raise ValueError(f"No method in {combo!r} takes a parameter {key!r}. See help() of "
-                             f"{', '.join('lnsr_viz.' + METHODS[n].__name__ for n in names)}.")
-        if len(owners) > 1:
-            raise ValueError(f"Parameter {key!r} is ambiguous in {combo!r}: {' and '.join(owners)} both take it. "
-                             f"Write it as '{owners[0]}.{key}' (CLI: --param {combo}.{owners[0]}.{key}=...).")
-        out[owners[0]][key] = value
-    return out
-
-
-def _build(name: str, params: Mapping[str, Any]) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}. Expected one of {sorted(METHODS)} or a combination such as "
-                         "'lnsr+mixout'.")
+@contextlib.contextmanager
+def perturbed_embeddings(model: nn.Module, perturb: Callable[[torch.Tensor], torch.Tensor],
+                          owner: str) -> Iterator[None]:
+    """Within the block, the output of the input-embedding module is replaced by ``perturb(output)``."""
+    emb = input_embeddings(model, owner)
+    handle = emb.register_forward_hook(lambda module, args, output: perturb(output))
     try:
-        return METHODS[name](**params)
-    except TypeError as err:
-        raise ValueError(f"Bad parameters for method {name!r}: {err}. "
-                         f"See help(lnsr_viz.{METHODS[name].__name__}).") from None
+        yield
+    finally:
+        handle.remove()
 
 
-def compose(*methods: str | Method, **params: Any) -> Combined:
-    """Combine methods (names or instances) into one :class:`Combined`; ``params`` are routed by name.
-
-    Parameters
-    ----------
-    *methods : str or Method
-        E.g. ``compose('lnsr', 'mixout')`` or ``compose(LNSR(lam=2), Mixout(p=0.5))``.
-    **params
-        Parameters of the named methods: a name only one of them takes (``lam=2``), a dotted name
-        (``**{'mixout.p': 0.5}``) or a dict per method (``mixout={'p': 0.5}``).
-    """
-    names = [m for m in methods if isinstance(m, str)]
-    routed = _route_params(names, params) if names else {}
-    if params and not names:
-        raise ValueError("Pass parameters to the Methods' constructors when composing instances.")
-    built = [_build(m, routed.get(m, {})) if isinstance(m, str) else m for m in methods]
-    return Combined(built)
+def draw_noise(shape: torch.Size, like: torch.Tensor, generator: torch.Generator, kind: str) -> torch.Tensor:
+    """Standard normal (``'normal'``) or U(-1, 1) (``'uniform'``) draws shaped like ``like``, from ``generator``."""
+    if kind == "normal":
+        out = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    else:
+        out = torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float32).mul_(2).sub_(1)
+    return out.to(device=like.device, dtype=like.dtype)
 
 
-def get_method(method: str | Method, **params: Any) -> Method:
-    """Build a method from its name and parameters (or return a Method instance unchanged).
-
-    Parameters
-    ----------
-    method : str or Method
-        A registered name (``sorted(METHODS)``), a combination joined by ``+`` (``'lnsr+mixout'``; see
-        :class:`Combined`), or a Method instance.
-    **params
-        Constructor parameters; for a combination see :func:`compose` for how they are routed.
-
-    Raises
-    ------
-    ValueError
-        Unknown name, bad or out-of-range parameter, or a combination that makes no sense.
-    """
-    if isinstance(method, Method):
-        if params:
-            raise ValueError("Pass parameters to the Method's constructor, not to get_method, when giving an instance.")
-        return method
-    if not isinstance(method, str):
-        raise ValueError(f"method must be a name such as 'lnsr' or a Method instance; got {type(method).__name__}.")
-    if "+" in method:
-        parts = [part.strip() for part in method.split("+")]
-        for part in parts:
-            if part not in METHODS:
-                raise ValueError(f"Unknown method {part!r} in {method!r}. Expected one of {sorted(METHODS)}.")
-        return compose(*parts, **params)
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}. Expected one of {sorted(METHODS)}.")
-    return _build(method, params)
+def prediction_logits(out: Any) -> torch.Tensor | None:
+    """The predicted distributions' logits: ``logits`` (batch, classes), or for extractive QA the start and end
+    logits stacked along the batch, ``(2 * batch, tokens)``: each example then contributes two distributions over
+    token positions (where the answer starts and where it ends), and divergences average over both."""
+    logits = output_logits(out)
+    if logits is not None:
+        return logits
+    get = out.get if isinstance(out, Mapping) else (lambda k: getattr(out, k, None))
+    start, end = get("start_logits"), get("end_logits")
+    if start is not None and end is not None:
+        return torch.cat([start, end], dim=0)
+    return None
 
 
-# The rival methods register themselves into METHODS when lnsr_viz.methods.rivals is imported. The import sits at the bottom
-# because baselines imports this module's names; it works whichever of the two modules is imported first.
-from . import rivals as _baselines  # noqa: E402, F401
+def logits_of(model: nn.Module, inputs: Mapping[str, Any], owner: str) -> torch.Tensor:
+    logits = prediction_logits(model(**inputs))
+    if logits is None:
+        raise ValueError(f"{owner} compares predictions and needs a model that returns logits.")
+    return logits
+
+
+def without_labels(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in inputs.items() if k != "labels"}

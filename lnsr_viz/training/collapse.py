@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..utils.validation import check_number, check_positive_int
-from .loop import TrainerCallback, TrainState
+from .loop import FineTunerCallback, TrainState
 
 __all__ = ["effective_rank", "mean_pairwise_cosine", "CollapseGuard", "CollapseWarning"]
 
@@ -58,8 +58,11 @@ def mean_pairwise_cosine(x: np.ndarray | torch.Tensor) -> float:
     return float(total / (n * (n - 1)))
 
 
-class CollapseGuard(TrainerCallback):
+class CollapseGuard(FineTunerCallback):
     """Record representation spread each epoch and warn when it collapses.
+
+    A :class:`~lnsr_viz.training.loop.FineTuner` callback; ``RegularizedTrainer(callbacks=[guard])`` accepts it
+    too (wrapped in :class:`~lnsr_viz.training.hf_trainer.CollapseCallback`, its rows go to ``state.log_history``).
 
     Parameters
     ----------
@@ -90,18 +93,13 @@ class CollapseGuard(TrainerCallback):
     def _top_layer(self, model: Any) -> torch.Tensor:
         from ..analysis.drift import mean_pool
         from ..core.adapter import ModelAdapter
-        from ..core.probe import _tokenize
+        from ..core.inputs import eval_mode, tokenize
 
         adapter = ModelAdapter(model)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                enc = _tokenize(self.tokenizer, self.texts, self.max_length, adapter.model)
-                cap = adapter.capture(enc)
-                return mean_pool(cap.hidden[-1], cap.mask)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            enc = tokenize(self.tokenizer, self.texts, max_length=self.max_length, model=adapter.model)
+            cap = adapter.capture(enc)
+            return mean_pool(cap.hidden[-1], cap.mask)
 
     def measure(self, model: Any) -> tuple[float, float]:
         """(effective rank, mean pairwise cosine) of the top-layer sentence representations."""
@@ -112,19 +110,28 @@ class CollapseGuard(TrainerCallback):
         self.initial_rank, _ = self.measure(kwargs["model"])
         self.collapsed = False
 
-    def on_epoch_end(self, state: TrainState, **kwargs: Any) -> None:
-        record = kwargs["record"]
-        rank, cosine = self.measure(kwargs["model"])
-        share = record["train_loss"] - record["train_task_loss"]
-        ratio = share / record["train_task_loss"] if record["train_task_loss"] > 0 else float("nan")
+    def check(self, model: Any, *, epoch: int, train_loss: float, task_loss: float) -> dict[str, Any]:
+        """Measure the spread now, warn on the first collapse, and return the history columns it adds.
+
+        ``train_loss`` and ``task_loss`` are the epoch's mean total and task losses (NaN when unknown); their
+        difference over the task loss is the regulariser's share, ``reg_to_task_ratio``.
+        """
+        rank, cosine = self.measure(model)
+        share = train_loss - task_loss
+        ratio = share / task_loss if task_loss > 0 else float("nan")
         collapsed = bool((self.initial_rank and rank < self.min_rank_fraction * self.initial_rank)
                          or cosine > self.max_mean_cosine)
-        record.update(repr_effective_rank=rank, repr_mean_cosine=cosine, reg_to_task_ratio=ratio,
-                      collapsed=collapsed)
         if collapsed and not self.collapsed:
             warnings.warn(
-                f"representations collapsed at epoch {state.epoch}: effective rank {rank:.1f} (was "
+                f"representations collapsed at epoch {epoch}: effective rank {rank:.1f} (was "
                 f"{self.initial_rank:.1f} before training; threshold {self.min_rank_fraction:.0%} of it), mean "
                 f"pairwise cosine {cosine:.3f} (threshold {self.max_mean_cosine}); the regulariser's share is "
-                f"{ratio:.2f}x the task loss. Lower its weight.", CollapseWarning, stacklevel=2)
+                f"{ratio:.2f}x the task loss. Lower its weight.", CollapseWarning, stacklevel=3)
         self.collapsed = self.collapsed or collapsed
+        return {"repr_effective_rank": rank, "repr_mean_cosine": cosine, "reg_to_task_ratio": ratio,
+                "collapsed": collapsed}
+
+    def on_epoch_end(self, state: TrainState, **kwargs: Any) -> None:
+        record = kwargs["record"]
+        record.update(self.check(kwargs["model"], epoch=state.epoch, train_loss=record["train_loss"],
+                                 task_loss=record["train_task_loss"]))

@@ -3,7 +3,7 @@
 Replace ``Trainer`` with :class:`RegularizedTrainer` and name the method; everything else (``TrainingArguments``,
 datasets, collators, callbacks, ``accelerate launch`` / ``torchrun``) stays as it is::
 
-    from .hf_trainer import RegularizedTrainer
+    from lnsr_viz import RegularizedTrainer
 
     trainer = RegularizedTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                                  processing_class=tokenizer, method="lnsr", method_params={"lam": 10.0})
@@ -50,9 +50,63 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from ..methods.base import Method, get_method, unwrap_model
+from ..methods import Method, get_method, unwrap_model
+from ..utils.extras import check_available
+from .collapse import CollapseGuard
+from .loop import FineTunerCallback
 
-__all__ = ["RegularizedTrainer", "RegularizationMixin", "MethodCallback"]
+__all__ = ["RegularizedTrainer", "RegularizationMixin", "MethodCallback", "CollapseCallback"]
+
+
+class CollapseCallback(TrainerCallback):
+    """Runs a :class:`~lnsr_viz.training.collapse.CollapseGuard` at the end of every Trainer epoch.
+
+    Its columns (``repr_effective_rank``, ``repr_mean_cosine``, ``reg_to_task_ratio``, ``collapsed``) are appended
+    to ``state.log_history`` as one row per epoch; the regulariser's share comes from the ``loss`` and ``task_loss``
+    that :class:`RegularizationMixin` logs (averaged over the epoch's log rows; NaN when none was logged).
+    :class:`RegularizationMixin` wraps a guard passed in ``callbacks=`` in this class itself.
+    """
+
+    def __init__(self, guard: CollapseGuard) -> None:
+        if not isinstance(guard, CollapseGuard):
+            raise TypeError(f"CollapseCallback wraps a CollapseGuard; got {type(guard).__name__}.")
+        self.guard = guard
+        self._losses: list[tuple[float, float]] = []
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.guard.on_train_begin(state, model=unwrap_model(kwargs["model"]))
+        self._losses = []
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, float] | None = None,
+               **kwargs: Any) -> None:
+        if logs and "loss" in logs and "task_loss" in logs:
+            self._losses.append((float(logs["loss"]), float(logs["task_loss"])))
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        loss, task = (tuple(float(v) for v in torch.tensor(self._losses, dtype=torch.float64).mean(0))
+                      if self._losses else (float("nan"), float("nan")))
+        self._losses = []
+        row = self.guard.check(unwrap_model(kwargs["model"]), epoch=int(round(state.epoch or 0)), train_loss=loss,
+                               task_loss=task)
+        state.log_history.append({"epoch": state.epoch, "step": state.global_step, **row})
+
+
+def _trainer_callbacks(callbacks: Any) -> Any:
+    """Trainer's ``callbacks=`` with each CollapseGuard wrapped; other FineTuner callbacks are refused, said why."""
+    if callbacks is None:
+        return None
+    out = []
+    for cb in callbacks:
+        if isinstance(cb, CollapseGuard):
+            out.append(CollapseCallback(cb))
+        elif isinstance(cb, FineTunerCallback):
+            raise TypeError(
+                f"{type(cb).__name__} is a FineTunerCallback (events take (state, **kwargs)); Trainer's callbacks "
+                "are transformers.TrainerCallback (args, state, control, **kwargs). Subclass that one instead."
+            )
+        else:
+            out.append(cb)
+    return out
 
 
 class MethodCallback(TrainerCallback):
@@ -83,7 +137,7 @@ class RegularizationMixin:
         Passed to the Trainer.
     method : str or Method, default='lnsr'
         A registered name (``'lnsr'``, ``'smart'``, ``'lnsr+mixout'``, ...; see
-        ``lnsr_viz.methods.base.METHODS``) or a Method instance.
+        ``lnsr_viz.methods.METHODS``) or a Method instance.
     method_params : mapping, optional
         Parameters of the method when given by name, e.g. ``{'lam': 10.0}``. Checked before anything else.
 
@@ -97,9 +151,12 @@ class RegularizationMixin:
     def __init__(self, *args: Any, method: str | Method = "lnsr", method_params: Mapping[str, Any] | None = None,
                  **kwargs: Any) -> None:
         self.method = get_method(method, **dict(method_params or {}))  # fails before Trainer does any work
+        check_available("accelerate", f"{type(self).__name__} (transformers' Trainer)")
         self._method_ready = False
         self._reg_sums: torch.Tensor | None = None  # (task_loss, reg_loss) summed since the last log, on device
         self._reg_count = 0
+        if "callbacks" in kwargs:
+            kwargs["callbacks"] = _trainer_callbacks(kwargs["callbacks"])
         super().__init__(*args, **kwargs)
         self.add_callback(MethodCallback(self))
 
@@ -168,9 +225,12 @@ class RegularizedTrainer(RegularizationMixin, Trainer):
     *args, **kwargs
         Exactly those of ``transformers.Trainer`` (model, args, train_dataset, ...).
     method : str or Method, default='lnsr'
-        Any name of ``lnsr_viz.methods.base.METHODS`` or a combination (``'lnsr+mixout'``), or a Method instance.
+        Any name of ``lnsr_viz.methods.METHODS`` or a combination (``'lnsr+mixout'``), or a Method instance.
     method_params : mapping, optional
         The method's parameters, e.g. ``{'lam': 10.0, 'injection_layer': 0}``.
+    callbacks : list, optional
+        Trainer's callbacks; a :class:`~lnsr_viz.training.collapse.CollapseGuard` among them is run at each epoch's
+        end through :class:`CollapseCallback`.
 
     Examples
     --------

@@ -4,7 +4,7 @@ The loop is deliberately plain: AdamW with linear warm-up and decay, gradient cl
 (same seed and config give the same metrics on CPU), ``tqdm.auto`` progress, optional early stopping on validation
 accuracy. Callbacks receive a small, JSON-serialisable :class:`TrainState` at fixed events (``on_train_begin``,
 ``on_epoch_begin``, ``on_step_end``, ``on_epoch_end``, ``on_train_end``), in the manner of Hugging Face's
-``TrainerCallback``; the method decides *what* the loss is, callbacks decide *when* something else happens.
+``FineTunerCallback``; the method decides *what* the loss is, callbacks decide *when* something else happens.
 
 Per epoch the history records the training loss (total, and its task and regulariser parts, averaged over the
 epoch's steps), the training and validation accuracy and loss measured in eval mode at the end of the epoch
@@ -32,8 +32,8 @@ shows a progress bar. The process group is left open for the script's later call
 from __future__ import annotations
 
 import copy
-import random
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,23 +41,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import transformers
 from torch import nn
 
-from ..methods.base import LossParts, Method, get_method
+from ..methods import LossParts, Method, get_method
 from ..utils.validation import check_number, check_positive_int
 from .tasks import QAData, as_task_data
 
-__all__ = ["FineTuner", "TrainState", "TrainerCallback", "set_seed", "HISTORY_COLUMNS"]
+__all__ = ["FineTuner", "TrainState", "FineTunerCallback", "set_seed", "HISTORY_COLUMNS"]
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_task_loss", "train_reg_loss", "train_accuracy", "val_accuracy",
                    "val_loss", "gap", "seconds")
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Seed Python, NumPy and torch (CPU and CUDA) with ``transformers.set_seed``; ``seed`` in ``[0, 2**32)``."""
+    seed = int(check_number("seed", seed, owner="set_seed", integer=True, low=0, high=2**32 - 1))
+    transformers.set_seed(seed)
 
 
 @dataclass
@@ -78,8 +78,12 @@ class TrainState:
         return asdict(self)
 
 
-class TrainerCallback:
-    """Base class for callbacks: every event is a no-op with the signature ``(self, state, **kwargs)``.
+class FineTunerCallback:
+    """Base class for :class:`FineTuner` callbacks: every event is a no-op, ``(self, state, **kwargs)``.
+
+    Not ``transformers.TrainerCallback`` (whose events take ``(args, state, control, **kwargs)``): for
+    :class:`~lnsr_viz.training.hf_trainer.RegularizedTrainer` use transformers' callbacks, or pass a
+    :class:`~lnsr_viz.training.collapse.CollapseGuard`, which it adapts.
 
     ``kwargs`` carries ``model`` and, where it applies, ``parts`` (the step's :class:`LossParts`) or ``record`` (the
     epoch's history row). Setting ``state.should_stop = True`` ends training after the current epoch.
@@ -103,7 +107,7 @@ class FineTuner:
     Parameters
     ----------
     method : str or Method, default='vanilla'
-        A name of ``lnsr_viz.methods.base.METHODS`` (vanilla, lnsr, l2sp, mixout, smart, r3f, rdrop, noisytune, hype,
+        A name of ``lnsr_viz.methods.METHODS`` (vanilla, lnsr, l2sp, mixout, smart, r3f, rdrop, noisytune, hype,
         childtuning), a combination such as ``'lnsr+mixout'``, or a Method instance.
     method_params : dict, optional
         Parameters for the method when given by name, e.g. ``{'lam': 10.0, 'injection_layer': 0}``.
@@ -124,7 +128,7 @@ class FineTuner:
     early_stopping_patience : int or None, default=None
         Stop when validation accuracy has not improved for this many epochs and restore the best epoch's weights.
     eval_batch_size : int, default=64
-    callbacks : sequence of TrainerCallback
+    callbacks : sequence of FineTunerCallback
     progress : bool, default=True
 
     Attributes
@@ -139,7 +143,7 @@ class FineTuner:
                  epochs: int = 4, batch_size: int = 32, lr: float = 5e-5, weight_decay: float = 0.01,
                  warmup_ratio: float = 0.1, max_grad_norm: float = 1.0, max_length: int = 64, seed: int = 0,
                  early_stopping_patience: int | None = None, eval_batch_size: int = 64,
-                 callbacks: Sequence[TrainerCallback] = (), progress: bool = True) -> None:
+                 callbacks: Sequence[FineTunerCallback] = (), progress: bool = True) -> None:
         owner = "FineTuner"
         self.method = method
         self.method_params = dict(method_params or {})
@@ -151,7 +155,7 @@ class FineTuner:
         self.warmup_ratio = check_number("warmup_ratio", warmup_ratio, owner=owner, low=0.0, high=1.0)
         self.max_grad_norm = check_number("max_grad_norm", max_grad_norm, owner=owner, low=0.0)
         self.max_length = check_positive_int("max_length", max_length, owner=owner)
-        self.seed = int(check_number("seed", seed, owner=owner, integer=True))
+        self.seed = int(check_number("seed", seed, owner=owner, integer=True, low=0, high=2**32 - 1))
         if early_stopping_patience is not None:
             check_positive_int("early_stopping_patience", early_stopping_patience, owner=owner)
         self.early_stopping_patience = early_stopping_patience
@@ -172,14 +176,20 @@ class FineTuner:
         return torch.optim.AdamW(groups, lr=self.lr)
 
     def _schedule(self, optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+        """Linear warm-up over ``round(warmup_ratio * total)`` steps, then linear decay to 0 at step ``total``.
+
+        This is ``transformers.get_linear_schedule_with_warmup`` read one step ahead, so that the first update is
+        not taken at learning rate 0: step ``s`` gets factor ``(s + 1) / (warmup + 1)`` while warming up, then
+        ``(total - s) / (total - warmup)``, the factors lnsr_viz has always used (the test checks every step).
+        """
         warmup = int(round(self.warmup_ratio * total))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = transformers.get_linear_schedule_with_warmup(
+            optimizer, num_warmup_steps=warmup + 1, num_training_steps=total + 1
+        )
+        with warnings.catch_warnings():  # stepping once before any optimizer.step() is the point here
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            scheduler.step()
+        return scheduler
 
     def _emit(self, event: str, **kwargs: Any) -> None:
         for cb in self.callbacks:

@@ -45,9 +45,9 @@ class ClassificationData:
                              "classification needs at least two.")
 
     def batch(self, tokenizer: Any, rows: Sequence[int], model: nn.Module, max_length: int) -> dict[str, Any]:
-        from ..core.probe import _tokenize
+        from ..core.inputs import tokenize
 
-        enc = _tokenize(tokenizer, [self.dataset.texts[i] for i in rows], max_length, model)
+        enc = tokenize(tokenizer, [self.dataset.texts[i] for i in rows], max_length=max_length, model=model)
         enc["labels"] = torch.as_tensor(self.dataset.labels[np.asarray(rows)], dtype=torch.long,
                                         device=enc["input_ids"].device)
         return enc

@@ -2,7 +2,7 @@
 
 Same conventions as :mod:`lnsr_viz.viz.figures`: pure functions (a tidy DataFrame in, a
 :class:`plotly.graph_objects.Figure` out, nothing shown, saved or mutated), the same colour per model or method label
-(:func:`lnsr_viz.viz.figures.color_for`), ``template="plotly_white"``, a title that says what is shown, axis titles with
+(:func:`lnsr_viz.viz.style.color_for`), ``template="plotly_white"``, a title that says what is shown, axis titles with
 units, hover text on every data trace, and inputs checked first with messages listing what was expected.
 
 =============================  =============================================================================
@@ -10,7 +10,7 @@ function                       input
 =============================  =============================================================================
 :func:`plot_drift_heatmap`     :func:`lnsr_viz.analysis.drift.representation_drift`
 :func:`plot_projection`        :func:`lnsr_viz.analysis.projection.project_representations`
-:func:`plot_theory_scatter`    ``theory_table(store).runs`` (:func:`lnsr_viz.analysis.theory.theory_table`)
+:func:`plot_theory_scatter`    ``theory_table(store).runs`` (:func:`lnsr_viz.experiments.theory_runs.theory_table`)
 :func:`plot_small_noise_identity`  :func:`lnsr_viz.analysis.theory.small_noise_identity`
 :func:`plot_attributions`      :func:`lnsr_viz.analysis.attribution.token_attributions`
 =============================  =============================================================================
@@ -22,7 +22,6 @@ import html
 import math
 import textwrap
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +29,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..utils.validation import check_choice
-from .figures import FALLBACK_COLORS, METHOD_COLORS, TEMPLATE, _unique, color_for
+from .style import FALLBACK_COLORS, METHOD_COLORS, TEMPLATE, check_frame, ci_band, color_for, mean_ci, unique
 
 __all__ = [
     "plot_drift_heatmap",
@@ -50,19 +49,6 @@ _THEORY_LABELS: dict[str, str] = {
 }
 _REGIME_COLORS = {"holds": "#009E73", "breaks: nonlinear": "#D55E00", "breaks: round-off": "#E69F00",
                   "breaks": "#7F7F7F"}
-
-
-def _check_frame(df: Any, name: str, func: str, required: Sequence[str]) -> pd.DataFrame:
-    """Check ``df`` is a non-empty DataFrame holding ``required`` columns; return it."""
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{func} expects a pandas DataFrame for {name!r}. Got {type(df).__name__} instead.")
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(f"{func}: {name!r} is missing column(s) {missing}. Expected columns {list(required)} but "
-                         f"received: {[str(c) for c in df.columns]}.")
-    if df.empty:
-        raise ValueError(f"{func}: {name!r} is empty, so there is nothing to plot.")
-    return df
 
 
 def _hover_text(text: str, width: int = 60) -> str:
@@ -88,19 +74,19 @@ def plot_drift_heatmap(
     Parameters
     ----------
     drift : DataFrame
-        From :func:`lnsr_viz.analysis.drift.representation_drift` (several pairs may be concatenated): ``model_a, model_b,
-        layer, metric, kind, value``.
+        From :func:`lnsr_viz.analysis.drift.representation_drift` (several pairs may be concatenated):
+        ``model_a, model_b, layer, metric, kind, value``.
     metrics : sequence of str, optional
         Which metrics to show, in order (default: all present).
     scale_within_metric : bool, default=True
     title : str, optional
     """
     func = "plot_drift_heatmap"
-    df = _check_frame(drift, "drift", func, ["model_a", "model_b", "layer", "metric", "kind", "value"])
+    df = check_frame(drift, "drift", func, ["model_a", "model_b", "layer", "metric", "kind", "value"])
     bad_kind = sorted(set(df["kind"]) - {"similarity", "distance"})
     if bad_kind:
         raise ValueError(f"{func}: the 'kind' column must hold 'similarity' or 'distance'; got {bad_kind}.")
-    present = _unique(df["metric"])
+    present = unique(df["metric"])
     if metrics is None:
         metrics = present
     else:
@@ -114,7 +100,7 @@ def plot_drift_heatmap(
 
     for i, (a, b) in enumerate(pairs, start=1):
         sub = df[(df["model_a"] == a) & (df["model_b"] == b)]
-        layers = sorted(int(v) for v in _unique(sub["layer"]))
+        layers = sorted(int(v) for v in unique(sub["layer"]))
         z, text, custom = [], [], []
         for m in metrics:
             rows = sub[sub["metric"] == m].groupby("layer")["value"].mean()
@@ -161,21 +147,21 @@ def plot_projection(
     Parameters
     ----------
     projection : DataFrame
-        From :func:`lnsr_viz.analysis.projection.project_representations`: ``model, x, y, text, method`` and the ``color``
-        column.
+        From :func:`lnsr_viz.analysis.projection.project_representations`: ``model, x, y, text, method`` and the
+        ``color`` column.
     color : {'label', 'domain', 'domain_kind'} or any column, default='label'
         What colours the points. For ``'label'`` the ``label_name`` column is shown when present.
     title : str, optional
     """
     func = "plot_projection"
-    df = _check_frame(projection, "projection", func, ["model", "x", "y", "text", "method", color])
+    df = check_frame(projection, "projection", func, ["model", "x", "y", "text", "method", color])
     shown = "label_name" if color == "label" and "label_name" in df.columns else color
-    models = _unique(df["model"])
+    models = unique(df["model"])
     method = str(df["method"].iloc[0])
     layer = str(df["layer_name"].iloc[0]) if "layer_name" in df.columns else ""
     fig = make_subplots(rows=1, cols=len(models), shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=[str(m) for m in models])
-    groups = _unique(df[shown].astype(str))
+    groups = unique(df[shown].astype(str))
     palette = {g: color_for(g) if g.lower() in METHOD_COLORS else FALLBACK_COLORS[i % len(FALLBACK_COLORS)]
                for i, g in enumerate(groups)}
     for j, model in enumerate(models, start=1):
@@ -217,7 +203,7 @@ def plot_theory_scatter(
     correlations: pd.DataFrame | None = None,
     title: str | None = None,
 ) -> go.Figure:
-    """Scatter of two per-run quantities of :func:`lnsr_viz.analysis.theory.theory_table`, one point per run.
+    """Scatter of two per-run quantities of :func:`lnsr_viz.experiments.theory_runs.theory_table`, one point per run.
 
     With a categorical ``color`` (e.g. ``method``, or an integer column such as ``seed``) every group gets its
     colour from :func:`color_for`; with a float one (e.g. ``generalisation_gap`` while ``x``/``y`` are noise
@@ -236,7 +222,7 @@ def plot_theory_scatter(
     title : str, optional
     """
     func = "plot_theory_scatter"
-    df = _check_frame(runs, "runs", func, list(dict.fromkeys(["run_id", x, y, color])))
+    df = check_frame(runs, "runs", func, list(dict.fromkeys(["run_id", x, y, color])))
     df = df.dropna(subset=[x, y])
     if df.empty:
         raise ValueError(f"{func}: no run has both {x!r} and {y!r}; the store lacks one of them (Jacobian norms and "
@@ -254,7 +240,7 @@ def plot_theory_scatter(
                           "%{marker.color:.4g}<extra></extra>",
         ))
     else:
-        for g in _unique(df[color].astype(str)):
+        for g in unique(df[color].astype(str)):
             part = df[df[color].astype(str) == g]
             fig.add_trace(go.Scatter(
                 x=part[x], y=part[y], mode="markers", name=g,
@@ -265,7 +251,7 @@ def plot_theory_scatter(
             ))
     stat = ""
     if correlations is not None:
-        c = _check_frame(correlations, "correlations", func, ["x", "y", "pearson_r", "spearman_rho"])
+        c = check_frame(correlations, "correlations", func, ["x", "y", "pearson_r", "spearman_rho"])
         row = c[((c["x"] == x) & (c["y"] == y)) | ((c["x"] == y) & (c["y"] == x))]
         if len(row):
             r = row.iloc[0]
@@ -303,7 +289,7 @@ def plot_small_noise_identity(identity: pd.DataFrame, *, title: str | None = Non
     func = "plot_small_noise_identity"
     need = ["sigma", "noise_sensitivity", "noise_sensitivity_ci_low", "noise_sensitivity_ci_high", "jacobian_fro2",
             "jacobian_se", "ratio", "regime", "layer", "stop", "dtype"]
-    df = _check_frame(identity, "identity", func, need)
+    df = check_frame(identity, "identity", func, need)
     if (df["sigma"] <= 0).any():
         raise ValueError(f"{func}: sigma must be > 0 (the x axis is logarithmic); got {sorted(df['sigma'])[:3]}.")
     fig = go.Figure()
@@ -321,7 +307,7 @@ def plot_small_noise_identity(identity: pd.DataFrame, *, title: str | None = Non
                                  line={"color": "#0072B2", "dash": "dash"},
                                  hovertemplate=f"Hutchinson ||J||²_F = {jac:.4g} ± {se:.2g} (SE)<extra>{label}"
                                                "</extra>"))
-        for regime in _unique(g["regime"]):
+        for regime in unique(g["regime"]):
             part = g[g["regime"] == regime]
             fig.add_trace(go.Scatter(
                 x=part["sigma"], y=part["noise_sensitivity"], mode="markers", name=f"{regime} ({label})",
@@ -364,9 +350,9 @@ def plot_attributions(
     """
     func = "plot_attributions"
     check_choice("value", value, ("attribution_norm", "attribution"), owner=func)
-    df = _check_frame(attributions, "attributions", func,
+    df = check_frame(attributions, "attributions", func,
                       ["model", "position", "token", value, "target", "target_prob"])
-    models = _unique(df["model"])
+    models = unique(df["model"])
     n_pos = int(df["position"].max()) + 1
     z, text, labels, custom = [], [], [], []
     for model in models:
@@ -419,21 +405,20 @@ def plot_drift_by_layer(
     title : str, optional
     """
     from ..analysis.drift import DRIFT_METRICS
-    from .figures import _band, _t_interval
 
     func = "plot_drift_by_layer"
-    df = _check_frame(drift, "drift", func, ["layer", "metric", "kind", "value", color])
-    present = _unique(df["metric"])
+    df = check_frame(drift, "drift", func, ["layer", "metric", "kind", "value", color])
+    present = unique(df["metric"])
     check_choice("metric", metric, present, owner=func, hint="(the metrics present in the drift table)")
     sub = df[df["metric"] == metric]
     kind = str(sub["kind"].iloc[0])
     fig = go.Figure()
-    for group in _unique(sub[color]):
+    for group in unique(sub[color]):
         rows = sub[sub[color] == group]
         layers = sorted(rows["layer"].unique())
-        stats = [_t_interval(rows.loc[rows["layer"] == layer, "value"], confidence) for layer in layers]
+        stats = [mean_ci(rows.loc[rows["layer"] == layer, "value"], confidence) for layer in layers]
         col = color_for(group)
-        band = _band(layers, [st[1] for st in stats], [st[2] for st in stats], color=col, name=str(group),
+        band = ci_band(layers, [st[1] for st in stats], [st[2] for st in stats], color=col, name=str(group),
                      group=str(group))
         if band is not None:
             fig.add_trace(band)

@@ -1,9 +1,10 @@
 """Dashboards: ipywidgets controls wired to the pure plot functions, one plotly ``FigureWidget`` updated in place.
 
-Why a separate module: the figures themselves live in :mod:`lnsr_viz.viz.figures` and :mod:`lnsr_viz.viz.notebook_figures`
-(tidy DataFrame in, figure out), the numbers in the probes and experiments. A dashboard only *wires* them: it reads
-its controls, calls a library function, and copies the returned figure into its ``FigureWidget``. Nothing here
-computes a statistic, so a notebook, a report and a dashboard always show the same thing.
+Why a separate module: the figures themselves live in :mod:`lnsr_viz.viz.figures` and
+:mod:`lnsr_viz.viz.notebook_figures` (tidy DataFrame in, figure out), the numbers in the probes and experiments. A
+dashboard only *wires* them: it reads its controls, calls a library function, and copies the returned figure into
+its ``FigureWidget``. Nothing here computes a statistic, so a notebook, a report and a dashboard always show the same
+thing.
 
 Every dashboard is an :class:`ipywidgets.VBox` (display it by leaving it as the last expression of a cell) with
 
@@ -16,27 +17,24 @@ Every dashboard is an :class:`ipywidgets.VBox` (display it by leaving it as the 
 A plotly ``FigureWidget`` needs ``anywidget`` (plotly >= 6); JupyterLab 4 renders it with the widget manager that
 ``jupyterlab_widgets`` provides. See ``notebooks/`` and ``tests/test_browser.py`` for the proof in a real browser.
 
-The module also holds the small notebook set-up helpers (:func:`quick_mode`, :func:`results_dir`,
-:func:`comparison_settings`, :func:`explorer_models`, :func:`probe_sentences`) so that the notebooks contain no
-logic of their own.
+The notebook runtime (the quick switch, folders, settings, stored runs) is not here: it lives in
+:mod:`lnsr_viz.viz.runtime`.
 """
 
 from __future__ import annotations
 
 import html
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..utils.extras import check_available, install_hint, require
+
 __all__ = [
-    "QUICK_ENV",
-    "RESULTS_ENV",
     "Dashboard",
     "DashboardInputError",
     "NoiseExplorer",
@@ -48,25 +46,7 @@ __all__ = [
     "ProjectionDashboard",
     "TheoryDashboard",
     "AttributionDashboard",
-    "quick_mode",
-    "setup_notebook",
-    "results_dir",
-    "reports_dir",
-    "comparison_settings",
-    "explorer_models",
-    "probe_sentences",
-    "stored_table",
-    "stored_checkpoints",
-    "check_checkpoint",
-    "default_checkpoint",
-    "comparison_protocol",
-    "benchmark_table",
 ]
-
-#: Environment variable that switches the notebooks to their quick setting (tiny models, few sentences/epochs).
-QUICK_ENV = "LNSR_VIZ_QUICK"
-#: Environment variable that overrides the run-store folder the notebooks use.
-RESULTS_ENV = "LNSR_VIZ_RESULTS"
 
 _MESSAGE_STYLE = (
     "border-left: 4px solid #D55E00; background: #FFF4EC; padding: 6px 10px; margin: 4px 0; "
@@ -77,23 +57,18 @@ _NOISE_LABELS = {"gaussian": "Gaussian", "in_manifold": "in-manifold"}
 
 
 def _widgets() -> Any:
-    """Import ipywidgets, with an install hint if it is missing."""
-    try:
-        import ipywidgets
-    except ImportError as err:  # pragma: no cover - ipywidgets is a declared dependency
-        raise ImportError("The dashboards need ipywidgets: pip install 'ipywidgets>=8.1'.") from err
-    return ipywidgets
+    """Import ipywidgets, with an install hint (the ``[notebooks]`` extra) if it is missing."""
+    return require("ipywidgets", "lnsr_viz.viz.dashboards")
 
 
 def _figure_widget() -> go.FigureWidget:
     """An empty FigureWidget, or an ImportError that says what is missing."""
+    check_available("anywidget", "plotly's FigureWidget (plotly >= 6 builds it on anywidget)")
     try:
         return go.FigureWidget()
-    except ImportError as err:  # plotly >= 6 builds FigureWidget on anywidget
-        raise ImportError(
-            "plotly's FigureWidget needs anywidget (plotly does not install it): pip install 'anywidget>=0.11'. "
-            f"({err})"
-        ) from err
+    except ImportError as err:  # anywidget is there, but FigureWidget still cannot be built
+        hint = install_hint("anywidget", "It")
+        raise ImportError(f"plotly's FigureWidget could not be built: {err}. {hint}") from err
 
 
 class DashboardInputError(ValueError):
@@ -168,7 +143,7 @@ class Dashboard(_widgets().VBox):  # type: ignore[misc]
             self.show_message(f"Unexpected {type(err).__name__}: {err}")
             return False
         self.clear_message()
-        from .notebook_figures import wrap_title
+        from .style import wrap_title
 
         fig = wrap_title(fig)
         fig.update_layout(height=self._height)
@@ -300,13 +275,13 @@ class NoiseExplorer(Dashboard):
                  metric: str = "change_rel", n_draws: int = 4, max_length: int = 64, seed: int = 0,
                  max_scale: float = 0.5) -> None:
         super().__init__()
+        from ..core.inputs import texts_of, tokenize
         from ..core.noise import NOISE_TYPES
-        from ..core.probe import _texts_of, _tokenize
         from ..data.models import load_model
 
         if not isinstance(models, Mapping) or not models:
             raise ValueError("NoiseExplorer needs models={label: model}, e.g. {'minilm': 'minilm'}; got none.")
-        self.texts = _texts_of(list(texts))
+        self.texts = texts_of(list(texts), owner="NoiseExplorer")
         self.n_draws = int(n_draws)
         self.max_length = int(max_length)
         self.seed = int(seed)
@@ -315,7 +290,7 @@ class NoiseExplorer(Dashboard):
         for label, spec in models.items():
             model, tok = load_model(spec) if not isinstance(spec, tuple) else load_model(tuple(spec))
             adapter = adapter_cls(model)
-            inputs = _tokenize(tok, self.texts, self.max_length, model)
+            inputs = tokenize(tok, self.texts, max_length=self.max_length, model=model)
             self._models[str(label)] = (model, tok, adapter, inputs)
         self._cache: OrderedDict[tuple[Any, ...], pd.DataFrame] = OrderedDict()
         self.profile_: pd.DataFrame | None = None
@@ -402,21 +377,21 @@ class StabilityCurvesDashboard(Dashboard):
 
     Parameters
     ----------
-    profiles : DataFrame
-        A stability profile (``docs/architecture.md``), e.g. ``ComparisonResult.profiles``.
+    profile : DataFrame
+        A stability profile (``docs/architecture.md``), e.g. ``ComparisonResult.profile``.
     color : str, default='model'
     injection_layer : int, default=0
     """
 
-    def __init__(self, profiles: pd.DataFrame, *, color: str = "model", injection_layer: int = 0) -> None:
+    def __init__(self, profile: pd.DataFrame, *, color: str = "model", injection_layer: int = 0) -> None:
         super().__init__()
-        from .figures import _check_frame
+        from .style import check_frame as _check_frame
 
-        self.profiles = _check_frame(profiles, "profile", "StabilityCurvesDashboard",
+        self.profile = _check_frame(profile, "profile", "StabilityCurvesDashboard",
                                      [color, "injection_layer", "layer", "noise", "scale"])
         self.color = color
         w = _widgets()
-        df = self.profiles
+        df = self.profile
         layers = sorted(int(k) for k in _unique(df["injection_layer"]))
         controls = {
             "lines": _select_multiple(_unique(df[color]), color),
@@ -431,7 +406,7 @@ class StabilityCurvesDashboard(Dashboard):
     def make_figure(self) -> go.Figure:
         from .figures import plot_stability_curves
 
-        df = _keep(self.profiles, self.color, self.value("lines"), self.color)
+        df = _keep(self.profile, self.color, self.value("lines"), self.color)
         return plot_stability_curves(df, metric=self.value("metric"), injection_layer=self.value("injection_layer"),
                                      color=self.color, noise=self.value("noise"), scale=self.value("scale"),
                                      log_y=self.value("log_y"))
@@ -454,7 +429,7 @@ class MetricsDashboard(Dashboard):
     def __init__(self, metrics: pd.DataFrame, *, summary: pd.DataFrame | None = None,
                  in_domain: str = "movie") -> None:
         super().__init__()
-        from .figures import _check_frame
+        from .style import check_frame as _check_frame
 
         self.metrics = _check_frame(metrics, "metrics", "MetricsDashboard",
                                     ["method", "seed", "domain", "metric", "value"])
@@ -492,7 +467,7 @@ class TrainingCurvesDashboard(Dashboard):
 
     def __init__(self, history: pd.DataFrame) -> None:
         super().__init__()
-        from .figures import _check_frame
+        from .style import check_frame as _check_frame
 
         self.history = _check_frame(history, "history", "TrainingCurvesDashboard", ["method", "seed", "epoch"])
         self.loss_columns: tuple[str, ...] = ("train_loss", "train_task_loss", "train_reg_loss")
@@ -564,7 +539,7 @@ class DriftDashboard(Dashboard):
 
     def __init__(self, drift: pd.DataFrame) -> None:
         super().__init__()
-        from .figures import _check_frame
+        from .style import check_frame as _check_frame
 
         self.drift = _check_frame(drift, "df", "DriftDashboard", ["model_a", "model_b", "layer", "metric", "kind",
                                                                    "value"])
@@ -609,7 +584,7 @@ class ProjectionDashboard(Dashboard):
 
     def __init__(self, projections: pd.DataFrame | Sequence[pd.DataFrame]) -> None:
         super().__init__()
-        from .figures import _check_frame
+        from .style import check_frame as _check_frame
 
         frames = [projections] if isinstance(projections, pd.DataFrame) else list(projections)
         if not frames:
@@ -657,7 +632,7 @@ class TheoryDashboard(Dashboard):
     def __init__(self, runs: pd.DataFrame, *, correlations: pd.DataFrame | None = None,
                  x: str = "noise_sensitivity", y: str = "generalisation_gap") -> None:
         super().__init__()
-        from .figures import _check_frame
+        from .style import check_frame as _check_frame
 
         self.runs = _check_frame(runs, "df", "TheoryDashboard", ["run_id", "method"])
         self.correlations = correlations
@@ -732,244 +707,3 @@ class AttributionDashboard(Dashboard):
         self.attributions_ = self.attributions(self.value("sentence"))
         return plot_attributions(self.attributions_, value=self.value("value"))
 
-
-# ------------------------------------------------------------------------------------------------------------------
-# notebook set-up helpers (settings only: the notebooks stay free of logic)
-
-
-def quick_mode() -> bool:
-    """True when ``LNSR_VIZ_QUICK`` is set to 1/true/yes: the notebooks then use tiny models and few sentences.
-
-    The tests set it; a user leaves it unset to get the packaged MiniLM and the real data.
-    """
-    return os.environ.get(QUICK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def setup_notebook(*, threads: int | None = None) -> bool:
-    """Prepare a notebook session and return :func:`quick_mode`.
-
-    Hides transformers' per-load progress bars (our own messages say what happens), turns off tokenizer
-    parallelism warnings, optionally caps torch's CPU threads, and prints the setting in use.
-    """
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    quick = quick_mode()
-    what = f"QUICK (tiny models, toy data; {QUICK_ENV}=1)" if quick else "FULL (packaged MiniLM, VADER data)"
-    print(f"lnsr_viz notebook setting: {what}")
-    return quick
-
-
-def _project_root(start: Path | None = None) -> Path | None:
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "lnsr_viz").is_dir():
-            return folder
-    return None
-
-
-def results_dir(name: str = "demo", *, quick: bool | None = None) -> Path:
-    """The run-store folder a notebook uses.
-
-    ``$LNSR_VIZ_RESULTS`` if set; otherwise ``<project>/results/<name>`` (``results/demo`` is where
-    ``make demo`` stores its runs, so the notebooks load them instead of retraining) or
-    ``<project>/results/quick/<name>`` in the quick setting. ``<project>`` is the folder holding
-    ``pyproject.toml`` above the working directory, or the working directory itself.
-    """
-    quick = quick_mode() if quick is None else quick
-    env = os.environ.get(RESULTS_ENV)
-    if env:
-        return Path(env).expanduser() / ("quick" if quick else "") / name
-    root = _project_root() or Path.cwd()
-    return root / "results" / ("quick" if quick else "") / name
-
-
-def study_dir(name: str = "study") -> Path:
-    """The committed study's run store: ``<project>/results/<name>`` (written by ``python -m lnsr_viz sweep``)."""
-    root = _project_root() or Path.cwd()
-    path = root / "results" / name
-    if not (path / "runs").is_dir():
-        raise FileNotFoundError(f"no study run store at {path}: run `python -m lnsr_viz sweep configs/study.yaml` "
-                                "(about 2 hours on 2 CPU cores) or check out the committed results/study folder.")
-    return path
-
-
-def reports_dir(*, quick: bool | None = None) -> Path:
-    """Where the notebooks write HTML reports and exported figures.
-
-    ``$LNSR_VIZ_RESULTS/reports`` if set (``.../quick/reports`` in the quick setting), otherwise
-    ``<project>/reports/notebooks`` (git-ignored), with a ``quick`` subfolder in the quick setting.
-    """
-    quick = quick_mode() if quick is None else quick
-    env = os.environ.get(RESULTS_ENV)
-    if env:
-        return Path(env).expanduser() / ("quick" if quick else "") / "reports"
-    root = _project_root() or Path.cwd()
-    return root / "reports" / "notebooks" / ("quick" if quick else "")
-
-
-def stored_table(table: str = "profile", *, name: str = "demo", quick: bool | None = None) -> pd.DataFrame:
-    """One table (``profile``, ``metrics`` or ``history``) of every run in ``results_dir(name)``.
-
-    Returns an empty DataFrame when there is no store yet (e.g. before notebook 02 or ``make demo`` ran), so a
-    notebook can show cached runs when present and say how to make them otherwise. Never creates a folder.
-    """
-    from ..experiments.store import RunStore
-
-    folder = results_dir(name, quick=quick)
-    if not (folder / "runs").is_dir():
-        return pd.DataFrame()
-    return RunStore(folder, read_only=True).load_table(table)
-
-
-def stored_checkpoints(*, name: str = "demo", quick: bool | None = None) -> pd.DataFrame:
-    """The fine-tuned checkpoints kept in ``results_dir(name)``: ``run_id, method, seed, path`` (one row each).
-
-    Runs are stored with a checkpoint when :func:`~lnsr_viz.experiments.runs.compare` ran with
-    ``save_checkpoints=True`` (notebook 02 does). Empty when there are none.
-    """
-    from ..experiments.store import RunStore
-
-    folder = results_dir(name, quick=quick)
-    rows = []
-    if (folder / "runs").is_dir():
-        store = RunStore(folder, read_only=True)
-        for run_id in store.list_runs()["run_id"]:
-            run = store.load(run_id)
-            if run.checkpoint_path is not None:
-                rows.append({"run_id": run_id, "method": run.config.get("method"), "seed": run.config.get("seed"),
-                             "path": str(run.checkpoint_path)})
-    out = pd.DataFrame(rows, columns=["run_id", "method", "seed", "path"])
-    return out.sort_values(["method", "seed"], kind="stable").reset_index(drop=True)
-
-
-def check_checkpoint(path: str | os.PathLike[str] | None, *, variable: str = "CHECKPOINT") -> str:
-    """Return ``path`` if it is a model folder (with ``config.json``), else raise saying what to set.
-
-    Used by notebook 04 so that a wrong or missing checkpoint gives a readable instruction, not a traceback from
-    deep inside transformers.
-    """
-    how = (f"Set {variable} in the first code cell (or the environment variable LNSR_VIZ_{variable}) to a folder "
-           "holding config.json and the model weights (any model saved with save_pretrained()), e.g. one that "
-           f"notebook 02 stored under {results_dir('demo')}/runs/<run_id>/checkpoint. Runs first made by `make demo` "
-           "keep no checkpoints: to get some, set LNSR_VIZ_RESULTS to a fresh folder and run notebook 02.")
-    if path is None or str(path).strip() == "":
-        raise FileNotFoundError(f"{variable} is not set. {how}")
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise FileNotFoundError(f"{variable} = {str(path)!r} does not exist. {how}")
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{variable} = {str(path)!r} is not a model folder: it has no config.json. {how}")
-    return str(folder)
-
-
-def default_checkpoint(method: str = "lnsr", *, quick: bool | None = None) -> str | None:
-    """A stored fine-tuned checkpoint of ``method`` (lowest seed), for notebooks that need one.
-
-    In the quick setting, when none is stored yet, the quick comparison (:func:`comparison_settings`) is run once
-    with ``save_checkpoints=True`` (seconds). In the full setting nothing is trained here: None is returned, and
-    :func:`check_checkpoint` then says what to set.
-    """
-    quick = quick_mode() if quick is None else quick
-    found = stored_checkpoints(quick=quick)
-    if found.empty and quick:
-        from ..experiments.runs import compare
-
-        compare(**comparison_settings(quick=True), save_checkpoints=True, progress=False, verbose=False)
-        found = stored_checkpoints(quick=quick)
-    rows = found[found["method"] == method]
-    return None if rows.empty else str(rows["path"].iloc[0])
-
-
-def comparison_protocol(settings: Mapping[str, Any]) -> Any:
-    """The fixed data subsets (train / validation / evaluation sets) of a :func:`comparison_settings` dict."""
-    from ..experiments.runs import make_protocol
-
-    keys = ("train_size", "val_size", "eval_size", "split_seed", "neutral_band", "text_column", "label_column")
-    return make_protocol(settings.get("data", "movie"), ood=settings.get("ood", ("amazon", "tweets", "nyt")),
-                         **{k: settings[k] for k in keys if k in settings})
-
-
-def benchmark_table(name: str = "bench_methods") -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The rows and the machine / settings of ``benchmarks/results/<name>.json``, or an empty frame if absent.
-
-    ``benchmarks/bench_methods.py`` writes the per-method cost of a training step there.
-    """
-    import json
-
-    root = _project_root()
-    path = (root or Path.cwd()) / "benchmarks" / "results" / f"{name}.json"
-    if not path.is_file():
-        return pd.DataFrame(), {"path": str(path)}
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    return pd.DataFrame(doc.get("rows", [])), {"path": str(path), **{k: v for k, v in doc.items() if k != "rows"}}
-
-
-def probe_sentences(n: int = 16, *, quick: bool | None = None, domain: str = "movie") -> list[str]:
-    """``n`` sentences to probe: the first ``n`` of a packaged domain, or toy sentences in the quick setting."""
-    quick = quick_mode() if quick is None else quick
-    if quick:
-        from ..testing import toy_sentences
-
-        return toy_sentences(n, seed=0)[0]
-    from ..data.text import load_domain
-
-    return list(load_domain(domain).texts[:n])
-
-
-def explorer_models(*, quick: bool | None = None) -> dict[str, Any]:
-    """Models for the noise-propagation explorer.
-
-    Full setting: the packaged pre-trained MiniLM (6 blocks) and a tiny 2-block random BERT, so that the
-    explorer also shows what a too-high injection layer looks like. Quick setting: two tiny random BERTs
-    (2 and 4 blocks).
-    """
-    quick = quick_mode() if quick is None else quick
-    from ..testing import tiny_model
-
-    if quick:
-        return {"tiny-bert-4": tiny_model("bert", n_layers=4, seed=0), "tiny-bert-2": tiny_model("bert", seed=1)}
-    from ..data.models import load_model
-
-    return {"minilm (pre-trained)": load_model("minilm"), "tiny-bert-2 (random)": tiny_model("bert", seed=1)}
-
-
-def comparison_settings(*, quick: bool | None = None, results: str | os.PathLike[str] | None = None,
-                        methods: Sequence[str] = ("vanilla", "lnsr")) -> dict[str, Any]:
-    """Keyword arguments for :func:`lnsr_viz.experiments.runs.compare` in the notebooks.
-
-    Full setting: exactly the demo's (:data:`~lnsr_viz.experiments.runs.DEMO_SETTINGS`, MiniLM, movie in-domain,
-    amazon / tweets / nyt out-of-domain) in ``results_dir('demo')``, so runs made by ``make demo`` are loaded,
-    not retrained. Quick setting: a tiny random BERT saved once under the store folder, toy sentences as in- and
-    out-of-domain data, 2 seeds and 1 epoch (seconds).
-    """
-    quick = quick_mode() if quick is None else quick
-    store = Path(results) if results is not None else results_dir("demo", quick=quick)
-    if not quick:
-        from ..experiments.runs import DEMO_SETTINGS
-
-        return {**DEMO_SETTINGS, "methods": tuple(methods), "model": "minilm", "data": "movie",
-                "ood": ("amazon", "tweets", "nyt"), "results": str(store)}
-    from ..testing import tiny_model, toy_sentences
-
-    assets = store / "assets"
-    model_dir = assets / "tiny-bert"
-    if not (model_dir / "config.json").is_file():
-        model, tok = tiny_model("bert", seed=0)
-        model.save_pretrained(model_dir)
-        tok.save_pretrained(model_dir)
-    paths = {}
-    for name, (n, seed) in {"toy_in": (80, 0), "toy_ood": (40, 5)}.items():
-        path = assets / f"{name}.csv"
-        if not path.is_file():
-            texts, labels = toy_sentences(n, seed=seed)
-            pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
-        paths[name] = str(path)
-    return {"methods": tuple(methods), "seeds": (1, 2), "model": str(model_dir), "data": paths["toy_in"],
-            "ood": {"toy_ood": paths["toy_ood"]}, "train_size": 24, "val_size": 8, "eval_size": 16, "epochs": 2,
-            "batch_size": 8, "lr": 5e-4, "max_length": 32, "probe_n": 8, "probe_draws": 2, "results": str(store)}

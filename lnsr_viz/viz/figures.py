@@ -8,7 +8,8 @@ Conventions shared by every figure (plotly-express style):
 
 * the same argument names everywhere (``metric``, ``color``, ``noise``, ``scale``,
   ``injection_layer``, ``model``, ``title``, ``in_domain``);
-* one colour per method or model label, everywhere (:data:`METHOD_COLORS`, :func:`color_for`);
+* one colour per method or model label, everywhere (:data:`METHOD_COLORS`, :func:`color_for`; the shared look
+  and checks live in :mod:`lnsr_viz.viz.style`);
 * a title that says what is shown, axis titles with units, ``template="plotly_white"`` and
   hover text on every data trace;
 * inputs are checked first: a missing column raises a ``ValueError`` listing the expected
@@ -20,13 +21,9 @@ metrics, history, summary over seeds, paired comparison).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import math
 import os
-import tempfile
 import warnings
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,11 +32,30 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..utils.io import atomic_write_bytes
 from ..utils.validation import check_choice
+from .style import (
+    FALLBACK_COLORS,
+    LAYER_AXIS,
+    METHOD_COLORS,
+    STABILITY_METRICS,
+    TEMPLATE,
+    aggregate_layers,
+    check_frame,
+    ci_band,
+    color_for,
+    format_cell,
+    format_number,
+    mean_ci,
+    metric_label,
+    select_rows,
+    unique,
+)
 
 __all__ = [
-    "FALLBACK_COLORS",
+    "FALLBACK_COLORS",  # re-exported from lnsr_viz.viz.style, the home of the shared look
     "METHOD_COLORS",
+    "TEMPLATE",
     "color_for",
     "plot_generalisation_gap",
     "plot_metric_by_domain",
@@ -51,187 +67,18 @@ __all__ = [
     "stats_table_figure",
 ]
 
-TEMPLATE = "plotly_white"
 
-#: Colour of each known method / model label (Okabe-Ito and Paul Tol colour-blind-safe hues).
-#: ``pretrained`` is grey because it is the untouched reference, not a fine-tuning method.
-METHOD_COLORS: dict[str, str] = {
-    "pretrained": "#7F7F7F",
-    "vanilla": "#0072B2",
-    "lnsr": "#D55E00",
-    "l2sp": "#009E73",
-    "mixout": "#CC79A7",
-    "smart": "#E69F00",
-    "r3f": "#56B4E9",
-    "rdrop": "#882255",
-    "noisytune": "#999933",
-    "hype": "#332288",
-    "childtuning": "#44AA99",
-}
-
-#: Colours for labels not in :data:`METHOD_COLORS`; a label always maps to the same entry.
-FALLBACK_COLORS: tuple[str, ...] = (
-    "#1B9E77",
-    "#7570B3",
-    "#E7298A",
-    "#66A61E",
-    "#A6761D",
-    "#6A3D9A",
-    "#B15928",
-    "#1F78B4",
-    "#33A02C",
-    "#E31A1C",
-    "#FF7F00",
-    "#B2DF8A",
-)
-
-_METRIC_LABELS: dict[str, str] = {
-    "change_rel": "relative change ||h̃ₗ − hₗ|| / ||hₗ|| (ratio)",
-    "change_l2": "L2 change ||h̃ₗ − hₗ|| (hidden-state units)",
-    "accuracy": "accuracy (fraction correct)",
-    "macro_f1": "macro-F1 (0–1)",
-    "nll": "negative log-likelihood (nats per example)",
-    "ece": "expected calibration error (fraction, 0–1)",
-    "roc_auc": "ROC AUC (0–1)",
-    "f1": "F1 (%, SQuAD official)",
-    "exact_match": "exact match (%, SQuAD official)",
-    "span_loss": "span loss (nats per window)",
-    "train_loss": "training loss (nats per example)",
-    "train_task_loss": "task loss (nats per example)",
-    "train_reg_loss": "regulariser loss (loss units)",
-    "train_reg_contribution": "regulariser's share of the loss: weight x term (nats per example)",
-    "train_accuracy": "training accuracy (fraction correct)",
-    "val_accuracy": "validation accuracy (fraction correct)",
-    "val_loss": "validation loss (nats per example)",
-    "gap": "generalisation gap: train − validation accuracy (fraction)",
-}
-
-_STABILITY_METRICS = ("change_rel", "change_l2")
-
-#: What produces each table, for "nothing to plot" messages.
-_PRODUCERS: dict[str, str] = {
-    "profile": "the stability probe (StabilityProbe.profile)",
-    "metrics": "the evaluation (one row per run, domain and metric)",
-    "summary": "the summary over seeds (lnsr_viz.analysis.stats)",
-    "history": "the training loop (one row per run and epoch)",
-    "paired": "the paired comparison (lnsr_viz.analysis.stats)",
-    "df": "the caller",
-}
-
-_LAYER_AXIS = "layer (0 = embeddings)"
 _IMAGE_FORMATS = ("png", "svg", "pdf")
 _FORMATS = ("html", *_IMAGE_FORMATS)
 
 
 # --------------------------------------------------------------------------------------------
-# colours
-
-
-def color_for(label: Hashable) -> str:
-    """Return the hex colour of a method or model label, the same in every figure.
-
-    Known labels (:data:`METHOD_COLORS`, matched case-insensitively) get their fixed colour.
-    Any other label gets an entry of :data:`FALLBACK_COLORS` chosen from a hash of its text
-    (``hashlib``, not Python's salted ``hash``), so it is stable across processes and runs.
-    Two unknown labels may share a fallback colour.
-    """
-    text = str(label)
-    if text in METHOD_COLORS:
-        return METHOD_COLORS[text]
-    key = text.strip().lower()
-    if key in METHOD_COLORS:
-        return METHOD_COLORS[key]
-    digest = hashlib.sha1(text.encode("utf-8")).digest()
-    return FALLBACK_COLORS[int.from_bytes(digest[:4], "big") % len(FALLBACK_COLORS)]
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    """``'#RRGGBB'`` -> ``'rgba(r, g, b, alpha)'`` for semi-transparent CI bands."""
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r}, {g}, {b}, {alpha})"
-
-
-def _label(metric: str) -> str:
-    return _METRIC_LABELS.get(metric, metric)
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers
-
-
-def _check_frame(df: Any, name: str, func: str, required: Sequence[str]) -> pd.DataFrame:
-    """Check ``df`` is a non-empty DataFrame holding ``required`` columns; return it."""
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"{func} expects a pandas DataFrame for {name!r}. Got {type(df).__name__} instead.")
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{func}: {name!r} is missing column(s) {missing}. "
-            f"Expected columns {list(required)} but received: {[str(c) for c in df.columns]}."
-        )
-    if df.empty:
-        producer = _PRODUCERS.get(name, "the caller")
-        raise ValueError(f"{func}: {name!r} is empty, so there is nothing to plot; {producer} produced no rows.")
-    return df
-
-
-def _unique(values: Iterable[Any]) -> list[Any]:
-    """Unique values in order of first appearance (NaN-free)."""
-    out = []
-    for v in dict.fromkeys(values):
-        if isinstance(v, float) and math.isnan(v):
-            continue
-        out.append(v.item() if isinstance(v, np.generic) else v)
-    return out
-
-
-def _select(df: pd.DataFrame, column: str, value: Any, *, func: str, param: str, what: str) -> pd.DataFrame:
-    """Keep the rows where ``column == value``; with ``value=None`` insist there is one value.
-
-    Floats are compared with ``np.isclose`` so ``scale=0.05`` matches a stored 0.05000000001.
-    """
-    available = sorted(_unique(df[column]), key=lambda v: (str(type(v)), v))
-    if value is None:
-        if len(available) > 1:
-            raise ValueError(
-                f"{func}: {what} holds several {column!r} values {available}; choose one with "
-                f"{param}=... (e.g. {param}={available[0]!r}) or filter the frame first."
-            )
-        return df
-    col = df[column]
-    if isinstance(value, (float, np.floating)) and pd.api.types.is_numeric_dtype(col):
-        mask = np.isclose(col.to_numpy(dtype=float), float(value))
-    else:
-        mask = (col == value).to_numpy()
-    if not mask.any():
-        raise ValueError(f"{func}: no rows of {what} with {column}={value!r}. Available values: {available}.")
-    return df.loc[mask]
-
-
-def _t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float, int]:
-    """Mean and two-sided Student-t confidence interval of finite ``values``.
-
-    Returns ``(mean, low, high, n)``; the bounds are NaN when fewer than 2 values are finite,
-    because a spread cannot be estimated from one value.
-    """
-    from scipy import stats
-
-    arr = np.asarray(list(values), dtype=float)
-    arr = arr[np.isfinite(arr)]
-    n = int(arr.size)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(arr.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, n
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(arr.std(ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half, n
+# layout helpers
 
 
 def _domain_order(domains: Iterable[Any], in_domain: str | None) -> list[Any]:
     """The in-domain domain first, then the others in the order given."""
-    order = _unique(domains)
+    order = unique(domains)
     if in_domain is not None and in_domain in order:
         order.remove(in_domain)
         order.insert(0, in_domain)
@@ -241,35 +88,6 @@ def _domain_order(domains: Iterable[Any], in_domain: str | None) -> list[Any]:
 def _offsets(n: int, step: float) -> list[float]:
     """Centred offsets ``[-step*(n-1)/2, ..., +step*(n-1)/2]`` for grouping methods."""
     return [(j - (n - 1) / 2) * step for j in range(n)]
-
-
-def _band(
-    x: Sequence[Any], low: Sequence[float], high: Sequence[float], *, color: str, name: str, group: str, **kw: Any
-) -> go.Scatter | None:
-    """One closed, filled polygon between ``low`` and ``high`` (finite points only), or None."""
-    pts = [(xi, lo, hi) for xi, lo, hi in zip(x, low, high) if np.isfinite(lo) and np.isfinite(hi)]
-    if not pts:
-        return None
-    xs = [p[0] for p in pts]
-    return go.Scatter(
-        x=xs + xs[::-1],
-        y=[p[2] for p in pts] + [p[1] for p in pts][::-1],
-        fill="toself",
-        fillcolor=_rgba(color, 0.2),
-        line={"width": 0, "color": color},
-        mode="lines",
-        name=name,
-        legendgroup=group,
-        showlegend=False,
-        hoverinfo="skip",
-        **kw,
-    )
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):g}"
-    return str(v)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,26 +136,26 @@ def plot_stability_curves(
         Overrides the generated title.
     """
     func = "plot_stability_curves"
-    check_choice("metric", metric, _STABILITY_METRICS, owner=func)
+    check_choice("metric", metric, STABILITY_METRICS, owner=func)
     lo_col, hi_col = f"{metric}_ci_low", f"{metric}_ci_high"
     required = [color, "injection_layer", "layer", "noise", "scale", metric, lo_col, hi_col]
-    df = _check_frame(profile, "profile", func, list(dict.fromkeys(required)))
-    df = _select(df, "injection_layer", injection_layer, func=func, param="injection_layer", what="the profile")
-    df = _select(df, "noise", noise, func=func, param="noise", what="the profile")
-    df = _select(df, "scale", scale, func=func, param="scale", what="the profile")
+    df = check_frame(profile, "profile", func, list(dict.fromkeys(required)))
+    df = select_rows(df, "injection_layer", injection_layer, func=func, param="injection_layer", what="the profile")
+    df = select_rows(df, "noise", noise, func=func, param="noise", what="the profile")
+    df = select_rows(df, "scale", scale, func=func, param="scale", what="the profile")
     if "scale_kind" in df.columns:
-        _select(df, "scale_kind", None, func=func, param="scale_kind", what="the profile")
-    k = _unique(df["injection_layer"])[0]
-    noise_v, scale_v = _unique(df["noise"])[0], _unique(df["scale"])[0]
-    scale_kind = _unique(df["scale_kind"])[0] if "scale_kind" in df.columns else ""
+        select_rows(df, "scale_kind", None, func=func, param="scale_kind", what="the profile")
+    k = unique(df["injection_layer"])[0]
+    noise_v, scale_v = unique(df["noise"])[0], unique(df["scale"])[0]
+    scale_kind = unique(df["scale_kind"])[0] if "scale_kind" in df.columns else ""
 
     fig = go.Figure()
     has_seed = "seed" in df.columns
-    for value in _unique(df[color]):
+    for value in unique(df[color]):
         sub = df.loc[df[color] == value]
-        rows = _aggregate_layers(sub, metric, lo_col, hi_col, has_seed=has_seed)
+        rows = aggregate_layers(sub, metric, lo_col, hi_col, has_seed=has_seed)
         line_color = color_for(value)
-        band = _band(
+        band = ci_band(
             rows["layer"], rows["low"], rows["high"], color=line_color, name=f"{value} 95% CI", group=str(value)
         )
         if band is not None:
@@ -364,7 +182,7 @@ def plot_stability_curves(
     fig.add_vline(x=k, line_dash="dot", line_color="#888888", annotation_text=f"noise injected (k={k})")
     kind = f" {scale_kind}" if scale_kind else ""
     default_title = (
-        f"How {noise_v} noise (scale {_fmt(scale_v)}{kind}) injected at layer {k} propagates: "
+        f"How {noise_v} noise (scale {format_number(scale_v)}{kind}) injected at layer {k} propagates: "
         f"{'relative' if metric == 'change_rel' else 'L2'} change at each higher layer, mean with 95% CI"
     )
     fig.update_layout(
@@ -373,38 +191,9 @@ def plot_stability_curves(
         legend_title_text=color,
         hovermode="closest",
     )
-    fig.update_xaxes(title_text=_LAYER_AXIS, dtick=1)
-    fig.update_yaxes(title_text=_label(metric), type="log" if log_y else "linear")
+    fig.update_xaxes(title_text=LAYER_AXIS, dtick=1)
+    fig.update_yaxes(title_text=metric_label(metric), type="log" if log_y else "linear")
     return fig
-
-
-def _aggregate_layers(sub: pd.DataFrame, metric: str, lo_col: str, hi_col: str, *, has_seed: bool) -> dict[str, list]:
-    """Collapse the rows of one line to one point per layer (see :func:`plot_stability_curves`)."""
-    cols = [metric, lo_col, hi_col]
-    unit = "rows"
-    if has_seed and sub.groupby("layer")["seed"].nunique().max() > 1:
-        sub = sub.groupby(["layer", "seed"], sort=True)[cols].mean().reset_index()
-        unit = "seeds"
-    names = {}
-    if "layer_name" in sub.columns:
-        names = dict(zip(sub["layer"], sub["layer_name"]))
-    out: dict[str, list] = {k: [] for k in ("layer", "mean", "low", "high", "band_kind", "layer_name")}
-    for layer, g in sub.groupby("layer", sort=True):
-        if len(g) == 1:
-            mean, low, high = (float(g[c].iloc[0]) for c in cols)
-            n_ex = f", n={int(g['n_examples'].iloc[0])} examples" if "n_examples" in g.columns else ""
-            kind = f"95% CI over examples{n_ex}"
-        else:
-            mean, low, high, n = _t_interval(g[metric])
-            kind = f"95% t-interval over {n} {unit}"
-        layer_v = layer.item() if isinstance(layer, np.generic) else layer
-        out["layer"].append(layer_v)
-        out["mean"].append(mean)
-        out["low"].append(low)
-        out["high"].append(high)
-        out["band_kind"].append(kind)
-        out["layer_name"].append(str(names.get(layer, "embed" if layer_v == 0 else f"blocks.{layer_v - 1}")))
-    return out
 
 
 def plot_profile_heatmap(
@@ -433,12 +222,12 @@ def plot_profile_heatmap(
     title : str, optional
     """
     func = "plot_profile_heatmap"
-    check_choice("metric", metric, _STABILITY_METRICS, owner=func)
-    df = _check_frame(profile, "profile", func, ["model", "injection_layer", "layer", "noise", "scale", metric])
-    df = _select(df, "model", model, func=func, param="model", what="the profile")
-    df = _select(df, "noise", noise, func=func, param="noise", what="the profile")
-    df = _select(df, "scale", scale, func=func, param="scale", what="the profile")
-    model_v, noise_v, scale_v = (_unique(df[c])[0] for c in ("model", "noise", "scale"))
+    check_choice("metric", metric, STABILITY_METRICS, owner=func)
+    df = check_frame(profile, "profile", func, ["model", "injection_layer", "layer", "noise", "scale", metric])
+    df = select_rows(df, "model", model, func=func, param="model", what="the profile")
+    df = select_rows(df, "noise", noise, func=func, param="noise", what="the profile")
+    df = select_rows(df, "scale", scale, func=func, param="scale", what="the profile")
+    model_v, noise_v, scale_v = (unique(df[c])[0] for c in ("model", "noise", "scale"))
     grid = df.pivot_table(index="injection_layer", columns="layer", values=metric, aggfunc="mean", sort=True)
     counts = df.pivot_table(index="injection_layer", columns="layer", values=metric, aggfunc="count", sort=True)
     fig = go.Figure(
@@ -459,7 +248,7 @@ def plot_profile_heatmap(
     )
     default_title = (
         f"Stability profile of {model_v}: mean {metric} at layer l (x) after {noise_v} noise "
-        f"(scale {_fmt(scale_v)}) injected at layer k (y)"
+        f"(scale {format_number(scale_v)}) injected at layer k (y)"
     )
     fig.update_layout(template=TEMPLATE, title={"text": title or default_title})
     fig.update_xaxes(title_text="layer l where the change is measured (0 = embeddings)", dtick=1)
@@ -502,14 +291,14 @@ def plot_metric_by_domain(
     title : str, optional
     """
     func = "plot_metric_by_domain"
-    df = _check_frame(metrics, "metrics", func, ["method", "seed", "domain", "metric", "value"])
-    df = _select(df, "metric", metric, func=func, param="metric", what="the metrics table")
+    df = check_frame(metrics, "metrics", func, ["method", "seed", "domain", "metric", "value"])
+    df = select_rows(df, "metric", metric, func=func, param="metric", what="the metrics table")
     summ = None
     if summary is not None:
-        summ = _check_frame(summary, "summary", func, ["method", "domain", "metric", "mean", "ci_low", "ci_high"])
+        summ = check_frame(summary, "summary", func, ["method", "domain", "metric", "mean", "ci_low", "ci_high"])
         summ = summ.loc[summ["metric"] == metric]
     domains = _domain_order(df["domain"], in_domain)
-    methods = _unique(df["method"])
+    methods = unique(df["method"])
     step = min(0.8 / len(methods), 0.25)
     offsets = _offsets(len(methods), step)
     fig = go.Figure()
@@ -534,7 +323,7 @@ def plot_metric_by_domain(
                 if flag:
                     collapsed_x.append(i + off + s)
                     collapsed_y.append(float(v))
-            mean, low, high, n = _t_interval(g["value"])
+            mean, low, high, n = mean_ci(g["value"])
             source = f"95% t-interval over {n} seeds (computed here)" if n >= 2 else "single seed: no CI"
             if summ is not None:
                 row = summ.loc[(summ["method"] == method) & (summ["domain"] == domain)]
@@ -596,7 +385,7 @@ def plot_metric_by_domain(
         fig.add_vline(x=0.5, line_dash="dot", line_color="#BBBBBB", annotation_text="out-of-domain →")
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": title or f"{_label(metric).split(' (')[0]} per domain: one dot per seed, mean ± 95% CI"},
+        title={"text": title or f"{metric_label(metric).split(' (')[0]} per domain: one dot per seed, mean ± 95% CI"},
         legend_title_text="method",
         hovermode="closest",
     )
@@ -608,7 +397,7 @@ def plot_metric_by_domain(
         showgrid=False,
         zeroline=False,
     )
-    fig.update_yaxes(title_text=_label(metric))
+    fig.update_yaxes(title_text=metric_label(metric))
     return fig
 
 
@@ -650,7 +439,7 @@ def plot_training_curves(
         )
     metrics = list(metrics)
     acc = ["train_accuracy", "val_accuracy"]
-    df = _check_frame(history, "history", func, list(dict.fromkeys(["method", "seed", "epoch", *metrics, *acc])))
+    df = check_frame(history, "history", func, list(dict.fromkeys(["method", "seed", "epoch", *metrics, *acc])))
     fig = make_subplots(
         rows=1,
         cols=2,
@@ -661,7 +450,7 @@ def plot_training_curves(
         (1, metrics, {m: _DASHES[i % len(_DASHES)] for i, m in enumerate(metrics)}),
         (2, acc, {"train_accuracy": "dash", "val_accuracy": "solid"}),
     ]
-    for method in _unique(df["method"]):
+    for method in unique(df["method"]):
         mcolor = color_for(method)
         mdf = df.loc[df["method"] == method].sort_values("epoch", kind="stable")
         for col, cols, dashes in panels:
@@ -733,14 +522,14 @@ def plot_generalisation_gap(history: pd.DataFrame, *, title: str | None = None) 
     title : str, optional
     """
     func = "plot_generalisation_gap"
-    df = _check_frame(history, "history", func, ["method", "seed", "epoch", "gap"])
+    df = check_frame(history, "history", func, ["method", "seed", "epoch", "gap"])
     fig = go.Figure()
-    for method in _unique(df["method"]):
+    for method in unique(df["method"]):
         mcolor = color_for(method)
-        rows = [(e, *_t_interval(g["gap"])) for e, g in df.loc[df["method"] == method].groupby("epoch", sort=True)]
+        rows = [(e, *mean_ci(g["gap"])) for e, g in df.loc[df["method"] == method].groupby("epoch", sort=True)]
         epochs = [r[0].item() if isinstance(r[0], np.generic) else r[0] for r in rows]
         mean, low, high, n = ([r[i] for r in rows] for i in range(1, 5))
-        band = _band(epochs, low, high, color=mcolor, name=f"{method} 95% CI", group=str(method))
+        band = ci_band(epochs, low, high, color=mcolor, name=f"{method} 95% CI", group=str(method))
         if band is not None:
             fig.add_trace(band)
         fig.add_trace(
@@ -766,7 +555,7 @@ def plot_generalisation_gap(history: pd.DataFrame, *, title: str | None = None) 
         legend_title_text="method",
     )
     fig.update_xaxes(title_text="epoch", dtick=1)
-    fig.update_yaxes(title_text=_label("gap"))
+    fig.update_yaxes(title_text=metric_label("gap"))
     return fig
 
 
@@ -812,11 +601,11 @@ def plot_paired_differences(
     title : str, optional
     """
     func = "plot_paired_differences"
-    df = _check_frame(paired, "paired", func, list(_PAIRED_COLUMNS))
-    df = _select(df, "metric", metric, func=func, param="metric", what="the paired table")
-    metric_v = _unique(df["metric"])[0]
+    df = check_frame(paired, "paired", func, list(_PAIRED_COLUMNS))
+    df = select_rows(df, "metric", metric, func=func, param="metric", what="the paired table")
+    metric_v = unique(df["metric"])[0]
     domains = _domain_order(df["domain"], in_domain)
-    pairs = _unique(zip(df["method"], df["baseline"]))
+    pairs = unique(zip(df["method"], df["baseline"]))
     step = min(0.8 / len(pairs), 0.25)
     fig = go.Figure()
     n_dom = len(domains)
@@ -902,7 +691,7 @@ def plot_paired_differences(
         legend_title_text="comparison",
         hovermode="closest",
     )
-    fig.update_xaxes(title_text=f"difference in {_label(metric_v)}: method − baseline")
+    fig.update_xaxes(title_text=f"difference in {metric_label(metric_v)}: method − baseline")
     fig.update_yaxes(
         title_text="evaluation domain (in-domain on top)",
         tickvals=[n_dom - 1 - i for i in range(n_dom)],
@@ -916,19 +705,6 @@ def plot_paired_differences(
 
 # --------------------------------------------------------------------------------------------
 # tables
-
-
-def _format_cell(value: Any, float_format: str) -> str:
-    """Render one cell: NaN/None as an en dash, floats with ``float_format``, the rest with str."""
-    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
-        return "–"
-    if isinstance(value, (bool, np.bool_, int, np.integer)):
-        return str(value)
-    if isinstance(value, (float, np.floating)):
-        return float_format.format(float(value))
-    if value is pd.NA or value is pd.NaT:
-        return "–"
-    return str(value)
 
 
 def stats_table_figure(
@@ -953,12 +729,12 @@ def stats_table_figure(
     """
     func = "stats_table_figure"
     cols = list(df.columns) if columns is None and isinstance(df, pd.DataFrame) else list(columns or [])
-    df = _check_frame(df, "df", func, cols)
+    df = check_frame(df, "df", func, cols)
     fig = go.Figure(
         go.Table(
             header={"values": [f"<b>{c}</b>" for c in cols], "fill_color": "#E8EDF3", "align": "left"},
             cells={
-                "values": [[_format_cell(v, float_format) for v in df[c].tolist()] for c in cols],
+                "values": [[format_cell(v, float_format) for v in df[c].tolist()] for c in cols],
                 "align": ["right" if pd.api.types.is_numeric_dtype(df[c]) else "left" for c in cols],
                 "fill_color": "white",
             },
@@ -970,30 +746,6 @@ def stats_table_figure(
 
 # --------------------------------------------------------------------------------------------
 # saving
-
-
-def _atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
-
-    Readers never see a half-written file, and if anything fails the previous file (if any) is
-    left untouched and the temporary file is removed. Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = (path.stat().st_mode & 0o777) if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _kaleido_available() -> bool:
@@ -1044,11 +796,11 @@ def save_figure(
         js = get_plotlyjs().encode("utf-8")
         js_path = html_path.parent / "plotly.min.js"
         if not js_path.exists() or js_path.read_bytes() != js:
-            _atomic_write_bytes(js_path, js)
+            atomic_write_bytes(js_path, js)
         html = fig.to_html(full_html=True, include_plotlyjs="directory")
     else:
         html = fig.to_html(full_html=True, include_plotlyjs=True)
-    written.append(_atomic_write_bytes(html_path, html.encode("utf-8")))
+    written.append(atomic_write_bytes(html_path, html.encode("utf-8")))
 
     static = [f for f in dict.fromkeys(formats) if f != "html"]
     if static:
@@ -1060,7 +812,7 @@ def save_figure(
                 first_line = (str(exc).strip().splitlines() or [""])[0]
                 reason = f"kaleido failed ({type(exc).__name__}: {first_line})"
                 break
-            written.append(_atomic_write_bytes(base.with_name(f"{base.name}.{fmt}"), data))
+            written.append(atomic_write_bytes(base.with_name(f"{base.name}.{fmt}"), data))
         if reason is not None:
             warnings.warn(
                 f"save_figure skipped the static image format(s) {static} for {html_path.name}: {reason}. "

@@ -1,7 +1,7 @@
 """Plot functions the notebooks need beyond :mod:`lnsr_viz.viz.figures`: a tidy DataFrame in, a plotly figure out.
 
 Same conventions as :mod:`lnsr_viz.viz.figures` (pure functions, titles that say what is shown, axis titles with units,
-``plotly_white``, hover text on every data trace, one colour per label from :func:`lnsr_viz.viz.figures.color_for`,
+``plotly_white``, hover text on every data trace, one colour per label from :func:`lnsr_viz.viz.style.color_for`,
 inputs checked first with messages that list what is available):
 
 * :func:`plot_noise_types` -- Gaussian vs in-manifold noise of the same size, injected at the same layer: how much
@@ -11,7 +11,8 @@ inputs checked first with messages that list what is available):
 * :func:`plot_run_costs` -- seconds per run for each method, one dot per seed (what a method costs);
 * :func:`plot_step_costs` -- time per training step and peak memory of each method relative to vanilla, from
   ``benchmarks/bench_methods.py``;
-* :func:`wrap_title` -- break a long title over lines so it is not cut off in a notebook-wide figure.
+* :func:`wrap_title` -- break a long title over lines so it is not cut off in a notebook-wide figure
+  (defined in :mod:`lnsr_viz.viz.style`, re-exported here).
 """
 
 from __future__ import annotations
@@ -24,49 +25,23 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..utils.validation import check_choice
-from .figures import (
-    _LAYER_AXIS,
-    _STABILITY_METRICS,
+from .style import (
+    LAYER_AXIS,
+    STABILITY_METRICS,
     TEMPLATE,
-    _aggregate_layers,
-    _band,
-    _check_frame,
-    _fmt,
-    _label,
-    _select,
-    _t_interval,
-    _unique,
+    aggregate_layers,
+    check_frame,
+    ci_band,
     color_for,
+    format_number,
+    mean_ci,
+    metric_label,
+    select_rows,
+    unique,
+    wrap_title,
 )
 
 __all__ = ["plot_noise_types", "plot_scale_response", "plot_run_costs", "plot_step_costs", "wrap_title"]
-
-def wrap_title(fig: go.Figure, *, width: int = 90) -> go.Figure:
-    """Return a copy of ``fig`` whose title is broken into lines of at most ``width`` characters.
-
-    plotly never wraps titles; a descriptive title of 100+ characters is cut off in a figure of notebook width
-    (about 850 px on a laptop screen). Existing ``<br>`` breaks are kept.
-    """
-    out = go.Figure(fig)
-    text = out.layout.title.text
-    if not text or len(text) <= width:
-        return out
-    lines = []
-    for part in text.split("<br>"):
-        line = ""
-        for word in part.split(" "):
-            if line and len(line) + 1 + len(word) > width:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}" if line else word
-        lines.append(line)
-    out.update_layout(title={"text": "<br>".join(lines)})
-    if len(lines) > 1:
-        top = (out.layout.margin.t if out.layout.margin.t is not None else 80) + 18 * (len(lines) - 1)
-        out.update_layout(margin={"t": top})
-    return out
-
 
 _NOISE_NAMES = {"gaussian": "Gaussian (isotropic)", "in_manifold": "in-manifold (top principal directions)"}
 
@@ -101,23 +76,23 @@ def plot_noise_types(
     title : str, optional
     """
     func = "plot_noise_types"
-    check_choice("metric", metric, _STABILITY_METRICS, owner=func)
+    check_choice("metric", metric, STABILITY_METRICS, owner=func)
     lo_col, hi_col = f"{metric}_ci_low", f"{metric}_ci_high"
-    df = _check_frame(profile, "profile", func,
+    df = check_frame(profile, "profile", func,
                       ["model", "injection_layer", "layer", "noise", "scale", metric, lo_col, hi_col])
-    df = _select(df, "model", model, func=func, param="model", what="the profile")
-    df = _select(df, "injection_layer", injection_layer, func=func, param="injection_layer", what="the profile")
-    df = _select(df, "scale", scale, func=func, param="scale", what="the profile")
-    k = _unique(df["injection_layer"])[0]
-    model_v, scale_v = _unique(df["model"])[0], _unique(df["scale"])[0]
-    kind = _unique(df["scale_kind"])[0] if "scale_kind" in df.columns else ""
+    df = select_rows(df, "model", model, func=func, param="model", what="the profile")
+    df = select_rows(df, "injection_layer", injection_layer, func=func, param="injection_layer", what="the profile")
+    df = select_rows(df, "scale", scale, func=func, param="scale", what="the profile")
+    k = unique(df["injection_layer"])[0]
+    model_v, scale_v = unique(df["model"])[0], unique(df["scale"])[0]
+    kind = unique(df["scale_kind"])[0] if "scale_kind" in df.columns else ""
     fig = go.Figure()
-    for noise in _unique(df["noise"]):
+    for noise in unique(df["noise"]):
         sub = df.loc[df["noise"] == noise]
-        rows = _aggregate_layers(sub, metric, lo_col, hi_col, has_seed="seed" in sub.columns)
+        rows = aggregate_layers(sub, metric, lo_col, hi_col, has_seed="seed" in sub.columns)
         colour = color_for(noise)
         name = _NOISE_NAMES.get(str(noise), str(noise))
-        band = _band(rows["layer"], rows["low"], rows["high"], color=colour, name=f"{name} 95% CI", group=str(noise))
+        band = ci_band(rows["layer"], rows["low"], rows["high"], color=colour, name=f"{name} 95% CI", group=str(noise))
         if band is not None:
             fig.add_trace(band)
         fig.add_trace(
@@ -139,13 +114,14 @@ def plot_noise_types(
     fig.add_vline(x=k, line_dash="dot", line_color="#888888", annotation_text=f"noise injected (k={k})")
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": title or (f"{model_v}: Gaussian vs in-manifold noise of the same size (scale {_fmt(scale_v)}"
-                                 f"{' ' + kind if kind else ''}) injected at layer {k}, mean with 95% CI")},
+        title={"text": title or (f"{model_v}: Gaussian vs in-manifold noise of the same size "
+                                 f"(scale {format_number(scale_v)}{' ' + kind if kind else ''}) injected at layer {k}, "
+                                 "mean with 95% CI")},
         legend_title_text="noise direction",
         hovermode="closest",
     )
-    fig.update_xaxes(title_text=_LAYER_AXIS, dtick=1)
-    fig.update_yaxes(title_text=_label(metric))
+    fig.update_xaxes(title_text=LAYER_AXIS, dtick=1)
+    fig.update_yaxes(title_text=metric_label(metric))
     return fig
 
 
@@ -181,29 +157,29 @@ def plot_scale_response(
     title : str, optional
     """
     func = "plot_scale_response"
-    check_choice("metric", metric, _STABILITY_METRICS, owner=func)
+    check_choice("metric", metric, STABILITY_METRICS, owner=func)
     lo_col, hi_col = f"{metric}_ci_low", f"{metric}_ci_high"
-    df = _check_frame(profile, "profile", func,
+    df = check_frame(profile, "profile", func,
                       ["model", "injection_layer", "layer", "noise", "scale", metric, lo_col, hi_col])
-    df = _select(df, "model", model, func=func, param="model", what="the profile")
-    df = _select(df, "injection_layer", injection_layer, func=func, param="injection_layer", what="the profile")
+    df = select_rows(df, "model", model, func=func, param="model", what="the profile")
+    df = select_rows(df, "injection_layer", injection_layer, func=func, param="injection_layer", what="the profile")
     layer_v = int(df["layer"].max()) if layer is None else layer
-    df = _select(df, "layer", layer_v, func=func, param="layer", what="the profile")
+    df = select_rows(df, "layer", layer_v, func=func, param="layer", what="the profile")
     positive = df.loc[df["scale"] > 0]
     if positive.empty:
         raise ValueError(f"{func}: the profile has no rows with scale > 0; probe at least one positive noise scale.")
-    k = _unique(df["injection_layer"])[0]
-    model_v = _unique(df["model"])[0]
-    kind = _unique(df["scale_kind"])[0] if "scale_kind" in df.columns else "relative"
+    k = unique(df["injection_layer"])[0]
+    model_v = unique(df["model"])[0]
+    kind = unique(df["scale_kind"])[0] if "scale_kind" in df.columns else "relative"
     fig = go.Figure()
-    for noise in _unique(positive["noise"]):
+    for noise in unique(positive["noise"]):
         sub = positive.loc[positive["noise"] == noise]
         points = []
         for scale, g in sub.groupby("scale", sort=True):
             if len(g) == 1:
                 mean, low, high = (float(g[c].iloc[0]) for c in (metric, lo_col, hi_col))
             else:
-                mean, low, high, _ = _t_interval(g[metric])
+                mean, low, high, _ = mean_ci(g[metric])
             points.append((float(scale), mean, low, high))
         xs = [p[0] for p in points]
         ys = [p[1] for p in points]
@@ -258,7 +234,7 @@ def plot_scale_response(
     )
     unit = "fraction of each token's norm" if kind == "relative" else "sigma per coordinate"
     fig.update_xaxes(title_text=f"noise scale ({kind}: {unit})", type=axis)
-    fig.update_yaxes(title_text=f"{_label(metric)} at layer {layer_v}", type=axis)
+    fig.update_yaxes(title_text=f"{metric_label(metric)} at layer {layer_v}", type=axis)
     return fig
 
 
@@ -283,18 +259,18 @@ def plot_run_costs(
     title : str, optional
     """
     func = "plot_run_costs"
-    df = _check_frame(runs, "df", func, ["method", "seed", value])
-    order = [m for m in _unique(df["method"]) if m != "pretrained"] if methods is None else list(methods)
+    df = check_frame(runs, "df", func, ["method", "seed", value])
+    order = [m for m in unique(df["method"]) if m != "pretrained"] if methods is None else list(methods)
     unknown = [m for m in order if m not in set(df["method"])]
     if unknown:
-        raise ValueError(f"{func}: no runs of method(s) {unknown}. Available: {_unique(df['method'])}.")
+        raise ValueError(f"{func}: no runs of method(s) {unknown}. Available: {unique(df['method'])}.")
     if not order:
-        raise ValueError(f"{func}: no fine-tuning runs to show (only {_unique(df['method'])}).")
+        raise ValueError(f"{func}: no fine-tuning runs to show (only {unique(df['method'])}).")
     fig = go.Figure()
     for i, method in enumerate(order):
         g = df.loc[df["method"] == method].sort_values("seed", kind="stable")
         vals = pd.to_numeric(g[value], errors="coerce").to_numpy(dtype=float)
-        mean, low, high, n = _t_interval(vals)
+        mean, low, high, n = mean_ci(vals)
         colour = color_for(method)
         spread = np.linspace(-0.12, 0.12, len(g)) if len(g) > 1 else np.zeros(1)
         fig.add_trace(
@@ -367,7 +343,7 @@ def plot_step_costs(
     from plotly.subplots import make_subplots
 
     func = "plot_step_costs"
-    df = _check_frame(bench, "df", func, ["method", "time_ratio_median", "memory_ratio"])
+    df = check_frame(bench, "df", func, ["method", "time_ratio_median", "memory_ratio"])
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
                         subplot_titles=("time per training step", "peak memory added by a step"))
     methods = [str(m) for m in df["method"]]

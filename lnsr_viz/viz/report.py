@@ -5,6 +5,11 @@ renders one HTML file that works with no network: the CSS is inline, plotly.js i
 exactly once in the page (not once per figure), and there are no external scripts, styles
 or fonts. Every piece of user text (titles, headings, captions, table cells) is escaped.
 
+The page is rendered from Jinja2 templates shipped with the package (``lnsr_viz/viz/templates``:
+``report.html.j2`` the page, ``blocks.html.j2`` one macro per kind of block, ``report.css.j2``
+the stylesheet), with autoescaping on. The report builders of the toolkit (comparison, diagnosis,
+probe, study) are in :mod:`lnsr_viz.viz.reports`.
+
 Example
 -------
 >>> from lnsr_viz.viz.report import Report
@@ -24,47 +29,91 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .figures import _atomic_write_bytes, _format_cell
+from ..utils.io import atomic_write_bytes
+from .style import format_cell
 
-__all__ = ["Report"]
+__all__ = ["Report", "template_environment", "md_number", "md_table"]
 
-_CSS = """
-:root { --fg: #1f2328; --muted: #59636e; --line: #d8dee4; --bg-alt: #f6f8fa; --accent: #0072b2; }
-* { box-sizing: border-box; }
-body { margin: 0; color: var(--fg); background: #fff;
-       font: 15px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-.page { max-width: 1120px; margin: 0 auto; padding: 2rem 1.5rem 3rem; }
-header h1 { margin: 0 0 .25rem; font-size: 1.8rem; }
-header .subtitle { margin: 0; color: var(--muted); }
-nav.toc { margin: 1.5rem 0; padding: .75rem 1rem; background: var(--bg-alt); border: 1px solid var(--line);
-          border-radius: 6px; }
-nav.toc h2 { margin: 0 0 .35rem; font-size: .95rem; text-transform: uppercase; letter-spacing: .04em;
-             color: var(--muted); }
-nav.toc ol { margin: 0; padding-left: 1.4rem; }
-a { color: var(--accent); }
-section.block { margin: 1.75rem 0; }
-section.block > h2 { font-size: 1.3rem; border-bottom: 1px solid var(--line); padding-bottom: .25rem; }
-code { font: .9em/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--bg-alt);
-       padding: .05em .3em; border-radius: 4px; }
-figure { margin: 1rem 0; }
-figcaption, .caption { color: var(--muted); font-size: .92rem; margin-top: .35rem; }
-.table-wrap { overflow-x: auto; }
-table.data, table.kv { border-collapse: collapse; font-size: .9rem; margin: .5rem 0; }
-table.data th, table.data td, table.kv th, table.kv td { border: 1px solid var(--line); padding: .3rem .6rem;
-                                                         vertical-align: top; }
-table.data thead th { background: var(--bg-alt); text-align: left; }
-table.data tbody tr:nth-child(even) { background: #fbfcfd; }
-table.data td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.kv th { text-align: left; background: var(--bg-alt); font-weight: 600; }
-footer { margin-top: 3rem; padding-top: .75rem; border-top: 1px solid var(--line); color: var(--muted);
-         font-size: .85rem; }
-"""
+
+@cache
+def template_environment(*, markdown: bool = False) -> jinja2.Environment:
+    """The Jinja2 environment of the package's templates (``lnsr_viz/viz/templates``).
+
+    For the HTML templates (the default) autoescaping is on, with the standard library's entities (``&quot;``,
+    ``&#x27;``). With ``markdown=True`` (``*.md.j2``, e.g. the study write-up) nothing is escaped and block tags
+    take their line with them (``trim_blocks``, ``lstrip_blocks``), so one template line is one output line, and
+    three filters format numbers and tables: ``fmt(spec)`` (Python's :func:`format`), ``num(digits)``
+    (:func:`md_number`) and ``md_table(columns)`` (:func:`md_table`). In both, undefined names raise instead of
+    rendering as empty text and a template's final newline is kept.
+    """
+    loader = jinja2.PackageLoader("lnsr_viz.viz", "templates")
+    if markdown:
+        env = jinja2.Environment(loader=loader, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                                 undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        env.filters.update(fmt=format, num=md_number, md_table=md_table)
+        return env
+    return jinja2.Environment(loader=loader, autoescape=True, finalize=_escape_html,
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+class _Html(str):
+    """Text that is already HTML (escaped where it had to be): autoescaping leaves it as it is.
+
+    The ``__html__`` protocol of Jinja2 / MarkupSafe: a value with this method is inserted unescaped. Report marks
+    with it only what it built itself from escaped text, plotly's figure divs, plotly.js and ``add_text(...,
+    html=True)`` bodies.
+    """
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        return self
+
+
+@jinja2.pass_eval_context
+def _escape_html(eval_ctx: jinja2.nodes.EvalContext, value: Any) -> Any:
+    """Escape each value as :func:`html.escape` does (markup passes through untouched; autoescaping then leaves the
+    result alone), so the pages keep the entities they always had."""
+    if not eval_ctx.autoescape or hasattr(value, "__html__"):
+        return value
+    return _Html(html.escape(str(value), quote=True))
+
+
+def md_number(v: Any, digits: int = 3) -> str:
+    """A number in the study's markdown: booleans as ``yes`` / empty, integers as they are, NaN as an en dash,
+    small floats with ``digits`` significant digits, the rest with ``digits`` decimals."""
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else ""
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "–"
+        return f"{v:.{digits}g}" if abs(v) < 0.1 and v != 0 else f"{v:.{digits}f}"
+    return str(v)
+
+
+def md_table(df: pd.DataFrame, columns: Mapping[str, str], digits: int = 3) -> str:
+    """A markdown table of ``df``'s ``columns`` (name -> header), cells with :func:`md_number`."""
+    head = "| " + " | ".join(columns.values()) + " |"
+    sep = "| " + " | ".join("---" for _ in columns) + " |"
+    body = ["| " + " | ".join(md_number(row[c], digits).replace("|", "/") for c in columns) + " |"
+            for _, row in df.iterrows()]
+    return "\n".join([head, sep, *body])
+
+
+def _macros() -> Any:
+    """The block macros of ``blocks.html.j2`` (each returns autoescaped markup)."""
+    return template_environment().get_template("blocks.html.j2").module
 
 
 def _version() -> str:
@@ -77,41 +126,38 @@ def _version() -> str:
         return "unknown"
 
 
-def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
 _CODE = re.compile(r"`([^`]+)`")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _BULLET = re.compile(r"^\s*[-*]\s+(.*)$")
 
 
-def _inline(text: str) -> str:
+def _inline(text: str) -> _Html:
     """Escape ``text`` and apply the inline subset: ``**bold**`` and ```code```."""
     codes: list[str] = []
 
     def _stash(m: re.Match[str]) -> str:
-        codes.append(f"<code>{m.group(1)}</code>")
+        codes.append(f"<code>{m.group(1)}</code>")  # group(1) is already escaped
         return f"\x00{len(codes) - 1}\x00"
 
-    out = _CODE.sub(_stash, _esc(text))  # code spans first, so ** inside code stays literal
+    out = _CODE.sub(_stash, html.escape(str(text), quote=True))  # code spans first, so ** inside code stays literal
     out = _BOLD.sub(r"<strong>\1</strong>", out)
-    return re.sub(r"\x00(\d+)\x00", lambda m: codes[int(m.group(1))], out)
+    return _Html(re.sub(r"\x00(\d+)\x00", lambda m: codes[int(m.group(1))], out))
 
 
-def _markdown(text: str) -> str:
-    """Render a tiny markdown subset: paragraphs (blank-line separated), ``- `` bullet lists,
-    ``**bold**`` and ```code```. Everything else is escaped and shown literally."""
-    parts: list[str] = []
+def _markdown(text: str) -> list[tuple[str, Any]]:
+    """Parse a tiny markdown subset: paragraphs (blank-line separated), ``- `` bullet lists,
+    ``**bold**`` and ```code```. Everything else is escaped and shown literally. Returns the parts
+    that ``blocks.html.j2``'s ``text`` macro renders: ``("p", markup)`` and ``("ul", [markup, ...])``."""
+    parts: list[tuple[str, Any]] = []
     para: list[str] = []
     items: list[str] = []
 
     def flush(para: list[str], items: list[str]) -> None:
         if para:
-            parts.append("<p>" + _inline(" ".join(para)) + "</p>")
+            parts.append(("p", _inline(" ".join(para))))
             para.clear()
         if items:
-            parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            parts.append(("ul", [_inline(i) for i in items]))
             items.clear()
 
     for block in re.split(r"\n\s*\n", text.strip()):
@@ -126,13 +172,13 @@ def _markdown(text: str) -> str:
                 flush([], items)
                 para.append(line.strip())
         flush(para, items)
-    return "\n".join(parts)
+    return parts
 
 
 @dataclass
 class _Block:
     heading: str | None
-    body: str
+    body: str  # markup: the macro output of blocks.html.j2 (has __html__)
     anchor: str | None = None
 
 
@@ -174,8 +220,9 @@ class Report:
         ```code```), escaped; with ``html=True`` the string is inserted as-is (trusted HTML only)."""
         if not isinstance(markdown_or_html, str):
             raise TypeError(f"Report.add_text expects a str. Got {type(markdown_or_html).__name__} instead.")
-        body = markdown_or_html if html else _markdown(markdown_or_html)
-        return self._add(f'<div class="text">{body}</div>', heading)
+        if html:
+            return self._add(_macros().raw_text(_Html(markdown_or_html)), heading)
+        return self._add(_macros().text(_markdown(markdown_or_html)), heading)
 
     def add_figure(self, fig: go.Figure, *, heading: str | None = None, caption: str = "") -> Report:
         """Add an interactive plotly figure, with an optional "how to read this figure" caption
@@ -190,9 +237,8 @@ class Report:
             default_height="480px",
             config={"displaylogo": False, "responsive": True},
         )
-        cap = f"<figcaption>{_inline(caption)}</figcaption>" if caption else ""
         self._n_figures += 1
-        return self._add(f'<figure class="figure">{div}{cap}</figure>', heading)
+        return self._add(_macros().figure(_Html(div), _inline(caption) if caption else ""), heading)
 
     def add_table(
         self,
@@ -210,22 +256,9 @@ class Report:
             df = df.reset_index()
         cols = list(df.columns)
         numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in cols]
-        head = "".join(f'<th scope="col">{_esc(c)}</th>' for c in cols)
-        rows = []
-        for record in df.itertuples(index=False, name=None):
-            cells = "".join(
-                ('<td class="num">' if num else "<td>") + _esc(_format_cell(v, float_format)) + "</td>"
-                for v, num in zip(record, numeric)
-            )
-            rows.append(f"<tr>{cells}</tr>")
-        if not rows:
-            rows.append(f'<tr><td colspan="{max(len(cols), 1)}"><em>(no rows)</em></td></tr>')
-        cap = f'<p class="caption">{_inline(caption)}</p>' if caption else ""
-        table = (
-            f'<div class="table-wrap"><table class="data"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>"
-        )
-        return self._add(table + cap, heading)
+        rows = [[(format_cell(v, float_format), num) for v, num in zip(record, numeric)]
+                for record in df.itertuples(index=False, name=None)]
+        return self._add(_macros().table(cols, rows, _inline(caption) if caption else ""), heading)
 
     def add_key_values(self, mapping: Mapping[str, Any], *, heading: str | None = None) -> Report:
         """Add a two-column key/value table, e.g. the config, the machine or the timings.
@@ -234,10 +267,7 @@ class Report:
         """
         if not isinstance(mapping, Mapping):
             raise TypeError(f"Report.add_key_values expects a mapping. Got {type(mapping).__name__} instead.")
-        rows = "".join(
-            f'<tr><th scope="row">{_esc(k)}</th><td>{_esc(_kv_value(v))}</td></tr>' for k, v in mapping.items()
-        )
-        return self._add(f'<table class="kv"><tbody>{rows}</tbody></table>', heading)
+        return self._add(_macros().key_values([(k, _kv_value(v)) for k, v in mapping.items()]), heading)
 
     # ---------------------------------------------------------------- rendering
 
@@ -255,46 +285,24 @@ class Report:
         return out
 
     def to_html(self) -> str:
-        """Render the whole report as one HTML document (a str)."""
+        """Render the whole report as one HTML document (a str), from ``report.html.j2``."""
         blocks = self._anchors()
-        toc_items = "".join(
-            f'<li><a href="#{b.anchor}">{_esc(b.heading)}</a></li>' for b in blocks if b.anchor is not None
-        )
-        toc = f'<nav class="toc"><h2>Contents</h2><ol>{toc_items}</ol></nav>' if toc_items else ""
-        sections = []
-        for b in blocks:
-            if b.anchor is not None:
-                sections.append(f'<section class="block" id="{b.anchor}"><h2>{_esc(b.heading)}</h2>{b.body}</section>')
-            else:
-                sections.append(f'<section class="block">{b.body}</section>')
-        plotly_js = ""
+        plotly_js = _Html("")
         if self._n_figures:
             from plotly.offline import get_plotlyjs
 
-            plotly_js = (
-                "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n"
-                f'<script type="text/javascript">{get_plotlyjs()}</script>'
-            )
+            plotly_js = _Html(get_plotlyjs())
         now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        subtitle = f'<p class="subtitle">{_esc(self.subtitle)}</p>' if self.subtitle else ""
-        return (
-            "<!DOCTYPE html>\n"
-            '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f'<meta name="generator" content="lnsr_viz {_esc(_version())}">\n'
-            f"<title>{_esc(self.title)}</title>\n<style>{_CSS}</style>\n{plotly_js}\n</head>\n<body>\n"
-            f'<div class="page">\n<header><h1>{_esc(self.title)}</h1>{subtitle}</header>\n{toc}\n'
-            f"<main>\n{chr(10).join(sections)}\n</main>\n"
-            f"<footer>Generated by lnsr_viz {_esc(_version())} on {_esc(now)}.</footer>\n"
-            "</div>\n</body>\n</html>\n"
-        )
+        return template_environment().get_template("report.html.j2").render(
+            title=self.title, subtitle=self.subtitle, version=_version(), now=now, plotly_js=plotly_js,
+            blocks=blocks, toc=[b for b in blocks if b.anchor is not None])
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the report to ``path`` atomically (temporary file in the same folder, then
         ``os.replace``), creating parent folders. If rendering or writing fails, an existing file
         at ``path`` is left untouched. Returns the path."""
         text = self.to_html()
-        return _atomic_write_bytes(Path(path), text.encode("utf-8"))
+        return atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def _kv_value(v: Any) -> str:

@@ -4,8 +4,8 @@ invariants (zero noise -> zero penalty even with dropout; lam = 0 -> vanilla los
 import pytest
 import torch
 
-from lnsr_viz.core.probe import _tokenize
-from lnsr_viz.methods.base import LNSR, Vanilla, get_method
+from lnsr_viz.core.inputs import tokenize
+from lnsr_viz.methods import LNSR, Vanilla, get_method
 from lnsr_viz.testing import LinearStack, tiny_model, toy_sentences
 
 
@@ -50,7 +50,7 @@ def test_gradient_matches_finite_differences_on_a_tiny_transformer():
     model, tok = tiny_model("bert", n_layers=2, hidden=16)
     model.double().eval()
     texts, labels = toy_sentences(4)
-    batch = _tokenize(tok, texts, 32, model)
+    batch = tokenize(tok, texts, max_length=32, model=model)
     batch["labels"] = torch.tensor(labels)
     lnsr = LNSR(lam=3.0, injection_layer=0, scale=0.2, scale_kind="absolute", relative=False, seed=0)
     lnsr.setup(model)
@@ -83,7 +83,7 @@ def test_zero_noise_gives_zero_penalty_even_with_dropout_in_training_mode():
     model, tok = tiny_model("bert", n_layers=2, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
     model.train()
     texts, labels = toy_sentences(6)
-    batch = _tokenize(tok, texts, 32, model)
+    batch = tokenize(tok, texts, max_length=32, model=model)
     batch["labels"] = torch.tensor(labels)
     same = LNSR(scale=0.0)
     same.setup(model)
@@ -96,7 +96,7 @@ def test_zero_noise_gives_zero_penalty_even_with_dropout_in_training_mode():
 def test_lam_zero_equals_vanilla_and_penalty_grows_with_noise():
     model, tok = tiny_model("electra", n_layers=2)
     texts, labels = toy_sentences(6)
-    batch = _tokenize(tok, texts, 32, model)
+    batch = tokenize(tok, texts, max_length=32, model=model)
     batch["labels"] = torch.tensor(labels)
     vanilla = Vanilla()(model, batch)
     lnsr0 = LNSR(lam=0.0)
@@ -114,7 +114,7 @@ def test_lam_zero_equals_vanilla_and_penalty_grows_with_noise():
 def test_relative_and_sum_normalisations():
     model, tok = tiny_model("bert", n_layers=2, hidden=32)
     texts, labels = toy_sentences(6)
-    batch = _tokenize(tok, texts, 32, model)
+    batch = tokenize(tok, texts, max_length=32, model=model)
     batch["labels"] = torch.tensor(labels)
     values = {}
     for reduction in ("mean", "sum"):

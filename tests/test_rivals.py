@@ -1,4 +1,4 @@
-"""The rival methods (lnsr_viz.methods.rivals) and their composition, on tiny models.
+"""The rival methods of lnsr_viz.methods (L2-SP, Mixout, SMART, R3F, R-Drop, NoisyTune, HyPe, ChildTuning).
 
 Covered, one invariant per method that a wrong implementation would fail:
 Mixout with p=0 trains exactly like vanilla, and its mixed weights are the documented two-valued mixture with the
@@ -18,22 +18,26 @@ import numpy as np
 import pytest
 import torch
 
-from lnsr_viz.core.probe import _tokenize
+from lnsr_viz.core.inputs import tokenize
 from lnsr_viz.data.text import TextDataset
-from lnsr_viz.methods.base import LNSR, METHODS, Combined, Vanilla, compose, get_method
-from lnsr_viz.methods.rivals import (
-    BASELINES,
+from lnsr_viz.methods import (
     L2SP,
+    LNSR,
+    METHODS,
     R3F,
+    RIVALS,
     SMART,
     ChildTuning,
+    Combined,
     HyPe,
     Mixout,
     NoisyTune,
     RDrop,
-    pretrained_parameters,
-    symmetric_kl,
+    Vanilla,
+    compose,
+    get_method,
 )
+from lnsr_viz.methods.base import pretrained_parameters, symmetric_kl
 from lnsr_viz.testing import tiny_model, toy_sentences
 from lnsr_viz.training.loop import FineTuner
 
@@ -42,7 +46,7 @@ NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 def _batch(model, tok, n=6, seed=0):
     texts, labels = toy_sentences(n, seed=seed)
-    batch = _tokenize(tok, texts, 32, model)
+    batch = tokenize(tok, texts, max_length=32, model=model)
     batch["labels"] = torch.tensor(labels)
     return batch
 
@@ -438,7 +442,7 @@ def test_combination_parameter_errors():
 
 
 # ------------------------------------------------------------------------------------------------ every method
-@pytest.mark.parametrize("name", [*BASELINES, "lnsr+mixout+l2sp+childtuning", "noisytune+smart"])
+@pytest.mark.parametrize("name", [*RIVALS, "lnsr+mixout+l2sp+childtuning", "noisytune+smart"])
 def test_every_method_trains_through_the_finetuner_and_leaves_no_hooks(name):
     model = _fit(name)
     assert all(torch.isfinite(q).all() for q in model.parameters())

@@ -1,0 +1,263 @@
+"""One configuration object for an experiment: :class:`ExperimentConfig`, the single source of its defaults.
+
+``compare``, the sweeps (:mod:`lnsr_viz.experiments.sweep`), the command line and the notebooks all build one of these;
+its defaults are the only place where the protocol's numbers (500 training examples, 4 epochs, a 64-sentence probe,
+...) are written down. A config is validated when it is made, with the same messages ``compare`` has always given,
+so a bad setting is refused before any data or model is loaded. It is frozen: :meth:`ExperimentConfig.replace`
+returns a changed, re-validated copy.
+
+The fields are flat (the keyword names of ``compare``). Their ``metadata`` says which part of a run's key each one
+enters: ``"data"`` (the split sizes and seeds), ``"train"`` (the trainer's settings) or ``"probe"`` (the stability
+probe, under its short name in the sweep files' ``probe:`` section). :meth:`ExperimentConfig.to_dict` writes the sweep
+files' form (``train:`` and ``probe:`` sections) and :meth:`ExperimentConfig.from_dict` reads it (and the flat form).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..data.text import IN_DOMAIN, OOD_DOMAINS
+from ..methods import METHODS, get_method
+from ..utils.validation import check_number, check_positive_int
+
+__all__ = ["ExperimentConfig", "TASKS"]
+
+TASKS = ("classification", "qa")
+
+
+def _data(default: Any) -> Any:
+    return field(default=default, metadata={"key": "data"})
+
+
+def _train(default: Any) -> Any:
+    return field(default=default, metadata={"key": "train"})
+
+
+def _probe(default: Any, short: str) -> Any:
+    return field(default=default, metadata={"key": "probe", "short": short})
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines a comparison: methods x seeds, the model, the data protocol, training and the probe.
+
+    Parameters
+    ----------
+    methods : sequence of str
+        Method names (``vanilla``, ``lnsr``, ...).
+    seeds : sequence of int
+        One run per method and seed; at least 3 to measure spread.
+    method_params : mapping
+        ``{method: {param: value}}``, e.g. ``{'lnsr': {'lam': 10.0}}``; only for methods that are run.
+    baseline : str
+        The method every other method is compared with, seed by seed.
+    model : str, path or (model, tokenizer)
+        ``minilm`` (the packaged default), a Hugging Face id, or a local checkpoint folder.
+    task : {'classification', 'qa'}
+        ``'qa'``: extractive question answering (see :func:`lnsr_viz.experiments.runs.make_qa_protocol`).
+    data : str, path, DataFrame or datasets.Dataset, optional
+        The in-domain data; default (None): ``movie`` for classification, the packaged SQuAD for QA.
+    ood : sequence or mapping, optional
+        Out-of-domain evaluation sets (packaged domain names, paths, or ``{name: data}``); default (None):
+        :data:`lnsr_viz.data.text.OOD_DOMAINS` for classification, none beyond the other SQuAD topic groups for QA.
+    train_size, val_size, eval_size : int
+        Sizes of the fixed subsets; ``eval_size=None`` evaluates on everything.
+    split_seed, neutral_band, text_column, label_column, qa_group
+        The data split's seed, the packaged domains' neutral band, a CSV's columns, the SQuAD topic group trained on.
+    epochs, batch_size, lr, max_length, warmup_ratio, weight_decay, max_grad_norm
+        Passed to :class:`~lnsr_viz.training.loop.FineTuner`.
+    probe_n, probe_draws, probe_noise, probe_scale
+        The stability probe's examples, draws, noise type and relative scale.
+    results : str or path
+        The run store's folder.
+    """
+
+    methods: Sequence[str] = ("vanilla", "lnsr")
+    seeds: Sequence[int] = (1, 2, 3)
+    method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    baseline: str = "vanilla"
+    model: Any = "minilm"
+    task: str = "classification"
+    data: Any = None
+    ood: Sequence[Any] | Mapping[str, Any] | None = None
+    train_size: int = _data(500)
+    val_size: int = _data(300)
+    eval_size: int | None = _data(600)
+    split_seed: int = _data(0)
+    neutral_band: float = _data(0.0)
+    text_column: str = "text"
+    label_column: str = "label"
+    qa_group: str = "science"
+    epochs: int = _train(4)
+    batch_size: int = _train(32)
+    lr: float = _train(5e-5)
+    max_length: int = _train(64)
+    warmup_ratio: float = _train(0.1)
+    weight_decay: float = _train(0.01)
+    max_grad_norm: float = _train(1.0)
+    probe_n: int = _probe(64, "n")
+    probe_draws: int = _probe(4, "n_draws")
+    probe_noise: str = _probe("gaussian", "noise")
+    probe_scale: float = _probe(0.05, "scale")
+    results: str | Path = "results"
+
+    #: The owner named in the refusals (``compare`` has always been the one that checked these settings).
+    owner: ClassVar[str] = "compare"
+
+    def __post_init__(self) -> None:
+        methods, seeds = self.methods, self.seeds
+        if isinstance(methods, str):
+            raise ValueError("methods must be a list of method names, e.g. ['vanilla', 'lnsr'].")
+        if isinstance(seeds, (str, int)):
+            raise ValueError(f"seeds must be a list of integers, e.g. [1, 2, 3]; got {seeds!r}.")
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "methods", tuple(methods))
+        set_(self, "seeds", tuple(int(s) for s in seeds))
+        set_(self, "method_params", {str(k): dict(v) for k, v in dict(self.method_params or {}).items()})
+        if isinstance(self.ood, Mapping):
+            set_(self, "ood", dict(self.ood))
+        elif self.ood is not None:
+            if isinstance(self.ood, str):
+                raise ValueError(f"ood must be a list of domains or paths, e.g. {list(OOD_DOMAINS)}; got {self.ood!r}.")
+            set_(self, "ood", tuple(self.ood))
+        self._validate()
+
+    def _validate(self) -> None:
+        """Every refusal ``compare`` makes before loading anything, with its message."""
+        owner = self.owner
+        if not self.methods:
+            raise ValueError("methods is empty: give at least one method, e.g. ['vanilla', 'lnsr'].")
+        for m in self.methods:
+            if m not in METHODS:
+                raise ValueError(f"Unknown method {m!r}. Expected one of {sorted(METHODS)}.")
+            get_method(m, **self.method_params.get(m, {}))  # parameters checked before any work
+        unknown = set(self.method_params) - set(self.methods)
+        if unknown:
+            raise ValueError(f"method_params names methods that are not run: {sorted(unknown)}.")
+        if not self.seeds:
+            raise ValueError("seeds is empty: give at least one seed (three or more to measure spread).")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct; got {list(self.seeds)}.")
+        for s in self.seeds:
+            check_number("seed", s, owner=owner, low=0, integer=True)
+        check_positive_int("train_size", self.train_size, owner=owner)
+        check_positive_int("val_size", self.val_size, owner=owner)
+        if self.eval_size is not None:
+            check_positive_int("eval_size", self.eval_size, owner=owner)
+        check_positive_int("probe_n", self.probe_n, owner=owner)
+        from ..training.loop import FineTuner
+
+        # Trainer parameters are checked here, before any data or model is loaded.
+        FineTuner("vanilla", **self.train_params(), progress=False)
+        if self.task not in TASKS:
+            raise ValueError(f"task must be 'classification' or 'qa'; got {self.task!r}.")
+        self.make_probe()  # the probe's draws, noise type and scale
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the parts of a run's key, and what they configure
+    # ------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def keyed(cls, part: str) -> tuple[dataclasses.Field, ...]:
+        """The fields that enter the ``part`` (``'data'``, ``'train'`` or ``'probe'``) of a run's key, in order."""
+        return tuple(f for f in dataclasses.fields(cls) if f.metadata.get("key") == part)
+
+    def train_params(self) -> dict[str, Any]:
+        """The trainer's settings (the ``train`` part of a run's key), as given."""
+        return {f.name: getattr(self, f.name) for f in self.keyed("train")}
+
+    def split_params(self) -> dict[str, Any]:
+        """The split's sizes and seeds (with the data's names and fingerprint, the ``data`` part of a run's key)."""
+        return {f.name: getattr(self, f.name) for f in self.keyed("data")}
+
+    def probe_params(self) -> dict[str, Any]:
+        """The probe's settings under their short names (``n``, ``n_draws``, ``noise``, ``scale``)."""
+        return {f.metadata["short"]: getattr(self, f.name) for f in self.keyed("probe")}
+
+    def make_probe(self) -> Any:
+        """The :class:`~lnsr_viz.core.probe.StabilityProbe` every run of this experiment is probed with."""
+        from ..core.probe import StabilityProbe
+
+        return StabilityProbe(self.probe_noise, scale=self.probe_scale, n_draws=self.probe_draws,
+                              max_length=self.max_length, seed=0, progress=False)
+
+    def in_domain_data(self) -> Any:
+        """``data``, or the task's default (``movie``; ``squad`` for QA)."""
+        if self.data is not None:
+            return self.data
+        return "squad" if self.task == "qa" else IN_DOMAIN
+
+    def ood_data(self) -> Sequence[Any] | Mapping[str, Any]:
+        """``ood``, or the task's default (:data:`~lnsr_viz.data.text.OOD_DOMAINS`; none for QA)."""
+        if self.ood is not None:
+            return self.ood
+        return () if self.task == "qa" else OOD_DOMAINS
+
+    # ------------------------------------------------------------------------------------------------------------
+    # changing, writing and reading
+    # ------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def check_names(cls, names: Any, *, owner: str = "ExperimentConfig", also: Sequence[str] = ()) -> None:
+        """Refuse names that are not settings, listing the valid ones (``also``: the caller's own keywords)."""
+        unknown = sorted(set(names) - set(cls.field_names()) - set(also))
+        if unknown:
+            raise TypeError(f"{owner} got unknown setting(s) {unknown}; valid settings are "
+                            f"{sorted([*cls.field_names(), *also])}.")
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A copy with ``changes`` applied (validated again); unknown names are refused."""
+        self.check_names(changes, owner="ExperimentConfig.replace")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def demo(cls) -> ExperimentConfig:
+        """The demo's headline setting (the paper's regime: few examples), chosen a priori, never tuned on results:
+        vanilla vs LNSR, seeds 1-3, 500 movie examples, stored in ``results/demo``."""
+        return cls(results="results/demo")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values in the sweep files' form: top-level settings, then ``train:`` and ``probe:`` sections."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("key") in ("train", "probe"):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, dict):
+                value = {k: dict(v) if isinstance(v, Mapping) else v for k, v in value.items()}
+            out[f.name] = value
+        out["train"] = self.train_params()
+        out["probe"] = self.probe_params()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, source: str = "ExperimentConfig") -> ExperimentConfig:
+        """Build from :meth:`to_dict`'s form (or flat keyword names); unknown keys are refused, naming the valid."""
+        flat: dict[str, Any] = {}
+        sections = {"train": {f.name: f.name for f in cls.keyed("train")},
+                    "probe": {f.metadata["short"]: f.name for f in cls.keyed("probe")}}
+        for key, value in values.items():
+            if key in sections and isinstance(value, Mapping):
+                allowed = sections[key]
+                bad = set(value) - set(allowed)
+                if bad:
+                    raise ValueError(f"{source}: unknown key(s) {sorted(bad)} under {key!r}; allowed: "
+                                     f"{sorted(allowed)}.")
+                flat.update({allowed[k]: v for k, v in value.items()})
+            else:
+                flat[key] = value
+        unknown = set(flat) - set(cls.field_names())
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; allowed keys are "
+                             f"{sorted([*cls.field_names(), *sections])}.")
+        return cls(**flat)

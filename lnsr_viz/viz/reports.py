@@ -1,0 +1,297 @@
+"""Every report of the toolkit, built in one place: the comparison, the diagnosis, the probe, the study write-up.
+
+The HTML reports are :class:`~lnsr_viz.viz.report.Report` pages (Jinja2 templates, self-contained and offline):
+
+=============================  ==============================================================================
+builder                        what it shows
+=============================  ==============================================================================
+:func:`comparison_report`      a :func:`lnsr_viz.experiments.runs.compare` result: verdicts in words, stability
+                               curves, metrics per domain, training curves, drift, paired statistics, the protocol
+:func:`diagnosis_report`       a :func:`lnsr_viz.experiments.diagnose.diagnose` result: findings with their numbers
+                               and thresholds, stability against the base, drift, calibration
+:func:`probe_report`           a stability profile (``python -m lnsr_viz probe --html``)
+:func:`write_study`            the study's markdown write-up (``docs/study.md``, from ``templates/study.md.j2``),
+                               its static SVG figure and its tidy CSV tables
+=============================  ==============================================================================
+
+Each HTML builder returns the report; ``.save(path)`` writes it atomically. Nothing here computes a statistic: the
+numbers come from the result objects of :mod:`lnsr_viz.experiments` and :mod:`lnsr_viz.analysis`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .report import Report, template_environment
+
+__all__ = ["comparison_report", "diagnosis_report", "probe_report", "write_study", "DEFAULT_COMPARISON_TITLE"]
+
+#: The comparison report's title unless one is given.
+DEFAULT_COMPARISON_TITLE = "lnsr_viz: fine-tuning with and without LNSR"
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+def _machine() -> dict[str, Any]:
+    """The machine the report was rendered on (Python, torch, CPU, cores, torch threads)."""
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
+            platform.machine(), "cores": os.cpu_count(), "torch threads": torch.get_num_threads()}
+
+
+def comparison_report(result: Any, *, title: str = DEFAULT_COMPARISON_TITLE) -> Report:
+    """The HTML report of a comparison (a :class:`~lnsr_viz.experiments.runs.ComparisonResult`): figures,
+    statistics in plain words, the protocol. ``comparison_report(result).save("reports/mine.html")`` writes it."""
+    from . import figures as plots
+    from .analysis_figures import plot_drift_by_layer
+
+    cfg = result.config
+    rep = Report(title, subtitle=f"{cfg.get('model')} fine-tuned on {cfg['data']['train_size']} "
+                                 f"{cfg['data']['in_domain']} examples; methods {', '.join(cfg['methods'])}; "
+                                 f"seeds {', '.join(map(str, cfg['seeds']))}")
+    in_domain = cfg["data"]["in_domain"]
+    qa = cfg.get("task") == "qa"
+    headline = ["f1", "exact_match"] if qa else ["accuracy", "roc_auc"]
+    rep.add_text(
+        "Every number on this page comes from the runs listed at the bottom (stored in the run store "
+        f"`{cfg['results']}`). Each method was fine-tuned once per seed on the same training subset; the seeds vary "
+        "the head initialisation, data order, dropout and noise. Differences are reported with 95% confidence "
+        "intervals over seeds and paired tests; a difference whose interval includes zero is **within noise**.",
+        heading="What this report shows")
+    collapsed = result.runs[result.runs["collapsed"].fillna(False).astype(bool)] if "collapsed" in result.runs else []
+    if len(collapsed):
+        rep.add_text("**Collapsed runs** (the collapse guard saw the top-layer representations lose their spread; "
+                     "their numbers are in every table and figure below but measure a degenerate model): "
+                     + ", ".join(f"{r.method} seed {r.seed}" for r in collapsed.itertuples()),
+                     heading="Warning: collapsed runs")
+    if len(result.paired):
+        verdicts = result.paired[result.paired["metric"].isin(headline)]
+        lines = "\n".join(f"- **{r.domain}, {r.metric}**: {r.verdict}" for r in verdicts.itertuples())
+        rep.add_text(lines, heading="Verdicts in plain words")
+    if len(result.profile):
+        prof = result.profile
+        rep.add_figure(plots.plot_stability_curves(prof, metric="change_rel", injection_layer=0, color="model"),
+                       heading="Layer stability (paper Figure 1 style)",
+                       caption="Gaussian noise with 5% of each token's norm is added to the embedding output (layer "
+                               "0); each curve shows how much every higher layer's output changes, relative to its "
+                               "norm (mean over sentences; bands: 95% CI over seeds, or over sentences for the single "
+                               "pre-trained model). Lower curves at the top layers mean a more noise-stable model.")
+        rep.add_figure(plots.plot_stability_curves(prof, metric="change_l2", injection_layer=0, color="model"),
+                       heading="Layer stability, absolute change",
+                       caption="The same probe in absolute units: the L2 norm of the change of each layer's output. "
+                               "A model can look stable here simply by shrinking its representations; compare with "
+                               "the relative curve above.")
+    if len(result.metrics):
+        panels = ((("f1", "F1 per domain"), ("exact_match", "Exact match per domain")) if qa else
+                  (("accuracy", "Accuracy per domain"), ("roc_auc", "ROC AUC per domain")))
+        for metric, name in panels:
+            sub = result.metrics[result.metrics["metric"] == metric]
+            if len(sub):
+                rep.add_figure(plots.plot_metric_by_domain(result.metrics, metric=metric, in_domain=in_domain),
+                               heading=name,
+                               caption=f"One dot per seed; the larger marker is the mean with its 95% CI over seeds. "
+                                       f"{in_domain} is in-domain (held-out test split); the others are "
+                                       "out-of-domain. " + (
+                                           "SQuAD's official metrics in percent (answers normalised; the best "
+                                           "match over the reference answers)." if qa else
+                                           "ROC AUC ranks examples without a decision threshold, so a shifted "
+                                           "threshold lowers accuracy but not AUC."))
+    if len(result.label_balance):
+        if qa:
+            rep.add_table(result.label_balance, heading="Evaluation sets",
+                          caption="Questions (n) and articles per evaluation set; the in-domain set holds held-out "
+                                  "questions on the training articles, the others come from other topic groups.")
+        else:
+            rep.add_table(result.label_balance, heading="Evaluation sets and their label balance",
+                          caption="positive_rate: the fraction of positive examples; accuracy must be read "
+                                  "against it.")
+    if len(result.history):
+        history = result.history.assign(
+            train_reg_contribution=result.history["train_loss"] - result.history["train_task_loss"])
+        rep.add_figure(plots.plot_training_curves(
+            history, metrics=("train_loss", "train_task_loss", "train_reg_contribution")), heading="Training curves",
+                       caption="Training loss per epoch, split into the task loss and the regulariser's share of it "
+                               "(its weight times its term; zero for vanilla), and training vs validation accuracy "
+                               "(measured in eval mode at the end of each epoch). The unweighted term is in the "
+                               "history table's train_reg_loss column.")
+        rep.add_figure(plots.plot_generalisation_gap(result.history), heading="Generalisation gap",
+                       caption="Training accuracy minus validation accuracy per epoch; mean and 95% CI over seeds.")
+    if len(result.drift):
+        rep.add_figure(plot_drift_by_layer(result.drift, metric="cka"), heading="Drift from the pre-trained model",
+                       caption="Linear CKA between each layer's mean-pooled representations of the probe inputs in "
+                               "the pre-trained and the fine-tuned model (1 = unchanged up to rotation and scale); "
+                               "mean and 95% CI over seeds. Layers that fine-tuning moved more sit lower.")
+        rep.add_figure(plot_drift_by_layer(result.drift, metric="weight_distance_rel"), caption=(
+            "The same per layer in weight space: ||W_ft - W_pre||_F / ||W_pre||_F."))
+    if len(result.paired):
+        rep.add_figure(plots.plot_paired_differences(result.paired, metric=headline[0], in_domain=in_domain),
+                       heading=f"Paired differences ({headline[0]})",
+                       caption="Method minus baseline, seed by seed; the bar is the 95% CI of the mean difference. "
+                               "Hollow markers: the CI includes zero (within noise).")
+        rep.add_table(result.paired[["method", "baseline", "domain", "metric", "n_pairs", "mean_diff", "ci_low",
+                                     "ci_high", "p_sign", "p_permutation", "verdict"]],
+                      heading="Paired comparison table")
+    if len(result.summary):
+        rep.add_table(result.summary, heading="Mean, sd and 95% CI over seeds",
+                      caption="nll and ece: lower is better; the others: higher is better.")
+    rep.add_key_values({"model": cfg["model"], **{f"data.{k}": v for k, v in cfg["data"].items()},
+                        **{f"train.{k}": v for k, v in cfg["train"].items()},
+                        **{f"probe.{k}": v for k, v in cfg["probe"].items()},
+                        **{f"{m}.params": str(p) for m, p in cfg["method_params"].items()},
+                        **{f"time.{k}": (round(v, 1) if isinstance(v, float) else v)
+                           for k, v in result.timings.items()},
+                        **{f"machine.{k}": v for k, v in _machine().items()}},
+                       heading="Protocol, settings and machine")
+    rep.add_table(result.runs, heading="Runs", caption="cached: loaded from the run store instead of retrained.")
+    return rep
+
+
+# ------------------------------------------------------------------------------------------------ diagnosis
+def diagnosis_report(diag: Any) -> Report:
+    """The HTML report of a :class:`~lnsr_viz.experiments.diagnose.Diagnosis`: the findings with the number, the
+    threshold and its source behind each, accuracy / loss / calibration by split, stability against the base, drift,
+    reliability and the settings."""
+    from ..experiments.diagnose import json_safe
+    from . import figures as plots
+    from .analysis_figures import plot_drift_heatmap
+
+    s = diag.settings
+    rep = Report(f"Diagnosis of {os.path.basename(str(s.get('model', 'model')).rstrip('/')) or 'model'}",
+                 subtitle=f"base model: {s.get('base_model')} ({s.get('base_source')}); {s.get('n_train')} training "
+                          f"and {s.get('n_held_out')} held-out examples ({s.get('split')})")
+    marks = {"warning": "**Warning**", "ok": "OK", "info": "Note"}
+    lines = [f"- {marks[f.severity]} — **{f.title}**: {f.message}" for f in diag.findings]
+    rep.add_text("\n".join(lines), heading="Findings")
+    rep.add_table(pd.DataFrame([{"finding": f.title, "severity": f.severity, "value": f.value,
+                                 "threshold": f.threshold, "threshold and its source": f.threshold_source}
+                                for f in diag.findings]),
+                  heading="The numbers behind each finding",
+                  caption="Every verdict compares a measured value with a stated threshold; descriptive findings "
+                          "have none.")
+    if len(diag.metrics):
+        wide = diag.metrics.pivot_table(index="metric", columns="split", values="value", sort=False).reset_index()
+        rep.add_table(wide, heading="Accuracy, loss and calibration by split",
+                      caption="nll: mean cross-entropy (nats); ece: expected calibration error; both lower is "
+                              "better.")
+    if len(diag.profile):
+        rep.add_figure(plots.plot_stability_curves(diag.profile, metric="change_rel", injection_layer=0,
+                                                   color="model"),
+                       heading="Layer stability: model vs base",
+                       caption="Gaussian noise with 5% of each token's norm added to the embedding output; each "
+                               "curve is the relative change of every higher layer (mean over sentences, band: 95% "
+                               "CI). A fine-tuned curve above the base at the top layers means less stable top "
+                               "layers.")
+    if len(diag.drift):
+        rep.add_figure(plot_drift_heatmap(diag.drift), heading="Drift from the base per layer",
+                       caption="Colour: how far each layer moved, scaled within each metric (similarities shown as "
+                               "1 - similarity); cell text: the raw value.")
+        rep.add_table(diag.drift.drop(columns=["model_a", "model_b"]), heading="Drift table", float_format="{:.4g}")
+    if len(diag.calibration):
+        rep.add_table(diag.calibration, heading="Reliability (held-out)",
+                      caption="Per confidence bin: how many predictions, their mean confidence and their accuracy. "
+                              "A calibrated model has accuracy close to confidence in every bin.")
+    flat = {k: (json.dumps(json_safe(v)) if isinstance(v, Mapping) else v) for k, v in s.items()}
+    rep.add_key_values(flat, heading="Settings")
+    return rep
+
+
+# ------------------------------------------------------------------------------------------------ probe
+def probe_report(profile: pd.DataFrame, *, model: str, layer: int | None = None) -> Report:
+    """The HTML report of a stability profile of ``model``: the curve for noise at ``layer`` (0 when None), and
+    with ``layer=None`` (noise at every layer) the full profile heatmap; then the profile table."""
+    from . import figures as plots
+
+    rep = Report(f"Noise-stability profile of {model}")
+    k = 0 if layer is None else layer
+    rep.add_figure(plots.plot_stability_curves(profile, injection_layer=k), heading="Stability curve",
+                   caption=f"Noise injected at layer {k}; relative change of every higher layer.")
+    if layer is None:
+        rep.add_figure(plots.plot_profile_heatmap(profile), heading="Full profile",
+                       caption="Relative change at every layer (x) for noise injected at every layer (y).")
+    rep.add_table(profile, heading="Profile")
+    return rep
+
+
+# ------------------------------------------------------------------------------------------------ study
+def _study_context(res: Any, *, store_root: Any, config: Mapping[str, Any], config_path: str | None,
+                   figure: Path, tables: Path) -> dict[str, Any]:
+    """What ``study.md.j2`` shows, read off the :class:`~lnsr_viz.experiments.study.StudyResult`."""
+    from ..experiments.study import CLAIMS, rank_correlation
+
+    runs = res.runs
+    rho, p, n = rank_correlation(runs["top_sensitivity"], runs["ood_accuracy"])
+    main = res.claims[res.claims["role"] == "chosen"] if len(res.claims) else res.claims
+    verdicts: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in main.to_dict("records"):
+        verdicts.setdefault((row["claim"], int(row["train_size"])), row)
+    claim_rows: dict[str, list[dict[str, Any]]] = {}
+    for key in CLAIMS:
+        rows = res.claims[res.claims["claim"] == key].to_dict("records") if len(res.claims) else []
+        for row in rows:
+            row["relative_effect"] = row["effect"] / row["baseline_mean"] if row["baseline_mean"] else math.nan
+        claim_rows[key] = rows
+    per_domain = res.paired[res.paired["metric"].isin(["accuracy", "roc_auc", "macro_f1", "ece"])
+                            & (res.paired["domain"] != "summary") & (res.paired["role"] == "chosen")]
+    return {
+        "res": res, "claims": CLAIMS, "store_root": store_root, "config_path": config_path or "CONFIG",
+        "model": config.get("model", "the model"), "train": dict(config.get("train") or {}),
+        "sizes": sorted(runs["train_size"].unique()), "seeds": sorted(runs["seed"].unique()),
+        "settings": list(pd.unique(runs["setting"])),
+        "verdict_sizes": [int(s) for s in sorted(main["train_size"].unique())] if len(main) else [],
+        "verdicts": verdicts, "claim_rows": claim_rows,
+        "measures": {"top_sensitivity": "top-layer sensitivity", "accuracy": "in-domain accuracy",
+                     "ood_accuracy": "out-of-domain accuracy"},
+        "n_seeds": int(main["n_seeds"].min()) if len(main) else 0, "n_verdicts": len(main),
+        "rho": rho, "p": p, "n_runs": n, "n_collapsed": int(runs["collapsed"].sum()),
+        "figure_name": figure.name, "per_domain": per_domain, "tables": tables.as_posix(),
+    }
+
+
+def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str] = "docs/study.md", *,
+                config: Mapping[str, Any] | None = None, config_path: str | None = None,
+                figure: str | os.PathLike[str] | None = None, tables: str | os.PathLike[str] | None = None,
+                result: Any = None) -> Path:
+    """Write the study's markdown write-up, its static figure and its tidy tables; return the markdown path.
+
+    Parameters
+    ----------
+    store : RunStore or path
+        The sweep's run store (e.g. ``results/study``).
+    out : path
+        The markdown file (rendered from ``templates/study.md.j2``).
+    config, config_path : optional
+        The sweep configuration (shown in the write-up) and the file it came from.
+    figure : path, optional
+        The SVG (default: ``<out stem>-sensitivity-vs-ood.svg`` next to ``out``;
+        :func:`lnsr_viz.viz.study_figures.write_sensitivity_svg`).
+    tables : folder, optional
+        Where the tidy CSV tables go (default: ``<store>/tables``).
+    result : StudyResult, optional
+        The claims already computed (default: :func:`lnsr_viz.experiments.study.study_claims` of ``store``).
+    """
+    from ..experiments.store import RunStore
+    from ..experiments.study import study_claims
+    from ..utils.io import atomic_write_csv, atomic_write_text
+    from .study_figures import write_sensitivity_svg
+
+    store = store if hasattr(store, "load") else RunStore(store, read_only=True)
+    res = result or study_claims(store)
+    out = Path(out)
+    figure = Path(figure) if figure else out.with_name(f"{out.stem}-sensitivity-vs-ood.svg")
+    tables = Path(tables) if tables else Path(store.root) / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    for name in ("runs", "chosen", "claims", "settings", "balance", "paired"):
+        atomic_write_csv(tables / f"{name}.csv", getattr(res, name))
+    write_sensitivity_svg(res.runs, figure)
+    env = template_environment(markdown=True)
+    context = _study_context(res, store_root=store.root, config=dict(config or {}), config_path=config_path,
+                             figure=figure, tables=tables)
+    return atomic_write_text(out, env.get_template("study.md.j2").render(context))

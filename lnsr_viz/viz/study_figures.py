@@ -1,0 +1,130 @@
+"""The study's figure: top-layer noise sensitivity against out-of-domain accuracy, one marker per run.
+
+:func:`plot_sensitivity_vs_ood` is the interactive (plotly) figure for notebooks; :func:`write_sensitivity_svg` is
+its static twin (matplotlib SVG, byte-stable: the same runs give the same file) for the markdown write-up
+(:func:`lnsr_viz.viz.reports.write_study`). Both take the table of :func:`lnsr_viz.experiments.study.study_runs`;
+the correlation in their titles is :func:`lnsr_viz.experiments.study.rank_correlation`, the same number the
+write-up states. :func:`setting_colors` gives every setting of a study its own colour in both.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from ..experiments.study import rank_correlation
+from ..utils.io import atomic_write_text
+from .style import TEMPLATE, color_for
+
+__all__ = ["SETTING_PALETTE", "setting_colors", "plot_sensitivity_vs_ood", "write_sensitivity_svg"]
+
+#: Distinct colours for a study's settings (Okabe-Ito, then Paul Tol's muted set); vanilla keeps its usual blue.
+SETTING_PALETTE = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#117733", "#999933",
+                   "#AA4499", "#44AA99", "#332288", "#DDCC77")
+
+
+def setting_colors(settings: Any) -> dict[str, str]:
+    """One distinct colour per setting, in order of first appearance (``vanilla`` gets the method colour)."""
+    out: dict[str, str] = {}
+    k = 0
+    for name in pd.unique(pd.Series(list(settings), dtype=object)):
+        if name == "vanilla":
+            out[name] = color_for("vanilla")
+        else:
+            out[name] = SETTING_PALETTE[k % len(SETTING_PALETTE)]
+            k += 1
+    return out
+
+
+def plot_sensitivity_vs_ood(runs: pd.DataFrame, *, x: str = "top_sensitivity", y: str = "ood_accuracy",
+                            title: str | None = None) -> go.Figure:
+    """Top-layer noise sensitivity (x) against out-of-domain accuracy (y), one marker per run.
+
+    Colour: the setting; marker: circle / square / diamond per training-set size; collapsed runs are drawn with a
+    black cross on top and named in the hover. The title gives Spearman's rank correlation over all runs.
+    """
+    needed = {x, y, "setting", "train_size", "seed", "collapsed"}
+    missing = needed - set(runs.columns)
+    if missing:
+        raise ValueError(f"plot_sensitivity_vs_ood needs the study_runs columns {sorted(needed)}; missing "
+                         f"{sorted(missing)}.")
+    symbols = ["circle", "square", "diamond", "triangle-up", "star"]
+    sizes = sorted(runs["train_size"].unique())
+    colors = setting_colors(runs["setting"])
+    fig = go.Figure()
+    for setting in pd.unique(runs["setting"]):
+        for i, size in enumerate(sizes):
+            sub = runs[(runs["setting"] == setting) & (runs["train_size"] == size)]
+            if sub.empty:
+                continue
+            fig.add_trace(go.Scatter(
+                x=sub[x], y=sub[y], mode="markers", name=f"{setting}, n={size}", legendgroup=str(setting),
+                marker={"color": colors[setting], "symbol": symbols[i % len(symbols)], "size": 9,
+                        "line": {"width": 0.5, "color": "white"}},
+                customdata=np.column_stack([sub["seed"], sub["collapsed"].map({True: "COLLAPSED", False: ""})]),
+                hovertemplate=(f"{setting}<br>train size {size}, seed %{{customdata[0]}}<br>{x} %{{x:.4f}}<br>"
+                               f"{y} %{{y:.3f}}<br>%{{customdata[1]}}<extra></extra>")))
+    collapsed = runs[runs["collapsed"].astype(bool)]
+    if len(collapsed):
+        fig.add_trace(go.Scatter(x=collapsed[x], y=collapsed[y], mode="markers", name="collapsed run",
+                                 marker={"symbol": "x-thin", "size": 14, "line": {"width": 2, "color": "black"}},
+                                 hoverinfo="skip"))
+    rho, p, n = rank_correlation(runs[x], runs[y])
+    fig.update_layout(template=TEMPLATE, title=title or (
+        f"Top-layer noise sensitivity vs out-of-domain accuracy, {n} runs (Spearman rho = {rho:.2f}, p = {p:.2g})"),
+        xaxis_title="top-layer noise sensitivity (relative change, noise at the embeddings)",
+        yaxis_title="out-of-domain accuracy (mean over the sets)", legend_title_text="setting, training size")
+    return fig
+
+
+def write_sensitivity_svg(runs: pd.DataFrame, path: str | Path, *, x: str = "top_sensitivity",
+                          y: str = "ood_accuracy") -> Path:
+    """Write the static twin of :func:`plot_sensitivity_vs_ood` (matplotlib SVG, one panel per training-set size)
+    to ``path`` atomically and return it. Byte-stable: fixed element ids and no date in the file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = ["o", "s", "D", "^", "*"]
+    sizes = sorted(runs["train_size"].unique())
+    colors = setting_colors(runs["setting"])
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.4), squeeze=False, sharey=True)
+    for ax, (i, size) in zip(axes[0], enumerate(sizes), strict=True):
+        sub_size = runs[runs["train_size"] == size]
+        for setting in pd.unique(runs["setting"]):
+            sub = sub_size[sub_size["setting"] == setting]
+            if sub.empty:
+                continue
+            ax.scatter(sub[x], sub[y], c=colors[setting], marker=markers[i % len(markers)], s=36,
+                       label=str(setting), edgecolors="white", linewidths=0.5)
+        col = sub_size[sub_size["collapsed"].astype(bool)]
+        if len(col):
+            ax.scatter(col[x], col[y], marker="x", c="black", s=70, linewidths=1.5, label="collapsed run")
+        rho, p, n = rank_correlation(sub_size[x], sub_size[y])
+        ax.set_title(f"{size} training examples: Spearman rho = {rho:.2f} (p = {p:.2g}, {n} runs)", fontsize=9)
+        ax.set_xlabel("top-layer noise sensitivity (relative change)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("out-of-domain accuracy (mean over sets)")
+    handles, labels = [], []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    ncol = min(3, len(labels))
+    rows = math.ceil(len(labels) / ncol)
+    fig.set_size_inches(5.2 * len(sizes), 3.9 + 0.22 * rows)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, (0.22 * rows + 0.1) / (3.9 + 0.22 * rows), 1, 1))
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": "lnsr_viz-study"}):  # stable element ids: same data, same file
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    return atomic_write_text(Path(path), buf.getvalue())

@@ -1,0 +1,140 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Rival regularisers side by side
+#
+# **What you will learn**
+#
+# * how LNSR compares with the other fine-tuning regularisers on the same data, seeds and budget: L2-SP, Mixout,
+#   SMART, R3F, R-Drop, NoisyTune, HyPe and Child-Tuning, against vanilla fine-tuning;
+# * each method's stability curve, accuracy in and out of domain, and paired differences from vanilla with
+#   verdicts in plain words;
+# * what each method costs in time;
+# * that with a few seeds most differences are **within noise**, and how to read that honestly.
+#
+# **Time on a laptop CPU:** the full setting fine-tunes 8 rival methods x 3 seeds on top of notebook 02's runs
+# (which are reused): 24 MiniLM fine-tunings, an estimated 4 hours on two CPU cores the first time (from notebook
+# 02's measured 6-10 minutes per vanilla run and each method's per-step cost relative to vanilla in
+# `benchmarks/bench_methods.py`: up to 2.5x for SMART), seconds afterwards (every run is stored). Quick setting:
+# about 10 s (16 tiny fine-tunings).
+
+# %% [markdown]
+# **Quick setting.** With the environment variable `LNSR_VIZ_QUICK=1` (the tests set it) every notebook uses tiny
+# random models and toy sentences and finishes in seconds; the numbers then mean nothing, only the mechanics are
+# exercised. Leave it unset for the real thing: the packaged all-MiniLM-L6-v2 and the VADER sentiment data, both
+# offline (`make assets` fetched them).
+
+# %%
+from IPython.display import display
+
+from lnsr_viz import compare
+from lnsr_viz.methods import METHODS
+from lnsr_viz.viz.dashboards import MetricsDashboard, StabilityCurvesDashboard, TrainingCurvesDashboard
+from lnsr_viz.viz.figures import plot_paired_differences
+from lnsr_viz.viz.notebook_figures import plot_run_costs, plot_step_costs, wrap_title
+from lnsr_viz.viz.reports import comparison_report
+from lnsr_viz.viz.runtime import benchmark_table, comparison_settings, reports_dir, run_cost_summary, setup_notebook
+
+QUICK = setup_notebook()
+ALL_METHODS = tuple(METHODS)   # vanilla, lnsr and every rival registered in lnsr_viz
+SETTINGS = comparison_settings(methods=ALL_METHODS)
+print("methods:", ", ".join(ALL_METHODS))
+
+# %% [markdown]
+# ## 1 · Run or load every method
+#
+# Same data, seeds, epochs and learning rate for every method; each method's own hyper-parameters are its
+# defaults (see `lnsr_viz.methods`), chosen a priori, not tuned here. Runs already stored (e.g. vanilla and LNSR
+# from notebook 02) are loaded.
+
+# %%
+result = compare(**SETTINGS, progress=False, verbose=not QUICK)
+IN_DOMAIN = result.config["data"]["in_domain"]
+print(f"{result.timings['trained_runs']} runs trained, {result.timings['cached_runs']} loaded")
+assert set(result.runs["method"]) == {"pretrained", *ALL_METHODS}
+assert set(result.paired["method"]) == set(ALL_METHODS) - {"vanilla"}
+
+# %% [markdown]
+# ## 2 · What each method costs
+#
+# Wall-clock seconds per run (fine-tuning, evaluation and the stability probe), one dot per seed. Methods that add
+# a second forward pass (LNSR, SMART, R3F, R-Drop) cost more than those that only change the weights, the
+# gradients or the hidden states of the one pass (L2-SP, Mixout, NoisyTune, HyPe, Child-Tuning). Runs loaded from
+# the store report the time of the run that made them.
+
+# %%
+runs = result.runs.dropna(subset=["seconds"])   # the pre-trained reference row has no training time
+run_cost_summary(runs)
+
+# %%
+wrap_title(plot_run_costs(runs))
+
+# %% [markdown]
+# Wall-clock seconds of whole runs depend on what else the machine was doing. `benchmarks/bench_methods.py`
+# measures the cost of one training step of each method on MiniLM, interleaved in rounds so that a shared machine's
+# load hits every method alike, and reports it as a ratio to vanilla, with the peak memory a step adds. If its
+# results file is present it is shown here (run `python benchmarks/bench_methods.py` to make or refresh it).
+
+# %%
+bench, bench_info = benchmark_table("bench_methods")
+if len(bench):
+    machine = bench_info.get("machine", {})
+    print(f"measured on {machine.get('cpu')} ({machine.get('cores')} cores, torch threads "
+          f"{machine.get('torch_threads')}), settings {bench_info.get('settings')}")
+    display(wrap_title(plot_step_costs(bench)))
+else:
+    print(f"no benchmark results at {bench_info['path']}: run `python benchmarks/bench_methods.py` to measure")
+
+# %% [markdown]
+# ## 3 · Stability of every method
+
+# %%
+stability = StabilityCurvesDashboard(result.profile, color="model")
+assert stability.error is None, stability.error
+stability
+
+# %% [markdown]
+# ## 4 · Accuracy in and out of domain
+
+# %%
+accuracy = MetricsDashboard(result.metrics, summary=result.summary, in_domain=IN_DOMAIN)
+assert accuracy.error is None, accuracy.error
+accuracy
+
+# %% [markdown]
+# ## 5 · Paired differences from vanilla
+#
+# Every method minus vanilla, seed by seed, with 95% CIs; hollow markers are within noise.
+
+# %%
+wrap_title(plot_paired_differences(result.paired, metric="accuracy", in_domain=IN_DOMAIN))
+
+# %%
+verdicts = result.paired[result.paired["metric"] == "accuracy"][["method", "domain", "mean_diff", "ci_low",
+                                                                 "ci_high", "verdict"]]
+verdicts.round(4)
+
+# %% [markdown]
+# ## 6 · Training curves
+
+# %%
+training = TrainingCurvesDashboard(result.history)
+assert training.error is None, training.error
+training
+
+# %%
+report_path = comparison_report(result, title="lnsr_viz: LNSR and its rivals").save(
+    reports_dir() / "05_rival_regularisers.html")
+print(report_path)

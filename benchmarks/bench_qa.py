@@ -6,7 +6,8 @@ GPU; this script measures what it costs on the CPU and projects the command's wa
 * the sliding windows (``max_length``, stride 64) of the training, validation and evaluation questions;
 * ``--steps`` timed training steps (after one untimed) of vanilla and of LNSR on ``--batch-size`` real training
   windows, with the step :meth:`lnsr_viz.training.loop.FineTuner.training_step` runs, in alternating order;
-* the evaluation throughput (``lnsr_viz.data.squad.evaluate_qa``: forward pass, span decoding, EM/F1) on 64 questions;
+* the evaluation throughput (``lnsr_viz.analysis.qa_evaluation.evaluate_qa``: forward pass, span decoding,
+  EM/F1) on 64 questions;
 * one stability probe of the pre-trained model on the probe's 64 questions.
 
 Projected per run: training steps x step time + per epoch the F1 on the training and validation questions + the
@@ -35,9 +36,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from machine import machine  # noqa: E402  (benchmarks/machine.py; scripts run from this folder)
 
+from lnsr_viz.analysis.qa_evaluation import evaluate_qa  # noqa: E402
 from lnsr_viz.core.probe import StabilityProbe  # noqa: E402
 from lnsr_viz.data.models import load_model  # noqa: E402
-from lnsr_viz.data.squad import evaluate_qa, feature_batches, prepare_features  # noqa: E402
+from lnsr_viz.data.squad import feature_batches, prepare_features  # noqa: E402
 from lnsr_viz.experiments.runs import make_qa_protocol  # noqa: E402
 from lnsr_viz.training.loop import FineTuner  # noqa: E402
 

@@ -37,8 +37,9 @@
 # %%
 import warnings
 
-from lnsr_viz import StabilityProbe, plot_profile_heatmap, plot_stability_curves, save_figure
+from lnsr_viz import StabilityProbe, plot_stability_curves
 from lnsr_viz.viz.dashboards import NoiseExplorer, StabilityCurvesDashboard
+from lnsr_viz.viz.figures import plot_profile_heatmap, save_figure
 from lnsr_viz.viz.notebook_figures import plot_noise_types, plot_scale_response, wrap_title
 from lnsr_viz.viz.runtime import (
     explorer_models,

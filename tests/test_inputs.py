@@ -19,6 +19,7 @@ from lnsr_viz.core.inputs import (
     named_models,
     texts_of,
     tokenize,
+    train_mode,
     unwrap,
 )
 from lnsr_viz.data.text import TextDataset
@@ -209,3 +210,12 @@ def test_labels_of_models():
         named_models((model, tok), None, None, ["a", "b"], owner="x")
     with pytest.raises(ValueError, match="x: a tokenizer is needed for model_a"):
         named_models(model, None, None, None, owner="x")
+
+
+def test_train_mode_switches_dropout_on_and_restores_eval():
+    model, _ = tiny_model("bert")
+    model.eval()
+    with pytest.raises(RuntimeError, match="boom"), train_mode(model) as same:
+        assert same is model and all(m.training for m in model.modules())
+        raise RuntimeError("boom")
+    assert not any(m.training for m in model.modules())

@@ -161,3 +161,22 @@ def test_an_unknown_top_level_name_says_where_to_look():
 
     with pytest.raises(AttributeError, match="subpackages"):
         lnsr_viz.summarize  # noqa: B018  (now lnsr_viz.analysis.stats.summarize)
+
+
+def test_the_docs_and_notebooks_use_only_top_level_names_that_exist():
+    import re
+
+    import lnsr_viz
+
+    root = PKG.parent
+    names = set(lnsr_viz.__all__)
+    unknown: dict[str, set[str]] = {}
+    for path in [root / "README.md", root / "docs" / "architecture.md", *sorted((root / "notebooks").glob("*.py"))]:
+        text = path.read_text(encoding="utf-8")
+        found = set(re.findall(r"\blv\.([A-Za-z_]\w*)", text))
+        for group in re.findall(r"^\s*from lnsr_viz import ([^\n(]+)$", text, flags=re.M):
+            found |= {n.strip().split(" as ")[0] for n in group.split(",")}
+        found -= {"__file__", "__version__", "cli"}
+        if found - names:
+            unknown[path.name] = found - names
+    assert not unknown, f"names not in lnsr_viz.__all__: {unknown}"

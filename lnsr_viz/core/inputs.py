@@ -44,6 +44,7 @@ __all__ = [
     "texts_of",
     "iter_batches",
     "eval_mode",
+    "train_mode",
     "load_named_model",
     "model_and_tokenizer",
     "model_label",
@@ -232,13 +233,26 @@ def eval_mode(model: nn.Module, *, freeze: bool = False) -> Iterator[nn.Module]:
     >>> net.training
     True
     """
+    with _mode(model, training=False, freeze=freeze):
+        yield model
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the body with ``model`` in training mode (dropout on, e.g. for a Fisher estimate); restore on exit."""
+    with _mode(model, training=True, freeze=False):
+        yield model
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, *, training: bool, freeze: bool) -> Iterator[None]:
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()] if freeze else []
-    model.eval()
+    model.train(training)
     try:
         for p, _ in flags:
             p.requires_grad_(False)
-        yield model
+        yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

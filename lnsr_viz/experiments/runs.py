@@ -92,7 +92,7 @@ class Protocol:
             from ..analysis.evaluation import evaluate
 
             return evaluate(model, tokenizer, self.evaluation, max_length=max_length)
-        from ..data.squad import evaluate_qa
+        from ..analysis.qa_evaluation import evaluate_qa
 
         return evaluate_qa(model, tokenizer, self.evaluation, max_length=max_length,
                            stride=min(self.qa_stride, max_length // 2))

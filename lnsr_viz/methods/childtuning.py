@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..core.adapter import ModelAdapter
-from ..core.inputs import model_device
+from ..core.inputs import model_device, train_mode
 from ..utils.validation import check_choice, check_number
 from .base import LossParts, Method, method_generator, output_logits, task_forward, unwrap_model
 from .registry import register
@@ -88,23 +88,21 @@ class ChildTuning(Method):
                   if p.requires_grad]
         params = list(dict.fromkeys(params))
         fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        was_training = inner.training
-        inner.train()
         n = 0
-        try:
-            for batch in batches:
+        with train_mode(inner):
+            try:
+                for batch in batches:
+                    inner.zero_grad(set_to_none=True)
+                    loss, _ = task_forward(inner, batch)
+                    loss.backward()
+                    for p, f in zip(params, fisher):
+                        if p.grad is not None:
+                            if self.fisher_max_grad_norm > 0:
+                                nn.utils.clip_grad_norm_([p], self.fisher_max_grad_norm)
+                            f.add_(p.grad.detach().float().pow(2))
+                    n += 1
+            finally:
                 inner.zero_grad(set_to_none=True)
-                loss, _ = task_forward(inner, batch)
-                loss.backward()
-                for p, f in zip(params, fisher):
-                    if p.grad is not None:
-                        if self.fisher_max_grad_norm > 0:
-                            nn.utils.clip_grad_norm_([p], self.fisher_max_grad_norm)
-                        f.add_(p.grad.detach().float().pow(2))
-                n += 1
-        finally:
-            inner.zero_grad(set_to_none=True)
-            inner.train(was_training)
         count = torch.tensor(float(n), device=fisher[0].device if fisher else "cpu")
         if self._world_size > 1:
             import torch.distributed as dist

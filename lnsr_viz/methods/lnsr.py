@@ -1,8 +1,7 @@
-"""Fine-tuning methods behind one interface: a task loss plus (optionally) a regulariser.
+"""LNSR: the task loss plus lambda x how much noise injected at layer k changes every layer above it.
 
-Every method is a :class:`Method` with one verb, ``compute_loss(model, inputs) -> LossParts`` (also ``__call__``):
-the total loss to back-propagate, its task and regulariser parts (logged separately), and the logits. ``setup(model)``
-is called once before training (methods that need the pre-trained weights read them there).
+Like every method, :class:`LNSR` is a :class:`~lnsr_viz.methods.base.Method` with one verb,
+``compute_loss(model, inputs) -> LossParts``; :func:`lnsr_penalty` is the penalty alone.
 
 LNSR (Hua et al., NAACL 2021 / TNNLS 2023) — what is from the papers and what is our reconstruction
 ---------------------------------------------------------------------------------------------------

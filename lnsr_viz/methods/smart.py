@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core.inputs import model_device
+from ..core.inputs import eval_mode, model_device
 from ..utils.validation import check_choice, check_number, check_positive_int
 from .base import (
     LossParts,
@@ -176,14 +176,9 @@ class SMART(Method):
 
     def _teacher_logits(self, model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
         inner = unwrap_model(model)
-        was_training = inner.training
-        inner.eval()
-        try:
-            with torch.no_grad():
-                params = {n: self._ema.get(n, p) for n, p in inner.named_parameters()}
-                out = torch.func.functional_call(inner, params, args=(), kwargs=dict(inputs), strict=False)
-        finally:
-            inner.train(was_training)
+        with eval_mode(inner), torch.no_grad():
+            params = {n: self._ema.get(n, p) for n, p in inner.named_parameters()}
+            out = torch.func.functional_call(inner, params, args=(), kwargs=dict(inputs), strict=False)
         logits = prediction_logits(out)
         assert logits is not None
         return logits

@@ -109,7 +109,8 @@ class QAData:
 
     def evaluate(self, model: nn.Module, tokenizer: Any, *, batch_size: int, max_length: int) -> tuple[float, float]:
         """(F1 / 100, mean span loss over windows) in eval mode."""
-        from ..data.squad import predict_spans, squad_metrics
+        from ..analysis.qa_evaluation import predict_spans
+        from ..data.squad import squad_metrics
 
         preds, loss = predict_spans(model, tokenizer, self.dataset, max_length=max_length,
                                     stride=min(self.stride, max_length // 2), batch_size=batch_size)

@@ -345,8 +345,9 @@ def probe_noise_sigma(model: Any, texts: Sequence[str], tokenizer: Any, *, scale
     sigma where the small-noise identity holds.
     """
     from ..core.adapter import ModelAdapter
+    from ..core.inputs import tokenize
 
-    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    batch = tokenize(tokenizer, texts, max_length=max_length, model=model)
     hidden = ModelAdapter(model).hidden_states(batch)[layer]
     return float(scale * hidden.norm(dim=-1).mean() / hidden.shape[-1] ** 0.5)
 

@@ -30,6 +30,46 @@ def _str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _label_map(text: str) -> dict[str, int | str]:
+    """Parse ``--label-map negative=0,positive=1`` (or ``pos=positive``): label -> class id or class name."""
+    out: dict[str, int | str] = {}
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        label, sep, target = item.rpartition("=")
+        if not sep or not label or not target:
+            raise argparse.ArgumentTypeError(f"expected LABEL=CLASS pairs separated by commas, e.g. "
+                                             f"negative=0,positive=1 or fresh=positive; got {item!r}")
+        target = target.strip()
+        out[label.strip()] = int(target) if target.lstrip("-").isdigit() else target
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one LABEL=CLASS pair, e.g. negative=0,positive=1")
+    return out
+
+
+#: Python argument names in error messages -> the command line's flags.
+_CLI_FLAGS = {"text_column": "--text-column", "label_column": "--label-column", "label_map": "--label-map",
+              "encoding": "--encoding"}
+
+
+def _cli_message(message: str) -> str:
+    """An error message with the Python argument names it gives turned into this command line's flags."""
+    import ast
+    import re
+
+    def flag_map(match: re.Match[str]) -> str:
+        try:
+            pairs = ast.literal_eval(match.group(1))
+        except (ValueError, SyntaxError):
+            return match.group(0)
+        return "--label-map " + ",".join(f"{k}={'CLASS' if v is Ellipsis else v}" for k, v in pairs.items())
+
+    message = re.sub(r"\blabel_map=(\{[^{}]*\})", flag_map, message)
+    message = re.sub(r"\bencoding=(['\"])([^'\"]+)\1", r"--encoding \2", message)
+    message = re.sub(r"\b(text_column|label_column|label_map|encoding)=", lambda m: _CLI_FLAGS[m.group(1)], message)
+    return re.sub(r"\blabel_map\b", "--label-map", message)
+
+
 def _params(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
     """Parse ``--param lnsr.lam=10 --param lnsr.noise=in_manifold`` into ``{'lnsr': {'lam': 10.0, ...}}``."""
     import json
@@ -44,7 +84,81 @@ def _params(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        out.setdefault(method, {})[name] = value
+        out.setdefault(method, {})[name] = _param_value(method, name, value, item)
+    return out
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _param_value(method: str, name: str, value: Any, item: str) -> Any:
+    """A boolean parameter (its default is True/False) from true/false/1/0/yes/no/on/off; anything else refused.
+
+    Without this, ``--param lnsr.relative=False`` would pass the string ``'False'``, which Python reads as true.
+    """
+    import inspect
+
+    from .methods import METHODS
+
+    cls = METHODS.get(method)
+    if cls is None or isinstance(value, bool):
+        return value
+    param = inspect.signature(cls).parameters.get(name)
+    if param is None or not isinstance(param.default, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"--param {item}: {method}.{name} is true or false; give one of "
+                     f"{', '.join(_TRUE + _FALSE)}.")
+
+
+def _seed(text: str) -> int:
+    """A seed option: a whole number from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 2**32 - 1; got {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"a seed must be from 0 to 2**32 - 1 = {2**32 - 1}; got {value}")
+    return value
+
+
+def _check_output(path: str | os.PathLike[str], flag: str, *, folder: bool = False,
+                  created: str | os.PathLike[str] | None = None) -> Path:
+    """Refuse, before any work, an output path that cannot be written: one line naming the option.
+
+    A file output must not be an existing folder and its folder must exist (``created``: a folder this command
+    makes itself, such as the run store, may be missing); ``folder=True``: an output folder must not be a file.
+    The nearest existing folder must be writable (checked by creating and deleting a file there).
+    """
+    import uuid
+
+    out = Path(path).expanduser()
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{flag} {out} is a file; pass a folder.")
+    elif out.is_dir():
+        raise ValueError(f"{flag} {out} is a folder; pass a file path, e.g. {out / 'report.html'}.")
+    parent = out if folder else out.parent
+    inside_created = created is not None and (parent == Path(created) or Path(created) in parent.parents)
+    if not folder and not inside_created and not parent.is_dir():
+        what = "is a file, not a folder" if parent.exists() else "does not exist; create it first"
+        raise ValueError(f"{flag} {out}: the folder {parent} {what}.")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {out}: {existing} is a file, not a folder.")
+    probe = existing / f".write-probe-{uuid.uuid4().hex}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"{flag} {out}: cannot write in {existing} ({exc.strerror or exc}); pass a path you can "
+                         "write to.") from None
     return out
 
 
@@ -67,13 +181,20 @@ def _add_common_data(p: argparse.ArgumentParser, defaults: Any = None) -> None:
                    help=f"'minilm' (the packaged all-MiniLM-L6-v2), a Hugging Face model id, or a local checkpoint "
                         f"folder (default: {defaults.model})")
     p.add_argument("--data", default=None,
-                   help="a packaged domain (movie, amazon, tweets, nyt) or a CSV/TSV file with text and label "
-                        "columns (default: movie); with --task qa: 'squad' (the packaged SQuAD v1.1, default) or a "
-                        "SQuAD-format JSON file")
+                   help="a packaged domain (movie, amazon, tweets, nyt) or a data file with text and label columns "
+                        "(default: movie): .csv (comma, tab or semicolon separated, header row), .tsv/.tab, "
+                        "optionally .gz/.bz2/.xz/.zip; PATH:TEXT_COLUMN:LABEL_COLUMN names that file's columns "
+                        "(e.g. reviews.csv:review:stars); with --task qa: 'squad' (the packaged SQuAD v1.1, default) "
+                        "or a SQuAD-format JSON file")
     p.add_argument("--text-column", default=defaults.text_column,
-                   help=f"text column of a CSV (default: {defaults.text_column})")
+                   help=f"text column of every data file that does not name its own with PATH:TEXT:LABEL "
+                        f"(default: {defaults.text_column})")
     p.add_argument("--label-column", default=defaults.label_column,
-                   help=f"label column of a CSV (default: {defaults.label_column})")
+                   help=f"label column of every data file that does not name its own (default: "
+                        f"{defaults.label_column})")
+    p.add_argument("--encoding", default=None,
+                   help="text encoding of the data files, e.g. latin-1 or cp1252 (default: UTF-8, strictly: a file "
+                        "with bytes that are not UTF-8 is refused, saying how many lines hold them)")
     p.add_argument("--max-length", type=int, default=defaults.max_length,
                    help=f"tokenizer truncation length (default: {defaults.max_length})")
 
@@ -89,9 +210,17 @@ def _add_compare_options(p: argparse.ArgumentParser, defaults: Any) -> None:
                    help=f"comma-separated seeds, one run per method and seed (default: "
                         f"{','.join(map(str, defaults.seeds))})")
     p.add_argument("--ood", type=_str_list, default=None,
-                   help=f"comma-separated out-of-domain sets: packaged domains or CSV paths (default: "
-                        f"{','.join(defaults.ood_data())}; pass '' for none); with "
-                        "--task qa: further SQuAD files (the packaged SQuAD's other topic groups are always used)")
+                   help=f"comma-separated out-of-domain sets: packaged domains or data files, each named by its "
+                        f"stem in tables and verdicts, PATH:TEXT:LABEL for its own columns (default: "
+                        f"{','.join(defaults.ood_data())}; pass '' for none); their labels are matched with the "
+                        "training data's classes, and a label the training data lacks is refused (see --label-map); "
+                        "with --task qa: further SQuAD files (the packaged SQuAD's other topic groups are always "
+                        "used)")
+    p.add_argument("--label-map", type=_label_map, default=None, metavar="LABEL=CLASS,...",
+                   help="rename labels in every data file before they are matched with the training data's classes: "
+                        "CLASS is a class id or a training label, e.g. --label-map negative=0,positive=1 or "
+                        "--label-map negative=rotten,positive=fresh. The classes come from the training data only; "
+                        "the map is recorded with every run and shown in the report")
     p.add_argument("--task", choices=list(TASKS), default=defaults.task,
                    help=f"sequence classification or extractive question answering (default: {defaults.task})")
     p.add_argument("--qa-group", default=defaults.qa_group,
@@ -125,6 +254,33 @@ def _add_compare_options(p: argparse.ArgumentParser, defaults: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _methods_epilog() -> str:
+    """``compare --help``'s list of the methods it accepts, one line each (their docstrings' first lines)."""
+    from .methods import METHODS
+
+    width = max(len(name) for name in METHODS)
+    lines = [f"  {name:<{width}}  {(cls.__doc__ or '').strip().splitlines()[0].replace('``', '')}"
+             for name, cls in METHODS.items()]
+    return ("methods (--methods; 'a+b' combines two, e.g. lnsr+mixout; --param METHOD.NAME=VALUE sets a "
+            "parameter,\nsee help(lnsr_viz.methods.<Class>) for each one's parameters):\n" + "\n".join(lines))
+
+
+def _sweep_epilog() -> str:
+    """``sweep --help``'s summary of the sweep file, with a pointer to its reference."""
+    import textwrap
+
+    from .experiments.config import ExperimentConfig
+
+    train = ", ".join(f.name for f in ExperimentConfig.keyed("train"))
+    probe = ", ".join(f.metadata["short"] for f in ExperimentConfig.keyed("probe"))
+    text = ("The sweep file (YAML or TOML): top-level settings such as model, data, ood, train_sizes, seeds, "
+            f"eval_size, val_size, split_seed, results; a train: section ({train}), a probe: section ({probe}) and "
+            "methods: {NAME: {PARAM: value or [grid values]}} (or a list of such grids); unknown keys are refused. "
+            "Reference and example: the docstring of lnsr_viz.experiments.sweep (python -c 'import "
+            "lnsr_viz.experiments.sweep as s; help(s)'), the README's 'Sweeps and the study', and configs/study.yaml.")
+    return textwrap.fill(text, 100)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m lnsr_viz``."""
     from .experiments.config import ExperimentConfig
@@ -136,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="write the noise-stability profile of a model",
                        description="Inject noise at every layer (or one) and record the change at every later layer.")
     _add_common_data(p)
-    p.add_argument("--n", type=int, default=64, help="number of sentences (default: 64)")
+    p.add_argument("--n", type=int, default=64,
+                   help="number of sentences, drawn at random (seeded by --sample-seed), stratified by label when "
+                        "the data have a label column; a text-only file works (default: 64; all rows if fewer)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the --n sample (default: 0)")
     p.add_argument("--noise", choices=["gaussian", "in_manifold"], default="gaussian", help="(default: gaussian)")
     p.add_argument("--scale", type=float, default=0.05,
                    help="noise scale; relative: fraction of each token's norm (default: 0.05, the paper's 5%%)")
@@ -144,14 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None, help="one injection layer (default: all layers)")
     p.add_argument("--draws", type=int, default=4, help="noise draws per sentence (default: 4)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    p.add_argument("--out", default="profile.csv", help="CSV output path (default: profile.csv)")
-    p.add_argument("--html", default=None, help="also write an HTML report with the curves here")
+    p.add_argument("--seed", type=_seed, default=0, help="noise seed, 0 to 2**32 - 1 (default: 0)")
+    p.add_argument("--out", default="profile.csv", help="CSV output path; its folder must exist (default: profile.csv)")
+    p.add_argument("--html", default=None, help="also write an HTML report with the curves here; its folder must "
+                                                "exist, as for --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("compare", help="fine-tune methods over seeds and compare them",
                        description="Fine-tune every method with every seed, evaluate in and out of domain, probe "
-                                   "stability, and write the tidy tables and an HTML report. Stored runs are reused.")
+                                   "stability, and write the tidy tables and an HTML report. Stored runs are reused.",
+                       epilog=_methods_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_compare_options(p, ExperimentConfig())
 
     p = sub.add_parser("demo", help="the headline experiment on the packaged defaults (what `make demo` runs)",
@@ -166,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run (or resume) the grid described by a YAML/TOML file; stored runs are reused. "
                                    "With --shard i/n only every n-th job from the i-th runs, so shards can run as "
                                    "separate processes or machines; merge their stores with `merge`. Ends with the "
-                                   "settings chosen on validation accuracy only.")
+                                   "settings chosen on validation accuracy only.",
+                       epilog=_sweep_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="the sweep file (.yaml, .yml or .toml)")
     p.add_argument("--results", default=None, help="run-store folder (default: the file's 'results' or "
                                                    "results/sweep)")
@@ -220,19 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-n", "--n-probe", dest="probe_n", type=int, default=64,
                    help="sentences for the stability probe (default: 64; --n-probe: its old name)")
     p.add_argument("--max-length", type=int, default=128, help="tokenizer truncation length (default: 128)")
-    p.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="0 to 2**32 - 1 (default: 0)")
     p.add_argument("--out", default="diagnosis", help="output folder (default: diagnosis)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
-
-
-def _load_probe_data(args: argparse.Namespace) -> Any:
-    from .data.text import DOMAINS, as_dataset, load_domain
-
-    data = args.data or "movie"
-    if data in DOMAINS:
-        return load_domain(data)
-    return as_dataset(data, text_column=args.text_column, label_column=args.label_column)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -246,13 +399,18 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     probe = StabilityProbe(args.noise, scale=args.scale, scale_kind=args.scale_kind, injection_layers=args.layer,
                            n_draws=args.draws, batch_size=args.batch_size, max_length=args.max_length,
                            seed=args.seed, progress=not args.quiet)
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise ValueError(f"--out folder {out.parent} does not exist; create it first.")
-    data = _load_probe_data(args)
-    texts = list(data.texts)[: args.n]
+    out = _check_output(args.out, "--out")
+    if args.html:
+        _check_output(args.html, "--html")
+    _check_max_length(args.model, args.max_length)
+    from .data.text import sample_texts
+
+    texts, how = sample_texts(args.data or "movie", args.n, seed=args.sample_seed, text_column=args.text_column,
+                              label_column=args.label_column, encoding=args.encoding)
+    print(f"probe sentences: {how}")
     model, tokenizer = load_model(args.model)
     adapter = ModelAdapter(model)
+    print(f"model: {adapter.summary()}")  # which stack is probed, its layout, and what the top layer is
     if args.layer is not None:
         adapter.check_layer(args.layer, name="--layer")
     t0 = time.perf_counter()
@@ -266,11 +424,23 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_max_length(model: str, max_length: int) -> None:
+    """Refuse ``--max-length`` above the model's position embeddings (read from its config.json only)."""
+    from .data.models import model_limits
+
+    limit = model_limits(model).max_length
+    if limit is not None and max_length > limit:
+        raise ValueError(f"--max-length {max_length} is above the {limit} positions of model {model!r}; use "
+                         f"--max-length {limit} or less.")
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from .experiments.runs import compare
 
     if args.out is None:
         args.out = str(Path(args.results) / "report.html")
+    _check_output(args.out, "--out", created=args.results)  # RESULTS is made with the first run
+    _check_output(args.results, "--results", folder=True)
     t0 = time.perf_counter()
     qa = args.task == "qa"
     result = compare(config=_experiment(args), save_checkpoints=args.save_checkpoints, progress=not args.quiet,
@@ -302,9 +472,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     for name in ("max_examples", "probe_n", "max_length"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}.")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a folder for report.html and summary.json.")
+    out = _check_output(args.out, "--out", folder=True)
     t0 = time.perf_counter()
     diag = diagnose(args.model, args.base, args.data, held_out=args.held_out, text_column=args.text_column,
                     label_column=args.label_column, split_column=args.split_column,
@@ -343,6 +511,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  train_size={j.train_size} {j.job.name} seed={j.job.seed}")
         return 0
     results = str(sweep_results(config, args.results))
+    args.results = results  # for the Ctrl-C message: what was kept, and where
+    _check_output(results, "--results", folder=True)
     runs = run_sweep(config, results=results, shard=args.shard, progress=not args.quiet, device=args.device)
     print(f"{int((~runs['cached']).sum())} runs trained, {int(runs['cached'].sum())} loaded from {results}")
     chosen = select_from_store(RunStore(results), order=setting_order(config))
@@ -401,7 +571,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name}\t{ensure_asset(name, home=args.home, progress=not args.quiet)}")
             return 0
     except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_cli_message(str(err))}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a loss that became NaN / inf: the message says what to change
+        print(f"error: training diverged: {err}. {_kept(args)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted. {_kept(args)}", file=sys.stderr)
+        return 130
     parser.error(f"unknown command {args.command!r}")
     return 2
+
+
+def _kept(args: argparse.Namespace) -> str:
+    """What an interrupted or failed command kept: the complete runs of its store (the unfinished one is dropped)."""
+    results = getattr(args, "results", None) if args.command in ("compare", "demo", "sweep") else None
+    if not results:
+        return "Nothing was written."
+    runs = Path(results) / "runs"
+    n = sum(1 for p in runs.iterdir() if (p / "record.json").is_file()) if runs.is_dir() else 0
+    return (f"{n} complete run(s) are kept in {runs} (the run in progress was discarded); the same command "
+            "resumes from them.")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lnsr_viz.core.adapter import ModelAdapter, layer_name
+from lnsr_viz.core.adapter import AdapterError, ModelAdapter, layer_name
 from lnsr_viz.core.inputs import tokenize
 from lnsr_viz.testing import TINY_FAMILIES, LinearStack, tiny_model, toy_sentences
 
@@ -125,13 +125,31 @@ def test_unknown_architecture_errors_and_explicit_blocks_work():
             super().__init__()
             self.lin = nn.Linear(4, 4)
 
-    with pytest.raises(ValueError, match="Supported families.*blocks="):
+    with pytest.raises(AdapterError, match="Supported families.*blocks="):
         ModelAdapter(NoBlocks())
     stack = LinearStack(dim=4, gains=(1.0, 2.0))
     adapter = ModelAdapter(stack, blocks="blocks")
     assert adapter.n_layers == 2
-    with pytest.raises(ValueError, match="not a submodule"):
+    with pytest.raises(AdapterError, match="not a submodule"):
         ModelAdapter(stack, blocks="nope")
+    assert adapter.describe()["stack"] == "blocks" and adapter.describe()["kind"] == "custom"
+
+
+@pytest.mark.parametrize("family,stack,norm", [("bert", "bert.encoder.layer", None),
+                                               ("gpt2", "transformer.h", "transformer.ln_f"),
+                                               ("albert", "albert.encoder.albert_layer_groups", None)])
+def test_describe_names_the_stack_and_the_top_layer(family, stack, norm):
+    model, _ = tiny_model(family, n_layers=2)
+    d = ModelAdapter(model).describe()
+    assert d["stack"] == stack and d["final_norm"] == norm and d["n_layers"] == 2
+    assert d["top_layer"].startswith("layer 2 (blocks.1) is the last block's output")
+    assert ("before the final norm" in d["top_layer"]) == (norm is not None)
+
+
+def test_a_block_call_count_mismatch_is_an_adapter_error():
+    model, tok = tiny_model("bert", n_layers=2)
+    with pytest.raises(AdapterError, match="made 2 block calls, expected n_layers=3"):
+        ModelAdapter(model, n_layers=3).capture(_batch(model, tok))
 
 
 @pytest.mark.slow

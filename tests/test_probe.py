@@ -120,3 +120,13 @@ def test_bad_input_is_refused_before_any_work():
         StabilityProbe(noise="laplace")
     with pytest.raises(ValueError, match="'n_draws' parameter"):
         StabilityProbe(n_draws=0)
+
+
+def test_the_profile_says_what_the_top_layer_is_and_keeps_the_layer_names():
+    """GPT-2's top layer is the last block's output before ln_f: the profile says so; layer names are unchanged."""
+    model, tok = tiny_model("gpt2", n_layers=2)
+    probe = StabilityProbe(n_draws=1, progress=False, injection_layers=0)
+    profile = probe.run(model, ["good film", "a very bad movie"], tokenizer=tok)
+    assert list(profile["layer_name"]) == ["embed", "blocks.0", "blocks.1"]
+    assert "before the final norm transformer.ln_f" in profile.attrs["top_layer"]
+    assert probe.adapter_description_["stack"] == "transformer.h"

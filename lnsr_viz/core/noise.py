@@ -34,6 +34,10 @@ ScaleKind = Literal["relative", "absolute"]
 NOISE_TYPES = ("gaussian", "in_manifold")
 
 
+#: The largest noise scale (relative or absolute): beyond it the change norms of float32 models overflow.
+MAX_SCALE = 1e6
+
+
 class NoiseInjector(GetParams):
     """Base class: a noise distribution over hidden states with a scale and a scale kind."""
 
@@ -41,8 +45,10 @@ class NoiseInjector(GetParams):
 
     def __init__(self, scale: float = 0.05, *, scale_kind: ScaleKind = "relative") -> None:
         owner = type(self).__name__
-        self.scale = float(check_number("scale", scale, owner=owner, low=0.0,
-                                        hint="Use 0 for no noise; a relative scale is a fraction of the token norm."))
+        self.scale = float(check_number("scale", scale, owner=owner, low=0.0, high=MAX_SCALE,
+                                        hint="Use 0 for no noise; a relative scale is a fraction of the token norm. "
+                                             f"Above {MAX_SCALE:g} the float32 norms of the change overflow to inf "
+                                             "and the statistics to NaN, so such scales are refused."))
         self.scale_kind = check_choice("scale_kind", scale_kind, ("relative", "absolute"), owner=owner)
 
     def __repr__(self) -> str:

@@ -88,6 +88,10 @@ class StabilityProbe:
     ----------
     per_example_ : DataFrame
         After :meth:`run`: one row per example, injection layer and layer.
+    adapter_description_ : dict
+        After :meth:`run`: :meth:`ModelAdapter.describe` of the probed model (which stack, layout, and what the top
+        layer is: the last block's output, before any final norm). The profile carries the same text in
+        ``profile.attrs['top_layer']``; its ``layer_name`` values stay ``embed``, ``blocks.0``, ...
     """
 
     def __init__(self, noise: str | NoiseInjector = "gaussian", *, scale: float = 0.05,
@@ -203,7 +207,11 @@ class StabilityProbe:
         profile["scale"] = self.injector.scale
         profile["scale_kind"] = self.injector.scale_kind
         profile["n_draws"] = self.n_draws
-        return profile[list(PROFILE_COLUMNS)]
+        profile = profile[list(PROFILE_COLUMNS)]
+        self.adapter_description_ = adapter.describe()
+        profile.attrs["top_layer"] = self.adapter_description_["top_layer"]
+        profile.attrs["adapter"] = adapter.summary()
+        return profile
 
     def _probe_batch(self, adapter: ModelAdapter, inputs: Mapping[str, torch.Tensor], layers: list[int], chunk: int,
                      offset: int) -> np.ndarray:
@@ -229,7 +237,7 @@ class StabilityProbe:
                 outs = self._noisy_layers(adapter, cap, model_inputs, k, noise, s)
                 for i, h_noisy in enumerate(outs):  # i = l - k
                     clean = cap.hidden[k + i]
-                    diff = (h_noisy.view(s, batch, *clean.shape[1:]) - clean).norm(dim=-1).to(torch.float64)
+                    diff = (h_noisy.reshape(s, batch, *clean.shape[1:]) - clean).norm(dim=-1).to(torch.float64)
                     sum_l2[i] += ((diff * maskf).sum(dim=-1) / n_tokens).sum(dim=0)
                     sum_rel[i] += ((diff / clean_norms[k + i] * maskf).sum(dim=-1) / n_tokens).sum(dim=0)
                 done += s

@@ -9,10 +9,12 @@ random state is left untouched.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +24,8 @@ from torch import nn
 from ..utils.validation import check_choice, check_number, check_positive_int
 from .assets import ensure_asset
 
-__all__ = ["MODEL_ALIASES", "TASKS", "load_model", "load_tokenizer", "resolve_model"]
+__all__ = ["MODEL_ALIASES", "TASKS", "ModelLimits", "check_tokenizer_folder", "load_model", "load_tokenizer",
+           "model_limits", "resolve_model"]
 
 #: Short names for packaged models: alias -> asset name in :data:`lnsr_viz.data.assets.ASSETS`.
 MODEL_ALIASES: dict[str, str] = {"minilm": "minilm"}
@@ -52,6 +55,60 @@ def _unloadable(name: str, reason: str) -> OSError:
         f"holds config.json and the weights (e.g. one written by model.save_pretrained(folder)), or use the packaged "
         f"offline model: {', '.join(repr(a) for a in MODEL_ALIASES)}."
     )
+
+
+#: Files of which a saved tokenizer has at least one (``tokenizer.save_pretrained(folder)`` writes them).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model", "special_tokens_map.json")
+
+
+def _check_config_file(path: Path) -> None:
+    """Refuse a folder whose config.json is not a transformers configuration, in one line."""
+    try:
+        doc = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{str(path / 'config.json')!r} is not readable JSON ({exc}); a transformers model folder "
+                         "holds the config.json that model.save_pretrained(folder) writes.") from None
+    model_type = doc.get("model_type") if isinstance(doc, dict) else None
+    if not model_type:
+        raise ValueError(f"{str(path / 'config.json')!r} has no 'model_type', so {str(path)!r} is not a transformers "
+                         "model folder; expected the config.json that model.save_pretrained(folder) writes (with a "
+                         "model_type such as 'bert' or 'roberta').")
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        import transformers
+
+        raise ValueError(f"{str(path / 'config.json')!r} names model_type {model_type!r}, which transformers "
+                         f"{transformers.__version__} does not know; expected a transformers model (e.g. 'bert', "
+                         "'roberta'), or a newer transformers for newer families.")
+
+
+def check_tokenizer_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse a local folder without tokenizer files (transformers would build an empty tokenizer from the config)."""
+    path = Path(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"The model folder {str(path)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:4])}, "
+                         "...). Save it there with tokenizer.save_pretrained(folder), or copy the tokenizer files of "
+                         "the model it was fine-tuned from.")
+
+
+def _head_mismatch(name: str, resolved: str, task: str, num_labels: int) -> ValueError:
+    """One line for a checkpoint whose task head has another shape than the one asked for."""
+    saved = None
+    try:
+        from transformers import AutoConfig
+
+        saved = getattr(_from_pretrained(AutoConfig, name, resolved), "num_labels", None)
+    except (OSError, ValueError):
+        pass
+    if task == "classification":
+        had = f" has {saved} classes" if saved is not None else " has a classification head of another size"
+        return ValueError(f"The checkpoint {name!r}{had}, but the training data have {num_labels}: its head cannot "
+                          "be reused. Use data with the checkpoint's classes (see --label-map / label_map=), or "
+                          "start from the pre-trained base model, which gets a fresh head.")
+    return ValueError(f"The checkpoint {name!r} has a {task} head of another shape than lnsr_viz builds; start from "
+                      "the pre-trained base model, which gets a fresh head.")
 
 
 def _is_cached_on_hub(repo_id: str) -> bool:
@@ -105,6 +162,7 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, home: str | os.PathLi
                 "folder that holds config.json and the weights (model.save_pretrained(folder) writes one), or use "
                 f"{', '.join(repr(a) for a in MODEL_ALIASES)}."
             )
+        _check_config_file(path)
         return str(path)
     if path.exists():
         raise ValueError(f"{str(path)!r} is a file; pass the model folder that contains config.json instead")
@@ -191,7 +249,67 @@ def load_tokenizer(
     from transformers import AutoTokenizer
 
     name = os.fspath(name_or_path)
-    return _from_pretrained(AutoTokenizer, name, resolve_model(name, home=home))
+    resolved = resolve_model(name, home=home)
+    if Path(resolved).is_dir():
+        check_tokenizer_folder(Path(resolved))
+    return _from_pretrained(AutoTokenizer, name, resolved)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a model's configuration says about the inputs and layers it can take (``None``: no such limit)."""
+
+    n_layers: int | None
+    max_length: int | None
+    model_type: str = ""
+    #: the classes of the checkpoint's sequence-classification head, when config.json says it has one
+    head_labels: int | None = None
+    #: the local folder the model was read from (None for a Hub id or a model object)
+    folder: str | None = None
+
+
+# families whose learned positions start after the padding index (positions 0..pad_token_id are never used)
+_POSITION_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer",
+                                    "data2vec-text", "roberta-prelayernorm", "mpnet", "luke", "ibert"})
+
+
+def model_limits(name_or_model: Any, *, home: str | os.PathLike[str] | None = None) -> ModelLimits:
+    """The number of transformer blocks and the longest input of a model, read from its configuration only.
+
+    ``name_or_model`` is what :func:`load_model` takes (alias, folder, Hugging Face id, model or (model, tokenizer));
+    only ``config.json`` is read, so this is cheap enough to run before any work. ``max_length`` is the number of
+    learned absolute position embeddings (minus the padding offset of RoBERTa-like families); models with rotary or
+    relative positions have none.
+    """
+    if isinstance(name_or_model, tuple | list) and name_or_model and isinstance(name_or_model[0], nn.Module):
+        name_or_model = name_or_model[0]
+    folder = None
+    if isinstance(name_or_model, nn.Module):
+        cfg = getattr(name_or_model, "config", None)
+    else:
+        from transformers import AutoConfig
+
+        name = os.fspath(name_or_model)
+        resolved = resolve_model(name, home=home)
+        folder = resolved if Path(resolved).is_dir() else None
+        cfg = _from_pretrained(AutoConfig, name, resolved)
+    if cfg is None:
+        return ModelLimits(None, None)
+    model_type = str(getattr(cfg, "model_type", "") or "")
+    n_layers = getattr(cfg, "num_hidden_layers", None)
+    positions = getattr(cfg, "max_position_embeddings", None)
+    rotary = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_scaling", "rotary_dim",
+                                                               "rotary_emb_base", "rope_parameters"))
+    relative = getattr(cfg, "position_embedding_type", "absolute") not in (None, "absolute") or (
+        getattr(cfg, "relative_attention", False) and not getattr(cfg, "position_biased_input", True))
+    limit = None
+    if isinstance(positions, int) and positions > 0 and not rotary and not relative:
+        limit = positions
+        if model_type in _POSITION_OFFSET_TYPES and isinstance(getattr(cfg, "pad_token_id", None), int):
+            limit = positions - cfg.pad_token_id - 1
+    heads = [a for a in (getattr(cfg, "architectures", None) or []) if str(a).endswith("ForSequenceClassification")]
+    head_labels = int(cfg.num_labels) if heads and folder is not None else None
+    return ModelLimits(int(n_layers) if isinstance(n_layers, int) else None, limit, model_type, head_labels, folder)
 
 
 def load_model(
@@ -256,9 +374,18 @@ def load_model(
     kwargs: dict[str, Any] = {"output_loading_info": True}
     if task == "classification":
         kwargs["num_labels"] = num_labels
+    mismatch = False
     with torch.random.fork_rng(devices=[]), _held_load_reports() as reports:
         torch.manual_seed(seed)
-        model, info = _from_pretrained(auto_cls, name, resolved, **kwargs)
+        try:
+            model, info = _from_pretrained(auto_cls, name, resolved, **kwargs)
+        except RuntimeError as exc:  # transformers' "set ignore_mismatched_sizes" refusal: a head of another size
+            if "ignore_mismatched_sizes" not in str(exc):
+                raise
+            mismatch = True
+    if mismatch:
+        reports.release()  # transformers' table of the mismatched keys explains the refusal
+        raise _head_mismatch(name, resolved, task, num_labels)
     if not _only_head_keys(model, info):
         reports.release()
     model.eval()

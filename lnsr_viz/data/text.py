@@ -40,15 +40,22 @@ from .assets import ensure_asset
 __all__ = [
     "DOMAINS",
     "DOMAIN_SOURCES",
+    "EXPECTED_FORMAT",
     "IN_DOMAIN",
     "OOD_DOMAINS",
     "SENTIMENT_LABELS",
     "TextDataset",
     "as_dataset",
+    "check_label_map",
+    "data_name",
     "load_domain",
     "load_splits",
+    "parse_data_spec",
+    "read_table",
+    "sample_texts",
     "split_dataset",
     "subsample",
+    "training_classes",
 ]
 
 #: Domain name -> file inside the ``'vader'`` asset folder.
@@ -368,14 +375,157 @@ def subsample(dataset: TextDataset, n: int, *, seed: int, stratify: bool = True)
 
 # ----------------------------------------------------------------------------------------------- user data
 
+#: What a data file must be, said in every refusal of a file.
+EXPECTED_FORMAT = (
+    "a table with a header row: .csv (comma-, tab- or semicolon-separated; the delimiter is read off the header), "
+    ".tsv or .tab (tab-separated), optionally compressed (.gz, .bz2, .xz, .zip)"
+)
+_TABLE_SUFFIXES = (".csv", ".tsv", ".tab")
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zip")
+_DELIMITERS = (",", "\t", ";")
 
-def _read_table(path: Path) -> pd.DataFrame:
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed by its last suffix."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.decompress(path.read_bytes())
+    if suffix == ".bz2":
+        return bz2.decompress(path.read_bytes())
+    if suffix == ".xz":
+        return lzma.decompress(path.read_bytes())
+    if suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.namelist() if not m.endswith("/")]
+            if len(members) != 1:
+                raise ValueError(f"{str(path)!r} holds {len(members)} files; a .zip data file must hold exactly one.")
+            return archive.read(members[0])
+    return path.read_bytes()
+
+
+def _decode(raw: bytes, where: str, encoding: str | None) -> str:
+    """Decode strictly: UTF-8 (a BOM is allowed) unless ``encoding`` is given; undecodable bytes are refused."""
+    if encoding is not None:
+        import codecs
+
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding={encoding!r}; e.g. 'utf-8', 'latin-1', 'cp1252', 'utf-16'.") from None
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{where} cannot be decoded as encoding={encoding!r} (byte {err.start}: "
+                             f"{raw[err.start:err.start + 8]!r}); pass the file's real encoding.") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    lines = raw.split(b"\n")
+    bad = [i for i, line in enumerate(lines) if not _is_utf8(line)]
+    first = lines[bad[0]]
+    raise ValueError(
+        f"{where} is not UTF-8: {len(bad)} of {len(lines)} lines hold bytes that are not UTF-8 (first on line "
+        f"{bad[0] + 1}: {first[:60]!r}); nothing was replaced. Pass the file's encoding, e.g. encoding='latin-1' "
+        "(or 'cp1252')."
+    )
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _header_delimiter(text: str) -> str:
+    """A ``.csv`` file's delimiter: the most frequent of comma, tab and semicolon in its header (outside quotes)."""
+    header, quoted = [], False
+    for ch in text.lstrip("\ufeff"):
+        if ch == '"':
+            quoted = not quoted
+        elif ch in "\r\n" and not quoted:
+            break
+        elif not quoted:
+            header.append(ch)
+    counts = {d: header.count(d) for d in _DELIMITERS}
+    return max(_DELIMITERS, key=lambda d: (counts[d], d == ","))
+
+
+def read_table(path: str | os.PathLike[str], *, encoding: str | None = None) -> pd.DataFrame:
+    """Read a data file (see :data:`EXPECTED_FORMAT`) as a DataFrame, refusing what it cannot read correctly.
+
+    Text is decoded strictly (UTF-8 unless ``encoding`` is given): a file with bytes that are not UTF-8 is refused,
+    saying how many lines hold them, instead of having them replaced. Empty, binary and unsupported files are refused
+    with what was found and the format expected.
+    """
+    path = Path(path)
+    where = repr(str(path))
     suffixes = [s.lower() for s in path.suffixes]
-    if ".tsv" in suffixes or ".tab" in suffixes:
-        return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding_errors="replace")
-    if ".csv" in suffixes:
-        return pd.read_csv(path, encoding_errors="replace")
-    return pd.read_csv(path, sep=None, engine="python", encoding_errors="replace")  # sniff the delimiter
+    while suffixes and suffixes[-1] in _COMPRESSION:
+        suffixes.pop()
+    kind = suffixes[-1] if suffixes else ""
+    if kind not in _TABLE_SUFFIXES:
+        got = f"suffix {kind!r}" if kind else "no suffix"
+        raise ValueError(f"data file {where} has {got}; expected {EXPECTED_FORMAT}. A plain text file with one "
+                         "sentence per line works once it has a header line 'text' and is saved as .csv.")
+    try:
+        raw = _read_bytes(path)
+    except (OSError, EOFError, ValueError) as err:
+        raise ValueError(f"data file {where} cannot be read ({err}); expected {EXPECTED_FORMAT}.") from None
+    if not raw.strip():
+        raise ValueError(f"data file {where} is empty ({len(raw)} bytes); expected {EXPECTED_FORMAT}.")
+    if encoding is None and b"\x00" in raw[:65536]:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise ValueError(f"data file {where} is UTF-16 text; pass encoding='utf-16'.")
+        raise ValueError(f"data file {where} looks binary (it holds NUL bytes, first at byte {raw.index(0)}), not a "
+                         f"text table; expected {EXPECTED_FORMAT}.")
+    text = _decode(raw, f"data file {where}", encoding)
+    if kind == ".csv":
+        sep, quoting = _header_delimiter(text), csv.QUOTE_MINIMAL
+    else:
+        sep, quoting = "\t", csv.QUOTE_NONE
+    import io
+
+    try:
+        return pd.read_csv(io.StringIO(text.lstrip("\ufeff")), sep=sep, quoting=quoting)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as err:
+        what = {",": "comma", "\t": "tab", ";": "semicolon"}[sep]
+        raise ValueError(f"data file {where} cannot be read as a {what}-separated table ({str(err).strip()}); "
+                         f"expected {EXPECTED_FORMAT}.") from None
+
+
+def parse_data_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """Split ``'PATH[:TEXT_COLUMN[:LABEL_COLUMN]]'`` into the path and its columns (None: not given).
+
+    A string that names an existing file (or a packaged domain) is a path as it is, colons included; otherwise the
+    last one or two ``:``-separated fields are the columns, when what is left is an existing file.
+    """
+    if spec in DOMAINS or Path(spec).expanduser().exists() or ":" not in spec:
+        return spec, None, None
+    for n_cols in (2, 1):
+        parts = spec.rsplit(":", n_cols)
+        if len(parts) == n_cols + 1 and parts[0] and Path(parts[0]).expanduser().exists():
+            cols = [c or None for c in parts[1:]] + [None]
+            return parts[0], cols[0], cols[1]
+    return spec, None, None
+
+
+def data_name(data: Any) -> str | None:
+    """The name :func:`as_dataset` gives ``data`` without a ``name=``, found without reading it (None: unknown)."""
+    if isinstance(data, TextDataset):
+        return data.name
+    if isinstance(data, str) and data in DOMAINS:
+        return data
+    if isinstance(data, str | os.PathLike):
+        return Path(parse_data_spec(str(data))[0]).name.split(".")[0]
+    return None
 
 
 def _from_hf_dataset(data: Any, label_column: str) -> tuple[pd.DataFrame, tuple[str, ...] | None, str | None]:
@@ -385,48 +535,142 @@ def _from_hf_dataset(data: Any, label_column: str) -> tuple[pd.DataFrame, tuple[
     return data.to_pandas(), names, getattr(info, "dataset_name", None)
 
 
+def check_label_map(label_map: Mapping[Any, Any] | None) -> dict[str, int | str] | None:
+    """A checked ``label_map``: str keys (labels match by their text), int (class id) or str (class name) values."""
+    if label_map is None:
+        return None
+    if not isinstance(label_map, Mapping):
+        raise ValueError(f"label_map must be a mapping label -> class id or class name; got {label_map!r}.")
+    out: dict[str, int | str] = {}
+    for key, value in label_map.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer | str):
+            raise ValueError(f"label_map maps {key!r} to {value!r}; map each label to a class id (int) or a class "
+                             "name (str).")
+        out[str(key)] = int(value) if isinstance(value, int | np.integer) else str(value)
+    return out
+
+
+def _map_hint(unknown: Sequence[Any], known: Sequence[Any]) -> str:
+    """How to map ``unknown`` labels, without guessing which class each one is (that is the user's to say)."""
+    pairs = ", ".join(f"{u!r}: ..." for u in unknown[:4]) + (", ..." if len(unknown) > 4 else "")
+    return "label_map={" + pairs + "} (each ... one of " + str(list(known)) + ")"
+
+
+def _resolve_labels(values: list[Any], where: str, classes: tuple[str, ...] | int,
+                    label_map: dict[str, int | str] | None) -> np.ndarray:
+    """Class ids of ``values`` (ids, or names) in the training data's classes; unknown labels are refused."""
+    names = classes if isinstance(classes, tuple) else None
+    k = len(classes) if names is not None else int(classes)
+    index = {n: i for i, n in enumerate(names or ())}
+    ids, unknown = [], set()
+    for v in values:
+        if isinstance(v, int | np.integer) and not isinstance(v, bool):
+            ok = 0 <= int(v) < k
+            ids.append(int(v) if ok else -1)
+        else:
+            ok = str(v) in index
+            ids.append(index.get(str(v), -1))
+        if not ok:
+            unknown.add(v)
+    if unknown:
+        shown = sorted(unknown, key=str)
+        known = list(names) if names is not None else list(range(k))
+        mapped = f" (after label_map {label_map})" if label_map else ""
+        raise ValueError(
+            f"{where} has label(s) {[str(u) if not isinstance(u, int | np.integer) else int(u) for u in shown]}"
+            f"{mapped} that the model does not know: the classes come from the training data only, and they are "
+            f"{known}. Map each label to one of them with {_map_hint(shown, known)}, or drop those rows."
+        )
+    return np.asarray(ids, dtype=np.int64)
+
+
 def _labels_from_column(
-    column: pd.Series, where: str, label_map: Mapping[Any, int] | None
+    column: pd.Series, where: str, label_map: dict[str, int | str] | None, classes: tuple[str, ...] | int | None
 ) -> tuple[np.ndarray, tuple[str, ...] | None]:
-    """Turn a label column into int ids (and class names when they were strings or ``label_map`` was given)."""
+    """Turn a label column into int ids (and class names when they were strings or ``label_map`` named them)."""
     if column.isna().any():
         rows = np.flatnonzero(column.isna().to_numpy())[:5].tolist()
         raise ValueError(
             f"{where}: label column {column.name!r} has {int(column.isna().sum())} missing values "
             f"(rows {rows}...); drop or fill them first."
         )
-    if label_map is not None:
-        unknown = sorted({str(v) for v in column.unique() if v not in label_map})
-        if unknown:
-            raise ValueError(f"{where}: labels {unknown} are not in label_map (keys: {list(label_map)}).")
-        ids = sorted(set(label_map.values()))
-        if ids != list(range(len(ids))):
-            raise ValueError(f"label_map values must be the class ids 0..K-1; got {ids}.")
-        inverse: dict[int, str] = {}
-        for key, k in label_map.items():
-            inverse.setdefault(int(k), str(key))
-        return column.map(label_map).to_numpy(np.int64), tuple(inverse[k] for k in range(len(ids)))
-    values = column.to_numpy()
+    raw_values = column.to_numpy()
     if pd.api.types.is_bool_dtype(column):
-        return values.astype(np.int64), None
-    if pd.api.types.is_numeric_dtype(column):
-        as_float = values.astype(float)
+        raw: list[Any] = raw_values.astype(np.int64).tolist()
+    elif pd.api.types.is_numeric_dtype(column):
+        as_float = raw_values.astype(float)
         if not np.all(np.isfinite(as_float)) or not np.all(as_float == np.round(as_float)):
             raise ValueError(
                 f"{where}: numeric labels must be whole numbers (class ids); got e.g. "
                 f"{as_float[as_float != np.round(as_float)][:3].tolist()}."
             )
-        ints = as_float.astype(np.int64)
-        if ints.min() < 0:
-            present = sorted(set(ints.tolist()))
+        raw = as_float.astype(np.int64).tolist()
+    else:
+        raw = [str(v) for v in raw_values]
+    values = raw if label_map is None else [label_map.get(str(v), v) for v in raw]
+    if classes is not None:
+        ids = _resolve_labels(values, where, classes, label_map)
+        return ids, classes if isinstance(classes, tuple) else None
+    is_id = [isinstance(v, int) for v in values]
+    if all(is_id):
+        ints = np.asarray(values, dtype=np.int64)
+        present = sorted(set(ints.tolist()))
+        if label_map is not None and any(str(v) in label_map for v in raw):
+            if present != list(range(len(present))):
+                raise ValueError(f"label_map values must be the class ids 0..K-1; got {present}.")
+            inverse: dict[int, str] = {}
+            for v in raw:
+                inverse.setdefault(int(label_map.get(str(v), v)), str(v))
+            return ints, tuple(inverse[i] for i in range(len(present)))
+        if present[0] < 0:
             hint = {v: i for i, v in enumerate(present)} if len(present) <= 10 else "{...}"
-            raise ValueError(
-                f"{where}: labels must be class ids >= 0; got {present[:10]}. Pass label_map={hint} to map them."
-            )
+            raise ValueError(f"{where}: labels must be class ids >= 0; got {present[:10]}. Pass label_map={hint} "
+                             "to map them.")
+        if present != list(range(len(present))):
+            hint = {v: i for i, v in enumerate(present)} if len(present) <= 10 else "{...}"
+            gap = sorted(set(range(present[-1] + 1)) - set(present))
+            raise ValueError(f"{where}: labels must be class ids 0..K-1 with an example of each; got {present[:10]}, "
+                             f"so class {gap[0]} has no example and the model would get a class it never sees. "
+                             f"Pass label_map={hint} to map them.")
         return ints, None
+    if any(is_id):
+        strays = sorted({str(v) for v, i in zip(values, is_id, strict=True) if not i})
+        raise ValueError(f"{where}: labels {strays} are not in label_map (keys: {list(label_map or {})}); map every "
+                         "label to a class id, or none.")
     names = sorted({str(v) for v in values})
     index = {name: i for i, name in enumerate(names)}
     return np.array([index[str(v)] for v in values], dtype=np.int64), tuple(names)
+
+
+def _in_classes(dataset: TextDataset, classes: tuple[str, ...] | int, label_map: dict[str, int | str] | None,
+                where: str) -> TextDataset:
+    """``dataset`` with its labels re-expressed in the training data's classes (by name where both have names)."""
+    by_name = isinstance(classes, tuple) and dataset.label_names is not None
+    values: list[Any] = ([dataset.label_names[k] for k in dataset.labels] if by_name  # type: ignore[index]
+                         else dataset.labels.tolist())
+    if label_map is not None:
+        values = [label_map.get(str(v), v) for v in values]
+    ids = _resolve_labels(values, where, classes, label_map)
+    return TextDataset(texts=dataset.texts, labels=ids, name=dataset.name, meta=dataset.meta,
+                       label_names=classes if isinstance(classes, tuple) else None)
+
+
+def training_classes(dataset: TextDataset) -> tuple[str, ...] | int:
+    """The classes a model trained on ``dataset`` has: its class names, or its number of class ids (no names).
+
+    Raises
+    ------
+    ValueError
+        A class id with no example (labels ``{1, 2}`` or ``{0, 2}``): a model would get a never-seen class.
+    """
+    present = set(np.unique(dataset.labels).tolist())
+    missing = sorted(set(range(dataset.n_classes)) - present)
+    if missing:
+        named = [f"{k} ({dataset.label_names[k]!r})" if dataset.label_names else str(k) for k in missing]
+        raise ValueError(f"the training data {dataset.name!r} has no example of class {', '.join(named)}: class ids "
+                         f"must be 0..K-1 with an example of each (present: {sorted(present)}). Map the labels with "
+                         "label_map, e.g. label_map={1: 0, 2: 1}.")
+    return dataset.label_names if dataset.label_names is not None else dataset.n_classes
 
 
 def as_dataset(
@@ -435,47 +679,67 @@ def as_dataset(
     text_column: str = "text",
     label_column: str = "label",
     name: str | None = None,
-    label_map: Mapping[Any, int] | None = None,
+    label_map: Mapping[Any, Any] | None = None,
+    encoding: str | None = None,
+    classes: Sequence[str] | int | None = None,
 ) -> TextDataset:
     """Turn any supported form of labelled text into a :class:`TextDataset`.
 
     Parameters
     ----------
     data : TextDataset, str, path, pandas.DataFrame, datasets.Dataset or dict of lists
-        A TextDataset is returned as is. A string that names a packaged domain (``'movie'``, ``'amazon'``,
-        ``'tweets'``, ``'nyt'``) loads it with :func:`load_domain`; any other string or path is read as a table
-        (``.csv`` comma-separated, ``.tsv``/``.tab`` tab-separated, otherwise the delimiter is sniffed; compressed
-        files work). DataFrames, Hugging Face ``datasets.Dataset`` objects and dicts of equal-length lists give
-        their columns.
+        A TextDataset is returned as is (unless ``classes`` or ``label_map`` re-express its labels). A string that
+        names a packaged domain (``'movie'``, ``'amazon'``, ``'tweets'``, ``'nyt'``) loads it with
+        :func:`load_domain`; any other string or path is read with :func:`read_table` (``.csv`` comma-, tab- or
+        semicolon-separated, ``.tsv``/``.tab`` tab-separated; compressed files work; ``'PATH:TEXT:LABEL'`` names the
+        file's columns, see :func:`parse_data_spec`). DataFrames, Hugging Face ``datasets.Dataset`` objects and dicts
+        of equal-length lists give their columns.
     text_column, label_column : str, default='text', 'label'
         Columns holding the texts and the labels; other columns are kept in ``meta``.
     name : str, default=None
         Dataset name; defaults to the domain name, the file stem, the ``datasets`` name, or ``'data'``.
     label_map : mapping, default=None
-        Label value -> class id (``0..K-1``). Without it, whole-number labels ``>= 0`` are used as ids, booleans
-        become 0/1, and any other labels (strings) are mapped to ids in sorted order; the names are kept in
-        ``label_names``.
+        Label value -> class id (int) or class name (str), applied before anything else; labels it does not name are
+        kept as they are. Without ``classes``: whole-number labels ``0..K-1`` are the ids, booleans become 0/1, and
+        any other labels (strings) are mapped to ids in sorted order, their names kept in ``label_names``.
+    encoding : str, default=None
+        The file's text encoding; default: UTF-8, strictly (a file with other bytes is refused, never replaced).
+    classes : tuple of str or int, default=None
+        The classes of the training data (:func:`training_classes`): the labels are expressed in them (string labels
+        by name, whole numbers as ids), and a label outside them is refused, naming the known ones. Use it for every
+        evaluation set, so that class 0 means the same thing in every file.
 
     Raises
     ------
     ValueError
-        Unknown domain name, missing columns, empty data, only one class, or unusable labels.
+        Unknown domain name, unreadable file, missing columns, empty data, only one class, class ids with a gap, or
+        labels the ``classes`` do not have.
     FileNotFoundError
         A path that does not exist.
     TypeError
         An unsupported kind of ``data``.
     """
+    lmap = check_label_map(label_map)
+    if classes is not None and not isinstance(classes, int):
+        classes = tuple(str(c) for c in classes)
     if isinstance(data, TextDataset):
-        return data
+        if classes is None and lmap is None:
+            return data
+        where = f"data {data.name!r}"
+        return _in_classes(data, classes if classes is not None else training_classes(data), lmap, where)
     hf_names: tuple[str, ...] | None = None
     datasets_mod = sys.modules.get("datasets")  # a datasets.Dataset implies the module is already imported
     if isinstance(data, str) and data in DOMAINS and not Path(data).exists():
         domain = load_domain(data)
         if name is not None:
             domain.name = name
-        return domain
+        return domain if classes is None and lmap is None else as_dataset(domain, label_map=label_map,
+                                                                           classes=classes)
+    source = None
     if isinstance(data, str | os.PathLike):
-        path = Path(data).expanduser()
+        spec, spec_text, spec_label = parse_data_spec(str(data))
+        text_column, label_column = spec_text or text_column, spec_label or label_column
+        path = Path(spec).expanduser()
         if not path.exists():
             if isinstance(data, str) and not path.suffix and os.sep not in data:
                 raise ValueError(
@@ -484,7 +748,7 @@ def as_dataset(
             raise FileNotFoundError(f"No such data file: {str(path)!r}.")
         if path.is_dir():
             raise ValueError(f"{str(path)!r} is a folder; pass a CSV/TSV file.")
-        frame, default_name = _read_table(path), path.name.split(".")[0]
+        frame, default_name, source = read_table(path, encoding=encoding), path.name.split(".")[0], str(path)
     elif isinstance(data, pd.DataFrame):
         frame, default_name = data, "data"
     elif datasets_mod is not None and isinstance(data, getattr(datasets_mod, "DatasetDict", ())):
@@ -503,10 +767,11 @@ def as_dataset(
             "a CSV/TSV path, a pandas DataFrame, a datasets.Dataset, or a dict of lists."
         )
     name = default_name if name is None else name
+    where = f"data {name!r}" + (f" (file {source!r})" if source else "")
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
         raise ValueError(
-            f"data {name!r} has no column(s) {missing}; its columns are {[str(c) for c in frame.columns]}. "
+            f"{where} has no column(s) {missing}; its columns are {[str(c) for c in frame.columns]}. "
             "Pass text_column= and label_column= to choose."
         )
     if len(frame) == 0:
@@ -515,13 +780,18 @@ def as_dataset(
     if texts.isna().any():
         rows = np.flatnonzero(texts.isna().to_numpy())[:5].tolist()
         raise ValueError(
-            f"data {name!r}: text column {text_column!r} has {int(texts.isna().sum())} missing values "
+            f"{where}: text column {text_column!r} has {int(texts.isna().sum())} missing values "
             f"(rows {rows}...); drop or fill them first."
         )
-    labels, label_names = _labels_from_column(frame[label_column], f"data {name!r}", label_map)
-    label_names = hf_names if label_map is None and hf_names is not None else label_names
+    if hf_names is not None and (classes is not None or lmap is not None):  # named ids: re-express them by name
+        plain = TextDataset([str(t) for t in texts], frame[label_column].to_numpy(), name, label_names=hf_names)
+        out = _in_classes(plain, classes if classes is not None else training_classes(plain), lmap, where)
+        labels, label_names = out.labels, out.label_names
+    else:
+        labels, label_names = _labels_from_column(frame[label_column], where, lmap, classes)
+        label_names = hf_names if lmap is None and hf_names is not None else label_names
     present = np.unique(labels)
-    if len(present) < 2:
+    if len(present) < 2 and classes is None:
         only = label_names[present[0]] if label_names is not None else int(present[0])
         raise ValueError(f"data {name!r} has only one class ({only!r}); classification needs at least 2 classes.")
     meta = frame.drop(columns=[text_column, label_column])
@@ -532,3 +802,47 @@ def as_dataset(
         meta=meta if len(meta.columns) else None,
         label_names=label_names,
     )
+
+
+def sample_texts(
+    data: Any,
+    n: int,
+    *,
+    seed: int = 0,
+    text_column: str = "text",
+    label_column: str = "label",
+    encoding: str | None = None,
+) -> tuple[list[str], str]:
+    """``n`` texts of ``data`` drawn at random (seeded), stratified by label where the data have a label column.
+
+    Texts only are needed: a file without ``label_column`` gives a plain seeded sample. With ``n`` at least the
+    number of rows, every text is returned in file order. Returns the texts and a few words saying how they were
+    drawn (for the command line's report).
+    """
+    n = check_positive_int("n", n, owner="sample_texts")
+    seed = int(check_number("seed", seed, owner="sample_texts", low=0, integer=True))
+    if isinstance(data, str | os.PathLike) and not (isinstance(data, str) and data in DOMAINS):
+        spec, spec_text, spec_label = parse_data_spec(str(data))
+        text_column, label_column = spec_text or text_column, spec_label or label_column
+        path = Path(spec).expanduser()
+        if path.is_file():
+            frame = read_table(path, encoding=encoding)
+            if label_column not in frame.columns:
+                if text_column not in frame.columns:
+                    raise ValueError(f"data {path.name.split('.')[0]!r} (file {str(path)!r}) has no column "
+                                     f"{text_column!r}; its columns are {[str(c) for c in frame.columns]}. Pass "
+                                     "text_column= to choose.")
+                texts = frame[text_column]
+                if texts.isna().any():
+                    raise ValueError(f"data {str(path)!r}: text column {text_column!r} has "
+                                     f"{int(texts.isna().sum())} missing values; drop or fill them first.")
+                texts = [str(t) for t in texts]
+                if n >= len(texts):
+                    return texts, f"all {len(texts)} rows"
+                rows = np.random.default_rng(seed).permutation(len(texts))[:n]
+                return [texts[i] for i in rows], f"{n} of {len(texts)} rows at random (seed {seed}; no label column)"
+    dataset = as_dataset(data, text_column=text_column, label_column=label_column, encoding=encoding)
+    if n >= len(dataset):
+        return list(dataset.texts), f"all {len(dataset)} rows"
+    sample = subsample(dataset, n, seed=seed, stratify=True)
+    return list(sample.texts), f"{n} of {len(dataset)} rows at random, stratified by label (seed {seed})"

@@ -27,6 +27,8 @@ from ..utils.validation import check_number, check_positive_int
 __all__ = ["ExperimentConfig", "TASKS"]
 
 TASKS = ("classification", "qa")
+#: The largest seed (torch's and numpy's seeds are unsigned 32-bit numbers).
+MAX_SEED = 2**32 - 1
 
 
 def _data(default: Any) -> Any:
@@ -67,7 +69,14 @@ class ExperimentConfig:
     train_size, val_size, eval_size : int
         Sizes of the fixed subsets; ``eval_size=None`` evaluates on everything.
     split_seed, neutral_band, text_column, label_column, qa_group
-        The data split's seed, the packaged domains' neutral band, a CSV's columns, the SQuAD topic group trained on.
+        The data split's seed, the packaged domains' neutral band, a CSV's columns (a file given as
+        ``'PATH:TEXT:LABEL'`` names its own), the SQuAD topic group trained on.
+    label_map : mapping, optional
+        Label -> class id or class name, applied to every data file before its labels are matched with the training
+        data's classes (e.g. ``{'negative': 'rotten', 'positive': 'fresh'}``); recorded with every run, not part of
+        its key (the labels it produces are).
+    encoding : str, optional
+        The data files' text encoding (default: UTF-8, strictly; a file with other bytes is refused).
     epochs, batch_size, lr, max_length, warmup_ratio, weight_decay, max_grad_norm
         Passed to :class:`~lnsr_viz.training.loop.FineTuner`.
     probe_n, probe_draws, probe_noise, probe_scale
@@ -92,6 +101,8 @@ class ExperimentConfig:
     text_column: str = "text"
     label_column: str = "label"
     qa_group: str = "science"
+    label_map: Mapping[str, Any] | None = None
+    encoding: str | None = None
     epochs: int = _train(4)
     batch_size: int = _train(32)
     lr: float = _train(5e-5)
@@ -116,6 +127,9 @@ class ExperimentConfig:
             raise ValueError(f"seeds must be a list of integers, e.g. [1, 2, 3]; got {seeds!r}.")
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "methods", tuple(methods))
+        for s in seeds:  # before int(): 1.5 must not become seed 1, nor 2**70 fail deep inside torch
+            check_number("seed", s, owner=self.owner, low=0, high=MAX_SEED, integer=True,
+                         hint="Seeds are whole numbers from 0 to 2**32 - 1 (torch's and numpy's seed range).")
         set_(self, "seeds", tuple(int(s) for s in seeds))
         set_(self, "method_params", {str(k): dict(v) for k, v in dict(self.method_params or {}).items()})
         if isinstance(self.ood, Mapping):
@@ -124,6 +138,9 @@ class ExperimentConfig:
             if isinstance(self.ood, str):
                 raise ValueError(f"ood must be a list of domains or paths, e.g. {list(OOD_DOMAINS)}; got {self.ood!r}.")
             set_(self, "ood", tuple(self.ood))
+        from ..data.text import check_label_map
+
+        set_(self, "label_map", check_label_map(self.label_map))
         self._validate()
 
     def _validate(self) -> None:
@@ -131,6 +148,10 @@ class ExperimentConfig:
         owner = self.owner
         if not self.methods:
             raise ValueError("methods is empty: give at least one method, e.g. ['vanilla', 'lnsr'].")
+        twice = sorted({m for m in self.methods if list(self.methods).count(m) > 1})
+        if twice:
+            raise ValueError(f"methods names {twice} more than once; give each method once (a second setting of "
+                             "the same method is a sweep: see lnsr_viz.experiments.sweep).")
         for m in self.methods:
             if m not in METHODS:
                 raise ValueError(f"Unknown method {m!r}. Expected one of {sorted(METHODS)}.")
@@ -142,8 +163,6 @@ class ExperimentConfig:
             raise ValueError("seeds is empty: give at least one seed (three or more to measure spread).")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct; got {list(self.seeds)}.")
-        for s in self.seeds:
-            check_number("seed", s, owner=owner, low=0, integer=True)
         check_positive_int("train_size", self.train_size, owner=owner)
         check_positive_int("val_size", self.val_size, owner=owner)
         if self.eval_size is not None:
@@ -156,6 +175,35 @@ class ExperimentConfig:
         if self.task not in TASKS:
             raise ValueError(f"task must be 'classification' or 'qa'; got {self.task!r}.")
         self.make_probe()  # the probe's draws, noise type and scale
+        self._validate_data_names()
+
+    def _validate_data_names(self) -> None:
+        """Distinct evaluation-set names (a list of files is named by their stems) and a known encoding."""
+        from ..data.text import data_name
+
+        if self.encoding is not None:
+            import codecs
+
+            try:
+                codecs.lookup(str(self.encoding))
+            except LookupError:
+                raise ValueError(f"unknown encoding={self.encoding!r}; e.g. 'utf-8', 'latin-1', 'cp1252'.") from None
+        if self.task != "classification":
+            return
+        ood = self.ood_data()
+        names = list(ood) if isinstance(ood, Mapping) else [data_name(o) for o in ood]
+        in_name = data_name(self.in_domain_data())
+        seen: dict[str, int] = {}
+        for name in names:
+            if name is not None:
+                seen[str(name)] = seen.get(str(name), 0) + 1
+        twice = sorted(n for n, c in seen.items() if c > 1)
+        if twice:
+            raise ValueError(f"out-of-domain sets named twice: {twice} (a file is named by its stem); give each "
+                             "evaluation set once, or distinct names (ood={name: path}).")
+        if in_name is not None and in_name in seen:
+            raise ValueError(f"the out-of-domain set {in_name!r} has the in-domain data's name; the in-domain test "
+                             "split is always evaluated, so drop it from ood or rename the file.")
 
     # ------------------------------------------------------------------------------------------------------------
     # the parts of a run's key, and what they configure

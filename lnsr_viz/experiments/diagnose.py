@@ -641,6 +641,15 @@ class _Pair:
     num_labels: int
 
 
+def _check_same_width(net: nn.Module, base_net: nn.Module, model_label: str, base_label: str, source: str) -> None:
+    """Refuse a base whose hidden size differs: it cannot be the model's base, and CKA across widths would mislead."""
+    widths = [getattr(getattr(m, "config", None), "hidden_size", None) for m in (net, base_net)]
+    if all(isinstance(w, int) for w in widths) and widths[0] != widths[1]:
+        raise ValueError(f"the base model {base_label!r} ({source}) has hidden size {widths[1]}, but the model "
+                         f"{model_label!r} has {widths[0]}: it cannot be the model's pre-trained base. Pass the base "
+                         "the model was fine-tuned from (--base / base_model=).")
+
+
 def _load_pair(model: Any, base_model: Any, tokenizer: Any, *, held: Any, max_length: int) -> _Pair:
     """Load the model and its base (inferred from the checkpoint config when not given); refuse a missing or a
     different tokenizer."""
@@ -664,6 +673,7 @@ def _load_pair(model: Any, base_model: Any, tokenizer: Any, *, held: Any, max_le
         raise ValueError("diagnose needs a tokenizer: pass tokenizer=..., or a checkpoint folder that holds one.")
     check_same_tokenizer(tok, base_tok, names=("the model", "the base model"), texts=held.texts[:32],
                          max_length=max_length)
+    _check_same_width(net, base_net, model_label, base_label, base_source)
     return _Pair(net, tok, model_label, base_net, base_tok, base_label, base_source, num_labels)
 
 

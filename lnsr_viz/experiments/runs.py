@@ -17,6 +17,7 @@ every fine-tuned one. Every setting, with its default, is a field of
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import time
@@ -28,11 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data.text import IN_DOMAIN, OOD_DOMAINS
+from ..data.text import IN_DOMAIN, OOD_DOMAINS, parse_data_spec
 from ..methods import get_method
 from .config import ExperimentConfig
 
-__all__ = ["compare", "ComparisonResult", "Protocol", "build_protocol", "probe_key", "run_config",
+__all__ = ["compare", "ComparisonResult", "Protocol", "build_protocol", "check_model_fit", "probe_key", "run_config",
            "run_configs", "run_jobs", "Job"]
 
 _DEMO_KEYS = ("methods", "seeds", "train_size", "val_size", "eval_size", "epochs", "batch_size", "lr", "max_length",
@@ -59,6 +60,9 @@ class Protocol:
     fingerprint: str
     task: str = "classification"
     qa_stride: int = 64
+    #: The training data's classes (names, or the number of class ids) and the label map applied to every file;
+    #: stored with every run (``extra.json``), not part of its key.
+    labels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_probe_examples(self) -> int:
@@ -82,9 +86,12 @@ class Protocol:
                                device=next(model.parameters()).device)
 
     def n_labels(self) -> int:
+        """The model's number of classes: the training data's, never widened by an evaluation set."""
         if self.task != "classification":
             return 2
-        return int(max(self.train.labels.max(), *(d.labels.max() for d in self.evaluation.values())) + 1)
+        if self.labels.get("classes"):
+            return len(self.labels["classes"])
+        return int(self.train.n_classes)
 
     def evaluate(self, model: Any, tokenizer: Any, max_length: int) -> pd.DataFrame:
         """The tidy ``domain, metric, value`` table of every evaluation set."""
@@ -115,16 +122,36 @@ def _fingerprint(datasets: Mapping[str, Any]) -> str:
 
 def make_protocol(data: Any = IN_DOMAIN, *, ood: Sequence[Any] | Mapping[str, Any] = OOD_DOMAINS,
                   train_size: int = 500, val_size: int = 300, eval_size: int | None = 600, split_seed: int = 0,
-                  neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label") -> Protocol:
-    """Build the fixed train / validation / evaluation subsets (see the module docstring)."""
-    from ..data.text import DOMAINS, as_dataset, load_domain, split_dataset, subsample
+                  neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label",
+                  label_map: Mapping[Any, Any] | None = None, encoding: str | None = None) -> Protocol:
+    """Build the fixed train / validation / evaluation subsets (see the module docstring).
 
+    The classes come from the training data only (:func:`lnsr_viz.data.text.training_classes`) and every evaluation
+    set is expressed in them (string labels by name, class ids as ids); an evaluation set with a label the training
+    data lacks is refused unless ``label_map`` maps it. Out-of-domain sets given as a list are named as ``data`` is
+    (a domain's name, a file's stem); an out-of-domain set whose texts occur in the in-domain data is warned about.
+    """
+    from ..data.text import (
+        DOMAINS,
+        as_dataset,
+        check_label_map,
+        load_domain,
+        split_dataset,
+        subsample,
+        training_classes,
+    )
+
+    lmap = check_label_map(label_map)
     if isinstance(data, str) and data in DOMAINS:
         in_name = data
         full = load_domain(data, neutral_band=neutral_band)
+        if lmap:
+            full = as_dataset(full, label_map=lmap)
     else:
-        full = as_dataset(data, text_column=text_column, label_column=label_column)
+        full = as_dataset(data, text_column=text_column, label_column=label_column, label_map=lmap,
+                          encoding=encoding)
         in_name = full.name or "in_domain"
+    classes = training_classes(full)
     splits = split_dataset(full, seed=split_seed)
     if train_size > len(splits["train"]):
         raise ValueError(f"train_size={train_size} is larger than the {len(splits['train'])} examples in the train "
@@ -138,20 +165,39 @@ def make_protocol(data: Any = IN_DOMAIN, *, ood: Sequence[Any] | Mapping[str, An
         return subsample(ds, eval_size, seed=split_seed)
 
     evaluation = {in_name: cap(splits["test"])}
-    items = ood.items() if isinstance(ood, Mapping) else ((o, o) for o in ood)
+    items = ood.items() if isinstance(ood, Mapping) else ((None, o) for o in ood)
+    seen = set(full.texts)
     for name, source in items:
         if isinstance(source, str) and source in DOMAINS:
-            ds = load_domain(source, neutral_band=neutral_band)
-        elif isinstance(source, str) and not Path(source).exists():
+            ds = as_dataset(load_domain(source, neutral_band=neutral_band), classes=classes, label_map=lmap)
+        elif isinstance(source, str) and not Path(parse_data_spec(source)[0]).expanduser().exists():
             raise ValueError(f"Unknown out-of-domain set {source!r}: expected one of {sorted(DOMAINS)} or a CSV path.")
         else:
-            ds = as_dataset(source, text_column=text_column, label_column=label_column)
-        name = str(name)
+            ds = as_dataset(source, text_column=text_column, label_column=label_column, classes=classes,
+                            label_map=lmap, encoding=encoding)
+        name = ds.name if name is None else str(name)
         if name in evaluation:
             raise ValueError(f"Evaluation set name {name!r} appears twice; give each domain a distinct name.")
+        _warn_leakage(name, ds, seen, in_name)
         evaluation[name] = cap(ds)
     fp = _fingerprint({"train": train, "validation": validation, **evaluation})
-    return Protocol(train=train, validation=validation, evaluation=evaluation, in_domain=in_name, fingerprint=fp)
+    names = list(classes) if isinstance(classes, tuple) else [str(k) for k in range(classes)]
+    labels = {"classes": {str(k): v for k, v in enumerate(names)}, "named": isinstance(classes, tuple),
+              "from": in_name, "label_map": lmap}
+    return Protocol(train=train, validation=validation, evaluation=evaluation, in_domain=in_name, fingerprint=fp,
+                    labels=labels)
+
+
+def _warn_leakage(name: str, ds: Any, seen: set[str], in_name: str) -> None:
+    """Warn when an out-of-domain set shares texts with the in-domain data (e.g. the training file given twice)."""
+    import warnings
+
+    shared = sum(t in seen for t in ds.texts)
+    if shared:
+        same = " (the same texts as the in-domain file)" if shared == len(ds) else ""
+        warnings.warn(f"leakage: {shared} of {len(ds)} texts of the out-of-domain set {name!r} also occur in the "
+                      f"in-domain data {in_name!r}{same}; its scores are not out-of-domain.", UserWarning,
+                      stacklevel=3)
 
 
 def make_qa_protocol(data: Any = "squad", *, ood: Sequence[Any] = (), train_group: str = "science",
@@ -245,7 +291,7 @@ def build_protocol(config: ExperimentConfig) -> Protocol:
     return make_protocol(config.in_domain_data(), ood=config.ood_data(), train_size=config.train_size,
                          val_size=config.val_size, eval_size=config.eval_size, split_seed=config.split_seed,
                          neutral_band=config.neutral_band, text_column=config.text_column,
-                         label_column=config.label_column)
+                         label_column=config.label_column, label_map=config.label_map, encoding=config.encoding)
 
 
 def data_key(protocol: Protocol, config: ExperimentConfig) -> dict[str, Any]:
@@ -311,6 +357,52 @@ def run_configs(jobs: Sequence[Job], config: ExperimentConfig, protocol: Protoco
     return [run_config(job, **parts) for job in jobs]
 
 
+def _injection_layers(params: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Every ``injection_layer`` in a method's parameters (a combination nests its parts' parameters)."""
+    found = []
+    for name, value in params.items():
+        if isinstance(value, Mapping):
+            found += [(f"{name}.{k}", v) for k, v in _injection_layers(value)]
+        elif name == "injection_layer":
+            found.append((name, value))
+    return found
+
+
+def check_model_fit(config: ExperimentConfig, jobs: Sequence[Job] = (), *, n_labels: int | None = None) -> None:
+    """Refuse, before any work, settings that the model's configuration rules out.
+
+    ``max_length`` above the model's learned position embeddings; an ``injection_layer`` (of ``config``'s method
+    parameters or of ``jobs``) at or above the model's number of blocks; a local model folder without a tokenizer;
+    with ``n_labels``, a checkpoint whose classification head has another number of classes. Only the model's
+    ``config.json`` is read (:func:`lnsr_viz.data.models.model_limits`).
+    """
+    from ..data.models import check_tokenizer_folder, model_limits
+
+    limits = model_limits(config.model)
+    label = _model_label(config.model)
+    if limits.folder is not None:
+        check_tokenizer_folder(limits.folder)
+    if n_labels is not None and limits.head_labels is not None and config.task == "classification" \
+            and limits.head_labels != n_labels:
+        raise ValueError(f"The checkpoint {label!r} has a classification head with {limits.head_labels} classes, "
+                         f"but the training data have {n_labels}: its head cannot be reused. Use data with the "
+                         "checkpoint's classes (see --label-map / label_map=), or start from the pre-trained base "
+                         "model, which gets a fresh head.")
+    if limits.max_length is not None and int(config.max_length) > limits.max_length:
+        raise ValueError(f"max_length={config.max_length} (--max-length) is above the {limits.max_length} positions "
+                         f"of model {label!r}; use max_length <= {limits.max_length}.")
+    if limits.n_layers is None:
+        return
+    settings = [(m, config.method_params.get(m, {})) for m in config.methods]
+    settings += [(job.method, job.params) for job in jobs if job.method != "pretrained"]
+    for method, params in settings:
+        for name, layer in _injection_layers(get_method(method, **dict(params)).params()):
+            if isinstance(layer, int) and layer > limits.n_layers - 1:
+                raise ValueError(f"{method} {name}={layer} (--param {method}.{name.split('.')[-1]}) does not exist "
+                                 f"in model {label!r}: it has {limits.n_layers} blocks, so the noise can be injected "
+                                 f"at layers 0..{limits.n_layers - 1} (0 is the embedding output).")
+
+
 def _reference_model(model: Any, task: str, n_labels: int, device: str | None) -> Any:
     """The pre-trained model that drift is measured from (its head is never read: drift covers layers 0..L)."""
     from ..data.models import load_model
@@ -331,6 +423,7 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
     how interrupted grids resume. ``device`` (e.g. ``'cuda'``) is where each model trains; it is recorded with the run
     (``extra.json``) but is not part of the run's key, so a stored run is reused whichever device made it.
     """
+    import torch
     from tqdm.auto import tqdm
 
     from ..analysis.drift import representation_drift
@@ -353,16 +446,16 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
         reference = copy.deepcopy(model)
         if device is not None and hasattr(reference, "to"):
             reference.to(device)
-    rows = []
-    outer = tqdm(jobs, desc="runs", unit="run", disable=not progress)
-    for job, cfg in zip(outer, configs, strict=True):
-        what = "pre-trained model" if job.method == "pretrained" else f"{job.name}, seed {job.seed}"
-        if store.exists(cfg):
-            run = store.load(cfg)
-            rows.append({"run_id": run.run_id, "method": job.name, "seed": job.seed, "cached": True,
-                         "seconds": run.extra.get("seconds", float("nan")), "collapsed": run.extra.get("collapsed")})
-            say(f"  {what}: loaded from the run store ({run.run_id})")
-            continue
+    check_model_fit(config, jobs, n_labels=n_labels if protocol.task == "classification" else None)
+
+    def loaded(job: Job, cfg: Mapping[str, Any], what: str) -> dict[str, Any]:
+        run = store.load(cfg)
+        say(f"  {what}: loaded from the run store ({run.run_id})")
+        return {"run_id": run.run_id, "method": job.name, "seed": job.seed, "cached": True,
+                "seconds": run.extra.get("seconds", float("nan")), "collapsed": run.extra.get("collapsed")}
+
+    def make(job: Job, cfg: Mapping[str, Any], what: str) -> dict[str, Any]:
+        nonlocal reference
         t0 = time.perf_counter()
         net, tokenizer = load_model(model, task=protocol.task, num_labels=n_labels, seed=job.seed or 0)
         if not isinstance(model, (str, Path)):  # a user's model object: every run starts from its own copy
@@ -370,6 +463,9 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
         if device is not None:
             net.to(device)
         extra: dict[str, Any] = {"device": str(next(net.parameters()).device)}
+        extra["torch_threads"] = torch.get_num_threads()  # can change the last digits of some metrics; not keyed
+        if protocol.labels:  # the classes and label map the run was made with (not part of its key)
+            extra["labels"] = protocol.labels
         metrics = pd.DataFrame(columns=["domain", "metric", "value"])
         history = None
         if job.method != "pretrained":
@@ -409,11 +505,39 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
                 save_checkpoint(net, tokenizer, folder, base_model=model_label)
         store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, drift=drift,
                    checkpoint_fn=checkpoint_fn)
-        rows.append({"run_id": store.run_id(cfg), "method": job.name, "seed": job.seed, "cached": False,
-                     "seconds": extra["seconds"], "collapsed": extra.get("collapsed")})
         say(f"  {what}: done in {extra['seconds']:.0f} s")
+        return {"run_id": store.run_id(cfg), "method": job.name, "seed": job.seed, "cached": False,
+                "seconds": extra["seconds"], "collapsed": extra.get("collapsed")}
+
+    # Several processes may share the store (the same grid started twice, shards): a run whose lock another process
+    # holds is skipped and come back to after the others (then waited for), and a run stored meanwhile is loaded.
+    writing = getattr(store, "writing", None)
+    rows: dict[int, dict[str, Any]] = {}
+    outer = tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress)
+    pending, wait = list(range(len(jobs))), False
+    while pending:
+        busy = []
+        for i in pending:
+            job, cfg = jobs[i], configs[i]
+            what = "pre-trained model" if job.method == "pretrained" else f"{job.name}, seed {job.seed}"
+            with writing(cfg, wait=wait) if writing else contextlib.nullcontext(True) as mine:
+                if not mine:
+                    busy.append(i)
+                    continue
+                if store.exists(cfg):
+                    rows[i] = loaded(job, cfg, what)
+                else:
+                    try:
+                        rows[i] = make(job, cfg, what)
+                    except FileExistsError:  # stored meanwhile by a writer that does not take the lock
+                        rows[i] = loaded(job, cfg, what)
+            outer.update(1)
+        if busy:
+            say(f"  waiting for {len(busy)} run(s) that another process is making ...")
+        pending, wait = busy, True
     outer.close()
-    runs = pd.DataFrame(rows, columns=["run_id", "method", "seed", "cached", "seconds", "collapsed"])
+    runs = pd.DataFrame([rows[i] for i in range(len(jobs))],
+                        columns=["run_id", "method", "seed", "cached", "seconds", "collapsed"])
     runs["seed"] = runs["seed"].astype("Int64")
     return runs
 
@@ -455,10 +579,11 @@ def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = 
     given = {k: v for k, v in (("methods", methods), ("seeds", seeds)) if v is not None}
     config = (config if config is not None else ExperimentConfig()).replace(**given, **settings)
     device = check_device(device, owner="compare")
-    store = RunStore(config.results)
-    protocol = build_protocol(config)
+    store = RunStore(config.results)  # checks that it can write there; creates nothing before the first run
     jobs = [Job("pretrained", {}, None)] + [Job(m, config.method_params.get(m, {}), s)
                                             for m in config.methods for s in config.seeds]
+    check_model_fit(config, jobs)  # the model's limits, before the data are loaded
+    protocol = build_protocol(config)
     runs = run_jobs(jobs, config, protocol=protocol, store=store, save_checkpoints=save_checkpoints,
                     progress=progress, verbose=verbose, device=device)
     result = _collect(store, runs, baseline=config.baseline, methods=list(config.methods))
@@ -477,7 +602,7 @@ def comparison_config(config: ExperimentConfig, protocol: Protocol) -> dict[str,
             "method_params": {m: get_method(m, **config.method_params.get(m, {})).params() for m in methods},
             "data": data_key(protocol, config), "train": config.train_params(),
             "probe": probe_key(config.make_probe(), min(int(config.probe_n), protocol.n_probe_examples)),
-            "results": str(config.results), "baseline": config.baseline}
+            "results": str(config.results), "baseline": config.baseline, "labels": protocol.labels}
 
 
 def label_balance(protocol: Protocol) -> pd.DataFrame:

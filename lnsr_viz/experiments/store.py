@@ -9,7 +9,13 @@ damaged run as if it were good. The store gives both:
 * :meth:`RunStore.save` writes everything into a hidden ``runs/.tmp-<run_id>-<uuid>/`` folder and moves it into
   place with one ``os.replace``; ``record.json`` (the list of files with their sha256) is written last, inside the
   temporary folder. A run folder is therefore either complete or absent. A crash leaves only a ``.tmp-*`` folder,
-  which readers ignore and :meth:`RunStore.cleanup` removes;
+  which readers ignore; the next save of that run, :meth:`RunStore.cleanup` and ``merge_stores`` remove it (only
+  when no live process holds the run's lock, so an in-progress save is never touched);
+* several processes may write to one store at once (the same grid started twice, shards, a multi-worker executor):
+  every save takes the run's lock (a ``filelock.FileLock`` in ``root/.locks/<run_id>.lock``), and
+  :meth:`RunStore.writing` lets a caller hold it while it *makes* the run, so that another process asking for the
+  same run waits (or skips it and comes back) and then loads the stored run instead of training it again;
+* nothing is created on disk until the first run is written, so a command that is refused leaves no empty store;
 * readers check every run: a folder with no ``record.json``, bad JSON or a checksum mismatch is reported with a
   :class:`CorruptRunWarning` naming the folder and the problem, and skipped, never silently used.
 
@@ -45,6 +51,7 @@ because a value without a canonical text form cannot give a stable run id.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -63,6 +70,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from ..utils.io import atomic_write_json, dumps_json, sha256_file
 from ..utils.validation import check_choice
@@ -86,6 +94,9 @@ TABLES: dict[str, str] = {"metrics": "metrics.csv", "history": "history.csv", "p
 _METRICS_COLUMNS = ("domain", "metric", "value")
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _TMP_PREFIX = ".tmp-"
+# the run id inside a temporary folder's name: .tmp-<id>-<uuid>[-old] (saves) or .tmp-merge-<id>[-<uuid>] (merges)
+_TMP_RUN_ID_RE = re.compile(r"^\.tmp-(?:merge-)?([0-9a-f]{12})(?:-|$)")
+_LOCKS = ".locks"
 _RECORD = "record.json"
 _CONFIG = "config.json"
 _EXTRA = "extra.json"
@@ -260,11 +271,15 @@ class RunStore:
     Parameters
     ----------
     root : str or path-like
-        The store folder; runs live in ``root/runs/``. Created if missing.
+        The store folder; runs live in ``root/runs/``. Created when the first run is saved, not before (a refused
+        command leaves nothing behind).
     read_only : bool, default=False
         Open an existing store for reading only (e.g. results on a read-only mount). Otherwise the constructor
-        checks that it can create and delete a file under ``root/runs/`` and raises ``PermissionError`` at once if
-        it cannot, instead of failing after hours of training at the first ``save``.
+        checks that it can create and delete a file in ``root/runs/`` (or, when it does not exist yet, in the
+        nearest existing folder above it) and raises ``PermissionError`` at once if it cannot, instead of failing
+        after hours of training at the first ``save``.
+
+    Several processes may use one store at the same time: see :meth:`writing`.
 
     See the module docstring for the layout and the intended cache / resume pattern.
     """
@@ -273,6 +288,7 @@ class RunStore:
         self.root = Path(root).expanduser()
         self.read_only = bool(read_only)
         self.runs_dir = self.root / "runs"
+        self._locks: dict[str, FileLock] = {}
         if self.read_only:
             if not self.runs_dir.is_dir():
                 raise FileNotFoundError(
@@ -281,8 +297,12 @@ class RunStore:
                 )
             return
         try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.runs_dir / f".write-probe-{uuid.uuid4().hex}"
+            folder = self.runs_dir
+            while not folder.exists() and folder != folder.parent:  # the folder the first save will create in
+                folder = folder.parent
+            if not folder.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(folder))
+            probe = folder / f".write-probe-{uuid.uuid4().hex}"
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
             probe.unlink()
@@ -296,6 +316,56 @@ class RunStore:
     def __repr__(self) -> str:
         ro = ", read_only=True" if self.read_only else ""
         return f"RunStore({str(self.root)!r}{ro})"
+
+    # ---- several writers -------------------------------------------------------------------------------------
+    def _lock(self, run_id: str) -> FileLock:
+        """The run's lock (one object per run id and process: ``FileLock`` is reentrant for its holder)."""
+        lock = self._locks.get(run_id)
+        if lock is None:
+            folder = self.root / _LOCKS
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / ".gitignore").write_text("*\n", encoding="utf-8")  # lock files are never results
+            lock = FileLock(str(folder / f"{run_id}.lock"), is_singleton=True)
+            self._locks[run_id] = lock
+        return lock
+
+    @contextlib.contextmanager
+    def writing(self, config_or_run_id: Mapping[str, Any] | str, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the run's lock while this process makes the run (trains it, then :meth:`save`).
+
+        Yields ``True`` once the lock is held. With ``wait=False`` it yields ``False`` at once when another process
+        holds it (that process is making the run: skip it and come back later, with ``wait=True``). Inside the
+        block, check :meth:`exists` first: a run that another process finished meanwhile is then loaded, not made
+        again. :meth:`save` takes the same lock, so it works with or without this block. A read-only store takes
+        no lock (and yields ``True``): it can load runs but not save them.
+
+        >>> with store.writing(config, wait=False) as mine:          # doctest: +SKIP
+        ...     if mine and not store.exists(config):
+        ...         store.save(config, metrics=train(config))
+        """
+        if self.read_only:  # nothing can be written here, so there is nothing to guard (save() refuses)
+            yield True
+            return
+        lock = self._lock(self._resolve_id(config_or_run_id))
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def _remove_stale_temporaries(self, run_id: str) -> None:
+        """Remove this run's temporary folders; the caller holds the run's lock, so no live writer owns them."""
+        if not self.runs_dir.is_dir():
+            return
+        for p in self.runs_dir.glob(f"{_TMP_PREFIX}*"):
+            m = _TMP_RUN_ID_RE.match(p.name)
+            if m and m.group(1) == run_id and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
 
     # ---- ids and paths -------------------------------------------------------------------------------------
     def run_id(self, config: Mapping[str, Any]) -> str:
@@ -445,7 +515,8 @@ class RunStore:
 
         Everything is written into ``runs/.tmp-<run_id>-<uuid>/``, ``record.json`` last, and the folder is then
         moved into place with ``os.replace``. If anything raises (including ``checkpoint_fn``), the temporary folder
-        is removed and nothing becomes visible.
+        is removed and nothing becomes visible. The save holds the run's lock (:meth:`writing`); temporary folders
+        of the same run left by a killed process are removed first.
         """
         if self.read_only:
             raise PermissionError(f"{self!r} is read-only; open it with read_only=False to save runs.")
@@ -465,12 +536,22 @@ class RunStore:
         if extra is not None and not isinstance(extra, Mapping):
             raise ValueError(f"extra must be a mapping or None; got {type(extra).__name__}.")
 
+        with self.writing(run_id):
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temporaries(run_id)
+            return self._save_locked(run_id, plain_config, metrics=metrics, history=history, profile=profile,
+                                     extra=extra, drift=drift, checkpoint_fn=checkpoint_fn, overwrite=overwrite)
+
+    def _save_locked(self, run_id: str, plain_config: dict[str, Any], *, metrics: pd.DataFrame,
+                     history: pd.DataFrame | None, profile: pd.DataFrame | None, extra: Mapping[str, Any] | None,
+                     drift: pd.DataFrame | None, checkpoint_fn: Callable[[Path], None] | None,
+                     overwrite: bool) -> Path:
         final = self.runs_dir / run_id
         if final.exists() and not overwrite:
             try:
                 self._verify(final)
             except _BadRun as exc:
-                warnings.warn(f"Replacing damaged run folder {str(final)!r} ({exc}).", CorruptRunWarning, stacklevel=2)
+                warnings.warn(f"Replacing damaged run folder {str(final)!r} ({exc}).", CorruptRunWarning, stacklevel=3)
             else:
                 raise FileExistsError(
                     f"Run {run_id} already exists in {str(final)!r}. Load it with store.load(config), or pass "
@@ -619,18 +700,52 @@ class RunStore:
         return pd.concat(parts, ignore_index=True, sort=False)
 
     def cleanup(self, *, older_than_s: float = 0.0) -> list[Path]:
-        """Remove ``.tmp-*`` folders left by interrupted saves and return their paths.
+        """Remove the ``.tmp-*`` folders left by interrupted saves and merges, and return their paths.
 
-        Do not call it with the default ``older_than_s=0`` while another process may be saving into the same
-        store: its in-progress folder would be removed. ``older_than_s=3600`` only removes folders untouched for
-        an hour.
+        A folder whose run's lock is held by a live process (a save or merge in progress) is left alone, so this is
+        safe while other processes write to the store; ``older_than_s`` also spares folders touched more recently.
         """
         if self.read_only:
             raise PermissionError(f"{self!r} is read-only; cleanup() needs read_only=False.")
-        removed = []
+        removed: list[Path] = []
+        if not self.runs_dir.is_dir():
+            return removed
         now = time.time()
         for p in sorted(self.runs_dir.glob(f"{_TMP_PREFIX}*")):
-            if p.is_dir() and now - p.stat().st_mtime >= older_than_s:
+            if not p.is_dir() or now - p.stat().st_mtime < older_than_s:
+                continue
+            m = _TMP_RUN_ID_RE.match(p.name)
+            if m is None:  # not one of ours: only its age speaks for it
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
+                continue
+            with self.writing(m.group(1), wait=False) as free:
+                if free:
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
         return removed
+
+    def import_run(self, source: str | os.PathLike[str]) -> bool:
+        """Copy a complete run folder of another store into this one (``merge``); ``False`` if it is already here.
+
+        The copy goes through a temporary folder under the run's lock, like :meth:`save`, so a killed merge leaves
+        only a temporary folder that the next merge of that run (or :meth:`cleanup`) removes.
+        """
+        if self.read_only:
+            raise PermissionError(f"{self!r} is read-only; import_run() needs read_only=False.")
+        source = Path(source)
+        run_id = source.name
+        self._resolve_id(run_id)  # a run folder's name is its id
+        with self.writing(run_id):
+            if self.exists(run_id):
+                return False
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temporaries(run_id)
+            tmp = self.runs_dir / f"{_TMP_PREFIX}merge-{run_id}-{uuid.uuid4().hex}"
+            try:
+                shutil.copytree(source, tmp)  # the caller verified the source (RunStore.load)
+                self._move_into_place(tmp, self.runs_dir / run_id, run_id)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return True

@@ -32,7 +32,6 @@ first (``order=setting_order(config)``).
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from sklearn.model_selection import ParameterGrid
 
 from ..methods import METHODS, get_method
 from .config import ExperimentConfig
-from .runs import Job, build_protocol, run_jobs
+from .runs import Job, build_protocol, check_model_fit, run_jobs
 
 __all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run_sweep", "merge_stores",
            "select_settings", "select_from_store", "sweep_history", "setting_order", "experiment_config", "shard_jobs",
@@ -61,17 +60,29 @@ def load_sweep_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep config {path} not found.")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"sweep config {path} must end in .yaml, .yml or .toml.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"sweep config {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
     if path.suffix == ".toml":
         import tomllib
 
-        config = tomllib.loads(text)
-    elif path.suffix in (".yaml", ".yml"):
+        try:
+            config = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"sweep config {path} is not valid TOML: {exc}.") from None
+    else:
         import yaml
 
-        config = yaml.safe_load(text)
-    else:
-        raise ValueError(f"sweep config {path} must end in .yaml, .yml or .toml.")
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"sweep config {path} is not valid YAML{where}: {problem}.") from None
     if not isinstance(config, Mapping):
         raise ValueError(f"sweep config {path} must be a mapping of settings; got {type(config).__name__}.")
     return validate_config(dict(config), source=str(path))
@@ -102,6 +113,13 @@ def validate_config(config: dict[str, Any], *, source: str = "sweep config") -> 
         values = config.get(key)
         if not isinstance(values, Sequence) or isinstance(values, str) or not values:
             raise ValueError(f"{source}: {key!r} must be a non-empty list (the grid would be empty).")
+        bad_values = [v for v in values if isinstance(v, bool) or not isinstance(v, int)]
+        if bad_values:
+            raise ValueError(f"{source}: {key!r} must hold whole numbers; got {bad_values} (1.5 would silently "
+                             "become 1).")
+        if len(set(values)) != len(values):
+            raise ValueError(f"{source}: {key} must be distinct; got {list(values)} (a repeated value would run "
+                             "the same jobs twice).")
     for key in SWEEP_SETTINGS:
         if key not in ("seeds", "results"):
             config.setdefault(key, defaults[key])
@@ -196,9 +214,16 @@ def sweep_results(config: Mapping[str, Any], results: str | Path | None = None) 
 
 
 def shard_jobs(config: Mapping[str, Any], shard: str | None = None) -> list[SweepJob]:
-    """The jobs of one shard (``'i/n'``: every n-th job from the i-th; None: all of them), in the grid's order."""
+    """The jobs of one shard (``'i/n'``: every n-th job from the i-th; None: all of them), in the grid's order.
+
+    A shard that would get no job (more shards than jobs) is refused.
+    """
     i, n = parse_shard(shard)
-    return [j for k, j in enumerate(expand(config)) if k % n == i - 1]
+    jobs = expand(config)
+    if i > len(jobs):
+        raise ValueError(f"--shard {i}/{n} gets no jobs: the grid has only {len(jobs)} jobs, so use at most "
+                         f"{len(jobs)} shards (i/n with n <= {len(jobs)}).")
+    return [j for k, j in enumerate(jobs) if k % n == i - 1]
 
 
 def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, shard: str | None = None,
@@ -212,12 +237,14 @@ def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, s
     from .store import RunStore
 
     device = check_device(device, owner="run_sweep")
-    store = RunStore(sweep_results(config, results))
+    store = RunStore(sweep_results(config, results))  # checks it can write there; creates nothing yet
     mine = shard_jobs(config, shard)
     frames = []
     by_size: dict[int, list[Job]] = {}
     for sj in mine:
         by_size.setdefault(sj.train_size, []).append(sj.job)
+    for size, jobs in by_size.items():  # the model's limits (layers, positions), before any size is run
+        check_model_fit(experiment_config(config, size), jobs)
     for size, jobs in by_size.items():
         experiment = experiment_config(config, size)
         runs = run_jobs(jobs, experiment, protocol=build_protocol(experiment), store=store, progress=progress,
@@ -226,45 +253,44 @@ def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, s
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _check_same_data(runs: Sequence[Any]) -> None:
+    """Refuse runs with the same data settings but different data fingerprints (other data behind the same names)."""
+    fingerprints: dict[str, tuple[str, str]] = {}
+    for run in runs:
+        data = dict(run.config.get("data", {}))
+        fp = data.pop("fingerprint", None)
+        key = json.dumps(data, sort_keys=True)
+        if key in fingerprints and fingerprints[key][0] != fp:
+            raise ValueError(f"runs {fingerprints[key][1]} and {run.path} use the same data settings but "
+                             f"different data (fingerprints {fingerprints[key][0]} vs {fp}); refusing to merge.")
+        fingerprints.setdefault(key, (fp, str(run.path)))
+
+
 def merge_stores(sources: Sequence[str | Path], dest: str | Path) -> int:
     """Copy the complete runs of several stores (e.g. shards) into ``dest``; return how many were copied.
 
     Refuses, naming the runs, stores written by different lnsr_viz versions, and runs of the same data settings whose
-    data fingerprints differ (different data behind the same names).
+    data fingerprints differ (different data behind the same names), among the sources and against the runs that
+    ``dest`` already holds. Each run is copied under its lock (:meth:`RunStore.import_run`), so a merge that was
+    killed leaves only a temporary folder, which the next merge removes.
     """
     from .store import RunStore
 
     stores = [RunStore(s, read_only=True) for s in sources]
+    target = RunStore(dest)
+    held = RunStore(dest, read_only=True) if target.runs_dir.is_dir() else None
     seen_versions: dict[str, str] = {}
-    fingerprints: dict[str, tuple[str, str]] = {}
-    todo = []
-    for store in stores:
+    todo, present = [], []
+    for store in ([held] if held is not None else []) + stores:
         for run_id in store.list_runs().get("run_id", []):
             run = store.load(run_id)
-            version = str(run.meta.get("lnsr_viz_version"))
-            seen_versions.setdefault(version, str(run.path))
-            data = dict(run.config.get("data", {}))
-            fp = data.pop("fingerprint", None)
-            key = json.dumps(data, sort_keys=True)
-            if key in fingerprints and fingerprints[key][0] != fp:
-                raise ValueError(f"runs {fingerprints[key][1]} and {run.path} use the same data settings but "
-                                 f"different data (fingerprints {fingerprints[key][0]} vs {fp}); refusing to merge.")
-            fingerprints.setdefault(key, (fp, str(run.path)))
-            todo.append(run)
+            seen_versions.setdefault(str(run.meta.get("lnsr_viz_version")), str(run.path))
+            (present if store is held else todo).append(run)
+    _check_same_data([*present, *todo])
     if len(seen_versions) > 1:
         described = ", ".join(f"{v} (e.g. {p})" for v, p in seen_versions.items())
         raise ValueError(f"the stores were written by different lnsr_viz versions: {described}; refusing to merge.")
-    target = RunStore(dest)
-    copied = 0
-    for run in todo:
-        final = target.root / "runs" / run.run_id
-        if final.exists():
-            continue
-        tmp = target.root / "runs" / f".tmp-merge-{run.run_id}"
-        shutil.copytree(run.path, tmp)
-        tmp.replace(final)
-        copied += 1
-    return copied
+    return sum(target.import_run(run.path) for run in todo)
 
 
 def sweep_history(store: Any) -> pd.DataFrame:

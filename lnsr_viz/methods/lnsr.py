@@ -176,7 +176,11 @@ class LNSR(Method):
         self._weights: torch.Tensor | None = None
 
     def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        """Bind to ``model``: find its blocks, check the injection layer, seed the noise (per process ``rank``)."""
+        """Bind to ``model``: find its blocks, check the injection layer, seed the noise (per process ``rank``).
+
+        A model whose blocks the adapter cannot replay (Funnel, Reformer, ...) is refused here, before any training
+        step, with :class:`~lnsr_viz.core.adapter.AdapterError` (a ``ValueError``) saying why.
+        """
         self._adapter = ModelAdapter(model)
         self._adapter.check_layer(self.injection_layer, allow_last=False)
         base_seed = self.seed if self.seed is not None else seed

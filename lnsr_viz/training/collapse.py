@@ -125,11 +125,20 @@ class CollapseGuard(FineTunerCallback):
             warnings.warn(
                 f"representations collapsed at epoch {epoch}: effective rank {rank:.1f} (was "
                 f"{self.initial_rank:.1f} before training; threshold {self.min_rank_fraction:.0%} of it), mean "
-                f"pairwise cosine {cosine:.3f} (threshold {self.max_mean_cosine}); the regulariser's share is "
-                f"{ratio:.2f}x the task loss. Lower its weight.", CollapseWarning, stacklevel=3)
+                f"pairwise cosine {cosine:.3f} (threshold {self.max_mean_cosine}); {self._advice(share, ratio)}",
+                CollapseWarning, stacklevel=3)
         self.collapsed = self.collapsed or collapsed
         return {"repr_effective_rank": rank, "repr_mean_cosine": cosine, "reg_to_task_ratio": ratio,
                 "collapsed": collapsed}
+
+    @staticmethod
+    def _advice(share: float, ratio: float) -> str:
+        """What to change: a regulariser's weight only when a regulariser adds to the loss (not for vanilla)."""
+        if math.isfinite(share) and abs(share) > 1e-12 and math.isfinite(ratio):
+            return (f"the regulariser's share is {ratio:.2f}x the task loss. Lower its weight (or the learning "
+                    "rate).")
+        return ("no regulariser adds to the loss (e.g. vanilla), so the task loss alone collapsed them. Lower the "
+                "learning rate or train for fewer epochs.")
 
     def on_epoch_end(self, state: TrainState, **kwargs: Any) -> None:
         record = kwargs["record"]

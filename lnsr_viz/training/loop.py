@@ -229,9 +229,10 @@ class FineTuner:
         method = self.method_
         parts = method.compute_loss(model if train_model is None else train_model, batch)
         if not torch.isfinite(parts.loss):
-            raise FloatingPointError(
-                f"the loss became {float(parts.loss)} (task {float(parts.task_loss):.4g}, regulariser "
-                f"{float(parts.reg_loss):.4g}); lower the learning rate or the regulariser's weight")
+            loss, task, reg = (float(torch.as_tensor(v).detach()) for v in (parts.loss, parts.task_loss,
+                                                                             parts.reg_loss))
+            fix = "lower the learning rate" + (" or the regulariser's weight" if reg != 0 else "")
+            raise FloatingPointError(f"the loss became {loss} (task {task:.4g}, regulariser {reg:.4g}); {fix}")
         parts.loss.backward()
         method.after_backward(model)
         if self.max_grad_norm > 0:

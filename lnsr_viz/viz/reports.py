@@ -113,6 +113,15 @@ def comparison_report(result: Any, *, title: str = DEFAULT_COMPARISON_TITLE) -> 
             rep.add_table(result.label_balance, heading="Evaluation sets and their label balance",
                           caption="positive_rate: the fraction of positive examples; accuracy must be read "
                                   "against it.")
+    labels = cfg.get("labels") or {}
+    if labels.get("classes") and not qa:
+        classes = ", ".join(f"{k} = {v}" for k, v in labels["classes"].items())
+        lmap = labels.get("label_map")
+        rep.add_text(f"The classes come from the training data ({labels.get('from')}) only: {classes}. Every "
+                     "evaluation set's labels were matched with them (by name; class ids as ids). "
+                     + ("Label map applied to every file: " + ", ".join(f"`{k}` → `{v}`" for k, v in lmap.items())
+                        + "." if lmap else "No label map was given."),
+                     heading="Classes and label map")
     if len(result.history):
         history = result.history.assign(
             train_reg_contribution=result.history["train_loss"] - result.history["train_task_loss"])

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ def _label_map(text: str) -> dict[str, int | str]:
 
 
 #: Python argument names in error messages -> the command line's flags.
+#: Set (to anything) to let an unexpected error show its traceback instead of one ``error:`` line.
+DEBUG_ENV = "LNSR_VIZ_DEBUG"
+
 _CLI_FLAGS = {"text_column": "--text-column", "label_column": "--label-column", "label_map": "--label-map",
               "encoding": "--encoding"}
 
@@ -377,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text", help="(default: text)")
     p.add_argument("--label-column", default="label", help="(default: label)")
     p.add_argument("--split-column", default="split", help="(default: split)")
+    p.add_argument("--encoding", default=None,
+                   help="text encoding of the data files, e.g. latin-1 (default: UTF-8, strictly: other bytes are "
+                        "refused, never replaced)")
+    p.add_argument("--label-map", type=_label_map, default=None, metavar="LABEL=CLASS,...",
+                   help="rename labels before they are matched with the model's classes: CLASS is a class id or a "
+                        "class name, e.g. --label-map neg=0,pos=1. String labels are matched by name when the "
+                        "checkpoint's config names its classes (id2label, as compare --save-checkpoints writes it); "
+                        "otherwise they are numbered in sorted order, with a warning")
     p.add_argument("--max-examples", type=int, default=2000, help="at most this many examples per split "
                                                                    "(default: 2000)")
     p.add_argument("--probe-n", "--n-probe", dest="probe_n", type=int, default=64,
@@ -477,7 +489,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     diag = diagnose(args.model, args.base, args.data, held_out=args.held_out, text_column=args.text_column,
                     label_column=args.label_column, split_column=args.split_column,
                     max_examples=args.max_examples, probe_n=args.probe_n, max_length=args.max_length,
-                    seed=args.seed, progress=not args.quiet)
+                    seed=args.seed, progress=not args.quiet, label_map=args.label_map, encoding=args.encoding)
     out.mkdir(parents=True, exist_ok=True)
     from .viz.reports import diagnosis_report
 
@@ -548,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bars say what is happening
+    shown = warnings.showwarning
+    if argv is None:  # the process's own command line (not a caller's, e.g. a test recording warnings)
+        warnings.showwarning = _warning_line
     try:
         if args.command == "probe":
             return _cmd_probe(args)
@@ -579,8 +594,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"error: interrupted. {_kept(args)}", file=sys.stderr)
         return 130
+    except Exception as err:  # anything else (e.g. raised inside a model's own forward): still one line
+        if os.environ.get(DEBUG_ENV):
+            raise
+        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else "(no message)"
+        print(f"error: {type(err).__name__} in {args.command}: {_cli_message(first)}. {_kept(args)} Set "
+              f"{DEBUG_ENV}=1 to see the traceback.", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = shown
     parser.error(f"unknown command {args.command!r}")
     return 2
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """Warnings as one ``warning:`` line on stderr (the CLI user needs the message, not the source location)."""
+    print(f"warning: {_cli_message(str(message))}", file=file or sys.stderr)
 
 
 def _kept(args: argparse.Namespace) -> str:

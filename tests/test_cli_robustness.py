@@ -260,3 +260,36 @@ def test_help_lists_the_methods_and_points_to_the_sweep_reference(capsys):
         cli.main(["sweep", "--help"])
     out = capsys.readouterr().out
     assert "lnsr_viz.experiments.sweep" in out and "configs/study.yaml" in out
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch, capsys, tmp_path):
+    def boom(args):
+        raise RuntimeError("shape mismatch inside the model's forward\nsecond line of detail")
+
+    monkeypatch.setattr(cli, "_cmd_probe", boom)
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    assert cli.main(["probe", "--model", "minilm", "--out", str(tmp_path / "p.csv")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "RuntimeError in probe: shape mismatch inside the model's forward" in line
+    assert "second line" not in line and cli.DEBUG_ENV in line
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        cli.main(["probe", "--model", "minilm", "--out", str(tmp_path / "p.csv")])
+
+
+def test_the_command_line_shows_warnings_as_warning_lines(monkeypatch, capsys, tmp_path):
+    import warnings
+
+    def warns(args):
+        warnings.warn("leakage: 3 of 3 texts also occur in the in-domain data", UserWarning, stacklevel=2)
+        return 0
+
+    before = warnings.showwarning
+    monkeypatch.setattr(cli, "_cmd_probe", warns)
+    monkeypatch.setattr("sys.argv", ["lnsr-viz", "probe", "--model", "minilm", "--out", str(tmp_path / "p.csv")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert cli.main() == 0
+    err = capsys.readouterr().err
+    assert "warning: leakage: 3 of 3 texts" in err and "UserWarning" not in err and ".py:" not in err
+    assert warnings.showwarning is before  # restored for whatever runs next in the process

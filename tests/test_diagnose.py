@@ -294,3 +294,51 @@ def test_a_minilm_checkpoint_is_diagnosed_against_the_packaged_base(tmp_path, ln
     wd = diag.drift[diag.drift["metric"] == "weight_distance_rel"].set_index("layer")["value"]
     assert (wd.drop(6) == 0).all() and wd[6] == pytest.approx(0.5, rel=1e-3)  # only the top block was scaled
     assert diag.finding("stability_vs_base").value > 0
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def _named_model(names):
+    model, tok = tiny_model("bert")
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {n: k for k, n in enumerate(names)}
+    return model, tok
+
+
+def _string_labelled(n, seed, vocab):
+    texts, labels = toy_sentences(n, seed=seed)
+    return pd.DataFrame({"text": texts, "label": [vocab[int(y)] for y in labels]}), np.asarray(labels)
+
+
+def test_string_labels_are_matched_to_the_models_class_names():
+    from lnsr_viz.experiments.diagnose import model_class_names
+
+    model, tok = _named_model(["positive", "negative"])  # the reverse of the sorted order
+    assert model_class_names(model) == ("positive", "negative")
+    assert model_class_names(tiny_model("bert")[0]) is None  # transformers' LABEL_0, LABEL_1
+    train, y_train = _string_labelled(16, 0, ["negative", "positive"])
+    held, y_held = _string_labelled(24, 1, ["negative", "positive"])
+    diag = diagnose((model, tok), (model, tok), train, held_out=held, probe_n=4, n_drift=8)
+    # class 0 of the model is 'positive': a held-out 'positive' (toy label 1) must count as class 0
+    with torch.no_grad():
+        from lnsr_viz.analysis.evaluation import predict_proba
+
+        p = predict_proba(model, tok, list(held["text"]), max_length=128)
+    expected = float(np.mean(p.argmax(1) == (1 - y_held)))
+    got = diag.metrics.query("split == 'held_out' and metric == 'accuracy'")["value"].iloc[0]
+    assert got == pytest.approx(expected)
+
+
+def test_a_held_out_label_the_model_does_not_have_is_refused_before_work():
+    model, tok = _named_model(["negative", "positive"])
+    train, _ = _string_labelled(16, 0, ["negative", "positive"])
+    held, _ = _string_labelled(24, 1, ["negative", "neutral"])
+    with pytest.raises(ValueError, match=r"neutral"):
+        diagnose((model, tok), (model, tok), train, held_out=held, probe_n=4, n_drift=8)
+
+
+def test_unnamed_classes_with_string_labels_warn_about_the_order():
+    model, tok = tiny_model("bert")
+    train, _ = _string_labelled(16, 0, ["neg", "pos"])
+    held, _ = _string_labelled(24, 1, ["neg", "pos"])
+    with pytest.warns(UserWarning, match=r"numbered in sorted order: neg=0, pos=1"):
+        diagnose((model, tok), (model, tok), train, held_out=held, probe_n=4, n_drift=8)

@@ -105,3 +105,17 @@ def test_probe_round_trips_and_reads_its_noise_back():
     assert params["noise"] == "in_manifold" and params["scale"] == 0.1 and params["n_components"] == 4
     assert StabilityProbe(**params).get_params() == params
     assert StabilityProbe().get_params()["n_components"] == 16
+
+
+def test_every_boolean_parameter_refuses_a_string():
+    import inspect
+
+    checked = 0
+    for name, cls in METHODS.items():
+        for param in inspect.signature(cls.__init__).parameters.values():
+            if isinstance(param.default, bool):
+                with pytest.raises(ValueError, match=rf"'{param.name}' parameter of .* must be True or False"):
+                    get_method(name, **{param.name: "False"})
+                assert get_method(name, **{param.name: 0}).get_params()[param.name] is False
+                checked += 1
+    assert checked >= 6  # LNSR relative / detach_clean, Mixout x2, NoisyTune, SMART bregman

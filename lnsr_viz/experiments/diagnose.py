@@ -41,7 +41,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import re
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,8 +54,8 @@ from torch import nn
 
 from ..utils.validation import check_number, check_positive_int
 
-__all__ = ["Finding", "Diagnosis", "diagnose", "infer_base_model", "save_checkpoint", "newcombe_interval",
-           "ece_null_threshold", "json_safe"]
+__all__ = ["Finding", "Diagnosis", "diagnose", "infer_base_model", "model_class_names", "save_checkpoint",
+           "newcombe_interval", "ece_null_threshold", "json_safe"]
 
 Severity = Literal["warning", "ok", "info"]
 _HELD_OUT_NAMES = ("held_out", "heldout", "validation", "val", "dev", "test")
@@ -313,7 +315,7 @@ def infer_base_model(model: nn.Module | str | os.PathLike[str]) -> tuple[str, st
 
 
 def save_checkpoint(model: nn.Module, tokenizer: Any, folder: str | os.PathLike[str], *,
-                    base_model: str | os.PathLike[str]) -> Path:
+                    base_model: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> Path:
     """Save a fine-tuned model and its tokenizer, recording ``base_model`` in config.json for :func:`diagnose`.
 
     transformers no longer writes ``_name_or_path`` into config.json, so without this field the base of a saved
@@ -328,6 +330,9 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, folder: str | os.PathLike[
         Created if missing.
     base_model : str or path-like
         The pre-trained model it was fine-tuned from: an alias (``'minilm'``), a local folder or a Hub id.
+    class_names : sequence of str, optional
+        The name of each class id (the training data's labels), written as the config's ``id2label`` /
+        ``label2id`` so that :func:`diagnose` matches string labels to the model's classes by name.
 
     Returns
     -------
@@ -337,6 +342,13 @@ def save_checkpoint(model: nn.Module, tokenizer: Any, folder: str | os.PathLike[
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.config.base_model = os.fspath(base_model)
+    if class_names is not None:
+        names = [str(n) for n in class_names]
+        if len(names) != int(getattr(model.config, "num_labels", len(names))):
+            raise ValueError(f"class_names has {len(names)} names but the model has {model.config.num_labels} "
+                             "classes.")
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {n: k for k, n in enumerate(names)}
     model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -417,15 +429,50 @@ def _load_model(model: Any, tokenizer: Any) -> tuple[nn.Module, Any, str]:
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _split_data(data: Any, held_out: Any, text_column: str, label_column: str,
-                split_column: str) -> tuple[Any, Any, str]:
+def _in_classes(train: Any, held: Any, classes: tuple[str, ...] | int) -> tuple[Any, Any]:
+    """Both splits expressed in ``classes`` (names matched by name, ids as ids); an unknown label is refused."""
+    from ..data.text import as_dataset
+
+    return (None if train is None else as_dataset(train, classes=classes)), as_dataset(held, classes=classes)
+
+
+def model_class_names(model: Any) -> tuple[str, ...] | None:
+    """The model's class names from its config's ``id2label``, or None when they are transformers' ``LABEL_k``."""
+    cfg = getattr(model, "config", None)
+    id2label = dict(getattr(cfg, "id2label", None) or {})
+    n = int(getattr(cfg, "num_labels", len(id2label)) or 0)
+    names = [str(id2label.get(k, id2label.get(str(k), f"LABEL_{k}"))) for k in range(n)]
+    if not names or all(re.fullmatch(r"LABEL_\d+", name) for name in names):
+        return None
+    return tuple(names)
+
+
+def _in_model_classes(train: Any, held: Any, net: nn.Module) -> tuple[Any, Any]:
+    """Match string labels to the model's named classes; say so when the model's classes have no names."""
+    names = model_class_names(net)
+    named = [d for d in (train, held) if d is not None and d.label_names is not None]
+    if not named:
+        return train, held
+    if names is not None:
+        return _in_classes(train, held, names)
+    order = ", ".join(f"{n}={k}" for k, n in enumerate(named[0].label_names))
+    warnings.warn(f"the model's classes have no names (its config says LABEL_0, LABEL_1, ...), so the data's labels "
+                  f"were numbered in sorted order: {order}. If the model was trained with another order, pass "
+                  "label_map= (--label-map), e.g. label_map={'negative': 0, 'positive': 1}.", UserWarning,
+                  stacklevel=3)
+    return train, held
+
+
+def _split_data(data: Any, held_out: Any, text_column: str, label_column: str, split_column: str, *,
+                label_map: Mapping[Any, Any] | None = None, encoding: str | None = None) -> tuple[Any, Any, str]:
     """(train or None, held-out, how the split was found)."""
     from ..data.text import TextDataset, as_dataset
 
     def ds(obj: Any, name: str) -> TextDataset:
-        if isinstance(obj, TextDataset):
+        if isinstance(obj, TextDataset) and not label_map:
             return obj
-        return as_dataset(obj, text_column=text_column, label_column=label_column, name=name)
+        return as_dataset(obj, text_column=text_column, label_column=label_column, name=name, label_map=label_map,
+                          encoding=encoding)
 
     if data is None:
         raise ValueError("diagnose needs data=: labelled examples (a CSV with text and label columns, a DataFrame, "
@@ -757,6 +804,8 @@ def diagnose(
     max_length: int = 128,
     seed: int = 0,
     progress: bool = False,
+    label_map: Mapping[Any, Any] | None = None,
+    encoding: str | None = None,
     n_probe: None = None,
 ) -> Diagnosis:
     """Diagnose a fine-tuned model against its pre-trained base on labelled data.
@@ -796,6 +845,14 @@ def diagnose(
     seed : int, default=0
         Seeds the probe's noise, the subsamples and the resampling.
     progress : bool, default=False
+    label_map : mapping, optional
+        Label value -> class id or class name, applied to every split first (as in ``compare``).
+    encoding : str, optional
+        The files' text encoding; default UTF-8, strictly (other bytes are refused, never replaced).
+
+    String labels are matched to the model's classes by name when its config names them (``id2label``, as
+    :func:`save_checkpoint` writes it); otherwise both splits take the training split's classes, numbered in
+    sorted order, and a warning says so, since the model's own order cannot be checked then.
 
     Returns
     -------
@@ -819,9 +876,15 @@ def diagnose(
     stability_margin = float(check_number("stability_margin", stability_margin, owner=owner, low=1.0))
     if max_examples is not None:
         max_examples = check_positive_int("max_examples", max_examples, owner=owner)
-    train, held, split_how = _split_data(data, held_out, text_column, label_column, split_column)
+    train, held, split_how = _split_data(data, held_out, text_column, label_column, split_column,
+                                         label_map=label_map, encoding=encoding)
+    if train is not None:  # one set of classes for both splits (each file alone would number its own labels)
+        from ..data.text import training_classes
+
+        train, held = _in_classes(train, held, training_classes(train))
 
     pair = _load_pair(model, base_model, tokenizer, held=held, max_length=max_length)
+    train, held = _in_model_classes(train, held, pair.net)
     num_labels = pair.num_labels
     for ds in (train, held):
         if ds is not None and int(ds.labels.max()) >= num_labels:

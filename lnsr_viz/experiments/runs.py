@@ -502,7 +502,8 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
                 from .diagnose import save_checkpoint
 
                 # records the base model in config.json so that `diagnose` can find it later
-                save_checkpoint(net, tokenizer, folder, base_model=model_label)
+                names = list(protocol.labels["classes"].values()) if protocol.labels.get("named") else None
+                save_checkpoint(net, tokenizer, folder, base_model=model_label, class_names=names)
         store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, drift=drift,
                    checkpoint_fn=checkpoint_fn)
         say(f"  {what}: done in {extra['seconds']:.0f} s")

@@ -36,7 +36,7 @@ from torch import nn
 from ..core.adapter import ModelAdapter
 from ..core.inputs import model_device
 from ..core.noise import NOISE_TYPES, NoiseInjector, make_noise
-from ..utils.validation import check_choice, check_number
+from ..utils.validation import check_bool, check_choice, check_number
 from .base import LossParts, Method, method_generator, output_logits, unwrap_model
 from .registry import register
 
@@ -167,8 +167,8 @@ class LNSR(Method):
         else:
             self.layer_weights = [float(w) for w in layer_weights]
         self.reduction = check_choice("reduction", reduction, ("mean", "sum"), owner=owner)
-        self.relative = bool(relative)
-        self.detach_clean = bool(detach_clean)
+        self.relative = check_bool("relative", relative, owner="LNSR")
+        self.detach_clean = check_bool("detach_clean", detach_clean, owner="LNSR")
         self.dropout = check_choice("dropout", dropout, ("same", "independent"), owner=owner)
         self.seed = seed if seed is None else int(seed)
         self._adapter: ModelAdapter | None = None

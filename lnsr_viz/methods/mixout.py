@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils.validation import check_choice, check_number
+from ..utils.validation import check_bool, check_choice, check_number
 from .base import LossParts, Method, output_logits, pretrained_module_ids, task_forward, unwrap_model
 from .registry import register
 
@@ -64,8 +64,8 @@ class Mixout(Method):
         self.p = float(check_number("p", p, owner="Mixout", low=0.0, high=1.0, high_closed=False,
                                     hint="p is the probability of mixing in the pre-trained weight; p=0 is vanilla."))
         self.granularity = check_choice("granularity", granularity, ("neuron", "element"), owner="Mixout")
-        self.include_head = bool(include_head)
-        self.disable_dropout = bool(disable_dropout)
+        self.include_head = check_bool("include_head", include_head, owner="Mixout")
+        self.disable_dropout = check_bool("disable_dropout", disable_dropout, owner="Mixout")
         self._patched: list[tuple[nn.Module, bool, Any]] = []
         self._dropouts: list[tuple[nn.Dropout, float]] = []
 

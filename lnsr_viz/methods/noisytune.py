@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..utils.validation import check_number
+from ..utils.validation import check_bool, check_number
 from .base import LossParts, Method, method_generator, output_logits, pretrained_parameters, task_forward, unwrap_model
 from .registry import register
 
@@ -46,7 +46,7 @@ class NoisyTune(Method):
 
     def __init__(self, lam: float = 0.15, *, include_head: bool = True, seed: int | None = None) -> None:
         self.lam = float(check_number("lam", lam, owner="NoisyTune", low=0.0))
-        self.include_head = bool(include_head)
+        self.include_head = check_bool("include_head", include_head, owner="NoisyTune")
         self.seed = None if seed is None else int(check_number("seed", seed, owner="NoisyTune", integer=True))
 
     def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..core.inputs import eval_mode, model_device
-from ..utils.validation import check_choice, check_number, check_positive_int
+from ..utils.validation import check_bool, check_choice, check_number, check_positive_int
 from .base import (
     LossParts,
     Method,
@@ -96,7 +96,7 @@ class SMART(Method):
         self.norm = check_choice("norm", norm, ("inf", "l2"), owner=owner)
         self.radius = None if radius is None else float(check_number("radius", radius, owner=owner, low=0.0,
                                                                      low_closed=False))
-        self.bregman = bool(bregman)
+        self.bregman = check_bool("bregman", bregman, owner="SMART")
         self.mu = float(check_number("mu", mu, owner=owner, low=0.0))
         self.beta = float(check_number("beta", beta, owner=owner, low=0.0, high=1.0, high_closed=False))
         self.seed = None if seed is None else int(check_number("seed", seed, owner=owner, integer=True))

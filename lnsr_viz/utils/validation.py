@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["check_number", "check_choice", "check_positive_int"]
+__all__ = ["check_number", "check_choice", "check_positive_int", "check_bool"]
 
 
 def _fmt_range(low: float | None, high: float | None, low_closed: bool, high_closed: bool) -> str:
@@ -75,6 +75,19 @@ def check_choice(name: str, value: Any, choices: Iterable[Any], *, owner: str, h
             msg += f" {hint}"
         raise ValueError(msg)
     return value
+
+
+def check_bool(name: str, value: Any, *, owner: str) -> bool:
+    """Return ``value`` as a bool if it is one (or numpy's bool, or the integers 0 / 1); refuse anything else.
+
+    A string such as ``"False"`` is refused rather than taken as true, as ``bool("False")`` would.
+    """
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"The {name!r} parameter of {owner} must be True or False. Got {value!r} "
+                     f"({type(value).__name__}) instead.")
 
 
 def check_device(device: Any, *, owner: str) -> str | None:

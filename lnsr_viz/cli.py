@@ -69,6 +69,7 @@ def _cli_message(message: str) -> str:
         return "--label-map " + ",".join(f"{k}={'CLASS' if v is Ellipsis else v}" for k, v in pairs.items())
 
     message = re.sub(r"\blabel_map=(\{[^{}]*\})", flag_map, message)
+    message = message.replace("(each ... one of", "(each CLASS one of")
     message = re.sub(r"\bencoding=(['\"])([^'\"]+)\1", r"--encoding \2", message)
     message = re.sub(r"\b(text_column|label_column|label_map|encoding)=", lambda m: _CLI_FLAGS[m.group(1)], message)
     return re.sub(r"\blabel_map\b", "--label-map", message)

@@ -827,8 +827,8 @@ def diagnose(
     max_examples : int or None, default=2000
         At most this many examples per split are evaluated (a stratified, seeded subsample).
     probe_n : int, default=64
-        Held-out sentences for the stability probe (the name ``compare`` and ``ExperimentConfig`` use; the old
-        ``n_probe`` is refused with a message naming it).
+        Held-out sentences for the stability probe, a seeded sample stratified by label (the name ``compare`` and
+        ``ExperimentConfig`` use; the old ``n_probe`` is refused with a message naming it).
     probe_draws : int, default=4
         Noise draws per sentence.
     probe_scale : float, default=0.05
@@ -838,7 +838,7 @@ def diagnose(
         materiality convention of this toolkit (20% more change than the base), not a value from the paper; below
         it a reliable increase is reported as a note.
     n_drift : int, default=512
-        Held-out sentences for the drift measures.
+        Held-out sentences for the drift measures (sampled as the probe's are).
     n_bins : int, default=15
         Bins of the expected calibration error.
     batch_size, max_length : int
@@ -893,11 +893,14 @@ def diagnose(
     train_c, held_c = _cap(train, max_examples, seed), _cap(held, max_examples, seed)
     metrics, train_p, held_p = _split_metrics(pair, train_c, held_c, n_bins=n_bins, batch_size=batch_size,
                                               max_length=max_length, progress=progress)
-    probe_texts = list(held_c.texts[:probe_n])
+    from ..data.text import sample_texts
+
+    # a seeded, stratified sample: a file's first rows are often one class or one topic
+    probe_texts, _ = sample_texts(held_c, probe_n, seed=seed)
     profile, model_top, base_top, top = _probe_pair(pair, probe_texts, scale=probe_scale, draws=probe_draws,
                                                     batch_size=batch_size, max_length=max_length, seed=seed,
                                                     progress=progress)
-    drift_texts = list(held_c.texts[:n_drift])
+    drift_texts, _ = sample_texts(held_c, n_drift, seed=seed)
     drift = _drift_of(pair, drift_texts, batch_size=batch_size, max_length=max_length)
     stab, stab_summary = _stability_finding(model_top, base_top, top_layer=top, scale=probe_scale, seed=seed,
                                             margin=stability_margin)

@@ -22,11 +22,18 @@ order; the process's resident size would mix in allocator caches and thread stac
 output and the backward through both, with no noise, penalty or dropout replay, i.e. the floor of LNSR's cost at
 ``injection_layer=0``.
 
+LNSR's cheaper options (``--lnsr-options``, see :data:`LNSR_OPTIONS` and the ``LNSR`` docstring) are timed as
+further rows, e.g. ``lnsr-batched`` (one batched pass), ``lnsr-f0.25`` (penalty on a quarter of the sequences),
+``lnsr-every4`` (penalty every 4th step, weight x4). For an ``every=m`` option a round times a multiple of m steps
+and takes their mean (the median would pick the cheap unpenalised steps); memory covers m + 1 steps.
+``lnsr-indep`` (the full penalty with ``dropout='independent'``) is the reference for the options that need it.
+
 Usage::
 
     python benchmarks/bench_methods.py                       # all methods, 3 rounds x 3 steps, batch 16 x 64
     python benchmarks/bench_methods.py --threads 1           # on a machine shared with other jobs
     python benchmarks/bench_methods.py --methods vanilla,lnsr --reps 5 --out /tmp/bench.json
+    python benchmarks/bench_methods.py --lnsr-options --batch-size 32 --no-memory   # LNSR's cheaper options only
 """
 
 from __future__ import annotations
@@ -54,6 +61,22 @@ from lnsr_viz.training.loop import FineTuner  # noqa: E402
 
 FLOOR = "lnsr-floor"
 
+#: LNSR's cheaper estimators, as benchmark rows: name -> ``LNSR`` parameters (shared with bench_lnsr_estimators.py).
+LNSR_OPTIONS: dict[str, dict[str, Any]] = {
+    "lnsr-indep": {"dropout": "independent"},
+    "lnsr-batched": {"batched": True, "dropout": "independent"},
+    "lnsr-f0.5": {"fraction": 0.5, "dropout": "independent"},
+    "lnsr-f0.25": {"fraction": 0.25, "dropout": "independent"},
+    "lnsr-batched-f0.25": {"batched": True, "fraction": 0.25, "dropout": "independent"},
+    "lnsr-every2": {"every": 2},
+    "lnsr-every4": {"every": 4},
+}
+
+
+def _period(name: str) -> int:
+    """Steps after which a method's cost repeats (``every`` of an LNSR option, else 1)."""
+    return int(LNSR_OPTIONS.get(name, {}).get("every", 1))
+
 
 class ReplayFloor(Method):
     """The floor of LNSR's cost: clean pass + a replay of blocks 1..L + backward through both, nothing else."""
@@ -72,6 +95,10 @@ class ReplayFloor(Method):
 
 
 def _method(name: str) -> FineTuner:
+    if name in LNSR_OPTIONS:
+        from lnsr_viz.methods import LNSR
+
+        return FineTuner(LNSR(**LNSR_OPTIONS[name]), progress=False)
     return FineTuner(ReplayFloor() if name == FLOOR else name, progress=False)
 
 
@@ -92,7 +119,15 @@ def _sync(device: torch.device) -> None:
 
 def _timed_round(name: str, pristine: torch.nn.Module, batch: dict[str, torch.Tensor], *, warmup: int, steps: int,
                  device: torch.device) -> tuple[float, float]:
-    """Median wall-clock and process-CPU seconds of ``steps`` training steps (after ``warmup`` untimed ones)."""
+    """Median wall-clock and process-CPU seconds of ``steps`` training steps (after ``warmup`` untimed ones).
+
+    For an option with a period m > 1 (``every=m``): the mean over ``ceil(steps / m) * m`` steps, started on a
+    period boundary, so penalised and plain steps are counted in their true proportion.
+    """
+    period = _period(name)
+    if period > 1:
+        steps = -(-steps // period) * period
+        warmup = -(-warmup // period) * period
     model = copy.deepcopy(pristine).to(device)
     model.train()
     tuner = _method(name)
@@ -113,6 +148,8 @@ def _timed_round(name: str, pristine: torch.nn.Module, batch: dict[str, torch.Te
         tuner.method_.teardown(model)
     del model, optimizer
     gc.collect()
+    if period > 1:
+        return statistics.fmean(wall), statistics.fmean(cpu)
     return statistics.median(wall), statistics.median(cpu)
 
 
@@ -128,7 +165,7 @@ def _memory(name: str, pristine: torch.nn.Module, batch: dict[str, torch.Tensor]
     def run() -> None:
         tuner.method_.setup(model, seed=0)
         optimizer = tuner._optimizer(model)
-        for _ in range(2):
+        for _ in range(max(2, _period(name) + 1)):  # an every=m option: up to its first penalised step and one more
             tuner.training_step(model, batch, optimizer)
 
     try:
@@ -169,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(["vanilla", "lnsr", FLOOR, *[m for m in METHODS
                                                                                   if m not in ("vanilla", "lnsr")]]),
                         help="comma-separated methods (default: all registered, plus the lnsr-floor reference)")
+    parser.add_argument("--lnsr-options", action="store_true",
+                        help="time LNSR's cheaper options (vanilla, lnsr, lnsr-floor and " + ", ".join(LNSR_OPTIONS)
+                        + ") instead of --methods")
     parser.add_argument("--reps", type=int, default=3, help="timing rounds (default 3)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per round (default 1)")
@@ -188,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     from lnsr_viz.data.models import load_model
 
     hf_logging.disable_progress_bar()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = ["vanilla", "lnsr", FLOOR, *LNSR_OPTIONS] if args.lnsr_options else \
+        [m.strip() for m in args.methods.split(",") if m.strip()]
     if "vanilla" not in methods:
         methods.insert(0, "vanilla")
     for m in methods:
         if m != FLOOR:
-            FineTuner(m)  # unknown names fail here, before any measurement
+            _method(m)  # unknown names and bad options fail here, before any measurement
     device = torch.device(args.device)
     host = machine(device)
     torch.manual_seed(0)
@@ -215,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             wall, proc = _timed_round(m, pristine, batch, warmup=args.warmup, steps=args.steps, device=device)
             times[m].append(wall)
             cpu[m].append(proc)
-            print(f"  round {rep + 1}/{args.reps} {m:12s} {wall:.3f} s/step (process CPU {proc:.3f} s)", flush=True)
+            print(f"  round {rep + 1}/{args.reps} {m:18s} {wall:.3f} s/step (process CPU {proc:.3f} s)", flush=True)
     ratios = {m: [t / v for t, v in zip(times[m], times["vanilla"])] for m in methods}
     cpu_ratios = {m: [t / v for t, v in zip(cpu[m], cpu["vanilla"])] for m in methods}
     memory: dict[str, dict[str, Any]] = {}
@@ -226,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for m in methods:
-        row = {"method": m, "seconds_per_step_median": statistics.median(times[m]), "seconds_per_step": times[m],
+        row = {"method": m, "lnsr_params": LNSR_OPTIONS.get(m),
+               "seconds_per_step_median": statistics.median(times[m]), "seconds_per_step": times[m],
                "time_ratio_median": statistics.median(ratios[m]), "time_ratios": ratios[m],
                "cpu_seconds_per_step": cpu[m], "cpu_ratio_median": statistics.median(cpu_ratios[m]),
                "cpu_ratios": cpu_ratios[m]}

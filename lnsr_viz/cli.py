@@ -202,6 +202,10 @@ def _add_common_data(p: argparse.ArgumentParser, defaults: Any = None) -> None:
                         "with bytes that are not UTF-8 is refused, saying how many lines hold them)")
     p.add_argument("--max-length", type=int, default=defaults.max_length,
                    help=f"tokenizer truncation length (default: {defaults.max_length})")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default=defaults.precision,
+                   help=f"forward passes of training, evaluation and the probe in float32 or bfloat16 mixed precision "
+                        f"(bf16 needs a CPU with avx512_bf16/amx_bf16 or a GPU with bf16, checked before any work; "
+                        f"part of a run's key only when bf16; default: {defaults.precision})")
 
 
 def _add_compare_options(p: argparse.ArgumentParser, defaults: Any) -> None:
@@ -406,12 +410,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from .core.probe import StabilityProbe
     from .data.models import load_model
     from .utils.io import atomic_write_csv
+    from .utils.precision import require_precision
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1; got {args.n}.")
     probe = StabilityProbe(args.noise, scale=args.scale, scale_kind=args.scale_kind, injection_layers=args.layer,
                            n_draws=args.draws, batch_size=args.batch_size, max_length=args.max_length,
-                           seed=args.seed, progress=not args.quiet)
+                           seed=args.seed, progress=not args.quiet, precision=args.precision)
+    require_precision(args.precision, "cpu", owner="probe")  # bf16 hardware, before the model is loaded
     out = _check_output(args.out, "--out")
     if args.html:
         _check_output(args.html, "--html")

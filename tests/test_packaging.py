@@ -99,7 +99,7 @@ def test_pyproject_ranges_admit_the_pinned_versions():
 def test_extras_keep_the_core_light_and_all_and_dev_have_everything():
     project = _pyproject()["project"]
     extras = project["optional-dependencies"]
-    assert set(extras) == {"analysis", "notebooks", "hf", "all", "dev"}
+    assert set(extras) == {"analysis", "notebooks", "hf", "all", "dev", "bench"}
     core = {canonicalize_name(Requirement(t).name) for t in project["dependencies"]}
     optional = {"captum", "umap-learn", "ipywidgets", "anywidget", "jupyterlab", "accelerate", "jupytext"}
     assert not core & optional, f"in the core install but only one part needs them: {core & optional}"

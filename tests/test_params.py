@@ -40,7 +40,8 @@ def test_every_method_round_trips_through_get_params(name):
     m = get_method(name)
     params = m.get_params()
     assert tuple(params) == constructor_params(type(m)), "get_params must list every __init__ parameter, in order"
-    assert m.params() == params
+    late = type(m).late_defaults  # parameters added after runs were stored: out of the key at their defaults
+    assert m.params() == {k: v for k, v in params.items() if not (k in late and v == late[k])}
     again = get_method(name, **params)
     assert again.get_params() == params
     assert _key(again) == _key(m)

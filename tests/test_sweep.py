@@ -156,3 +156,16 @@ def test_ties_go_to_the_setting_the_file_lists_first_whatever_the_store_order():
     assert no_order["chosen"].tolist() == ["a-first-in-file"]
     untied = select_settings(history[history.setting != "b-later-in-file"])
     assert untied["tied_with"].tolist() == [""]
+
+
+def test_a_sweep_may_set_the_precision_and_fp32_stays_out_of_its_train_section():
+    from lnsr_viz.experiments.sweep import validate_config
+
+    cfg = validate_config({"methods": {"vanilla": None}, "train_sizes": [16], "seeds": [1],
+                           "train": {"precision": "bf16"}})
+    assert cfg["train"]["precision"] == "bf16"
+    plain = validate_config({"methods": {"vanilla": None}, "train_sizes": [16], "seeds": [1]})
+    assert "precision" not in plain["train"]
+    with pytest.raises(ValueError, match="precision"):
+        validate_config({"methods": {"vanilla": None}, "train_sizes": [16], "seeds": [1],
+                         "train": {"precision": "fp8"}})

@@ -171,6 +171,39 @@ def test_clean_pass_is_cached_and_settings_memoised(explorer):
     assert np.array_equal(first, np.array(_curve(explorer.figure).y))
 
 
+def test_a_second_explorer_over_the_same_model_and_sentences_reuses_the_session(explorer):
+    from lnsr_viz.viz.dashboards import NoiseExplorer
+
+    session = explorer._sessions["deep"]
+    passes = session.adapter.clean_passes
+    spec = (session.model, session.tokenizer)
+    again = NoiseExplorer({"deep": spec}, explorer.texts, n_draws=explorer.n_draws, seed=explorer.seed)
+    assert again._sessions["deep"] is session  # tokenised inputs, clean pass and profiles shared
+    assert session.adapter.clean_passes == passes
+    assert again.last_seconds == 0.0  # its first setting was computed by the first explorer
+
+
+def test_the_session_profile_is_the_probes_profile():
+    from lnsr_viz.core.probe import StabilityProbe
+    from lnsr_viz.testing import tiny_model, toy_sentences
+    from lnsr_viz.viz.runtime import probe_session
+
+    model, tok = tiny_model("bert", n_layers=3, seed=3)
+    texts = toy_sentences(8, seed=1)[0]
+    session = probe_session(model, tok, texts, max_length=32)
+    assert probe_session(model, tok, list(texts), max_length=32) is session
+    assert probe_session(model, tok, texts[:4], max_length=32) is not session  # other sentences: another session
+    got = session.profile(injection_layer=1, noise="in_manifold", scale=0.1, n_draws=3, seed=2, label="m")
+    assert not session.last_memoised
+    want = StabilityProbe("in_manifold", scale=0.1, injection_layers=[1], n_draws=3, batch_size=8, seed=2,
+                          max_length=32, progress=False).run(model, texts, tokenizer=tok, label="m")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    again = session.profile(injection_layer=1, noise="in_manifold", scale=0.1, n_draws=3, seed=2, label="other")
+    assert session.last_memoised and session.last_seconds == 0.0
+    assert again["model"].unique().tolist() == ["other"] and got["model"].unique().tolist() == ["m"]
+    assert session.adapter.clean_passes == 1
+
+
 def test_layer_above_the_last_layer_shows_a_message(explorer):
     explorer.controls["model"].value = "shallow"
     data_before = [t.to_plotly_json() for t in explorer.figure.data]

@@ -295,6 +295,7 @@ def predict_proba(
     max_length: int = 128,
     device: Any = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Class probabilities of a sequence classifier for a list of texts.
 
@@ -319,6 +320,9 @@ def predict_proba(
         moved there for the call and moved back afterwards.
     progress : bool, default=False
         Show a ``tqdm.auto`` progress bar over batches.
+    precision : {'fp32', 'bf16'}, default='fp32'
+        'bf16' runs the forward passes under bfloat16 autocast (checked against the hardware before any work, see
+        :mod:`lnsr_viz.utils.precision`); the softmax is always taken in float64.
 
     Returns
     -------
@@ -343,9 +347,11 @@ def predict_proba(
         )
 
     from ..core.inputs import eval_mode, model_device, to_device, tokenize
+    from ..utils.precision import autocast, require_precision
 
     original_device = model_device(model)
     target = original_device if device is None else torch.device(device)
+    precision = require_precision(precision, target, owner="predict_proba")
 
     lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
     order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory error shows up at once
@@ -366,7 +372,8 @@ def predict_proba(
             with torch.no_grad():
                 for idx in batches_iter:
                     enc = tokenize(tokenizer, [texts[i] for i in idx], max_length=max_length, model=model)
-                    logits = model(**to_device(enc, target)).logits
+                    with autocast(precision, target):
+                        logits = model(**to_device(enc, target)).logits
                     if logits.ndim != 2 or logits.shape[0] != len(idx):
                         raise ValueError(
                             f"model(...).logits must have shape (batch, n_classes); got {tuple(logits.shape)} for "
@@ -393,6 +400,7 @@ def evaluate(
     device: Any = None,
     progress: bool = False,
     n_bins: int = 15,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """Evaluate one model on several domains and return the tidy metrics table.
 
@@ -403,8 +411,9 @@ def evaluate(
     datasets : mapping of str to dataset
         ``{domain: dataset}``; each dataset needs ``.texts`` (list of str) and ``.labels`` (int array), e.g. a
         :class:`lnsr_viz.data.text.TextDataset`.
-    batch_size, max_length, device, progress
-        Passed to :func:`predict_proba`.
+    batch_size, max_length, device, progress, precision
+        Passed to :func:`predict_proba` (``precision='bf16'``: bfloat16 autocast forward passes; the metrics are
+        computed from float64 probabilities either way).
     n_bins : int, default=15
         Bins of the expected calibration error.
 
@@ -421,6 +430,10 @@ def evaluate(
         )
     if not datasets:
         raise ValueError("datasets is empty; pass at least one {domain name: dataset}.")
+    from ..core.inputs import model_device
+    from ..utils.precision import require_precision
+
+    require_precision(precision, device if device is not None else model_device(model), owner="evaluate")
     rows: list[dict[str, Any]] = []
     for domain, ds in datasets.items():
         if not (hasattr(ds, "texts") and hasattr(ds, "labels")):
@@ -429,7 +442,8 @@ def evaluate(
                 f"got {type(ds).__name__}."
             )
         probs = predict_proba(
-            model, tokenizer, ds.texts, batch_size=batch_size, max_length=max_length, device=device, progress=progress
+            model, tokenizer, ds.texts, batch_size=batch_size, max_length=max_length, device=device, progress=progress,
+            precision=precision,
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -441,3 +455,4 @@ def evaluate(
             warnings.warn(f"domain {domain!r}: {w.message}", w.category, stacklevel=2)
         rows.extend({"domain": str(domain), "metric": name, "value": float(v)} for name, v in metrics.items())
     return pd.DataFrame(rows, columns=["domain", "metric", "value"])
+

@@ -180,6 +180,29 @@ def _expand(value: Any, times: int, batch_size: int | None, heads: Sequence[int]
     return value
 
 
+def _take(value: Any, rows: torch.Tensor, batch_size: int, heads: Sequence[int] = ()) -> Any:
+    """Select the batch rows ``rows`` of a batch-leading tensor (see :func:`_expand`); others are shared."""
+    if torch.is_tensor(value) and value.dim() >= 1:
+        lead = value.shape[0]
+        if lead == batch_size:
+            return value.index_select(0, rows.to(value.device))
+        per = next((h for h in heads if h > 1 and lead == batch_size * h), None)
+        if value.dim() >= 2 and per is not None:  # batch-major (batch x heads) leading dimension
+            grouped = value.reshape(batch_size, per, *value.shape[1:])
+            return grouped.index_select(0, rows.to(value.device)).reshape(-1, *value.shape[1:])
+        return value
+    if isinstance(value, tuple):
+        return tuple(_take(v, rows, batch_size, heads) for v in value)
+    if isinstance(value, list):
+        return [_take(v, rows, batch_size, heads) for v in value]
+    return value
+
+
+def _rows_ambiguous(layout: str, batch_size: int, seq_len: int, heads: Sequence[int]) -> bool:
+    """Whether batch-leading arguments cannot be told apart from others by their shape (see BlockCall.call)."""
+    return layout == "seq_first" or batch_size == seq_len or batch_size in heads
+
+
 @dataclass
 class BlockCall:
     """One recorded call of a block: the module, its positional and keyword arguments, and where h sits.
@@ -206,14 +229,32 @@ class BlockCall:
         return _to_batch_first(_first_tensor(self.module(*args, **kwargs)), self.layout)
 
     def call(self, hidden: torch.Tensor, *, expand: int = 1, batch_size: int | None = None,
-             heads: Sequence[int] = (), restore: Callable[[], None] | None = None) -> torch.Tensor:
+             heads: Sequence[int] = (), restore: Callable[[], None] | None = None,
+             rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run the block on ``hidden`` (batch-first, ``expand`` stacked copies of the batch) with the recorded args.
 
         With ``expand > 1`` the batch-leading arguments are repeated (see :func:`_expand`); where an argument's
         layout is ambiguous (seq-first blocks, a batch size equal to the sequence length or to a head count) or the
         repeated call fails, the block runs once per copy with the recorded arguments instead (always exact).
         ``restore`` is called before each per-copy call (the replay's dropout-mask restore).
+
+        With ``rows`` (indices into the recorded batch of ``batch_size``), ``hidden`` holds those rows only and the
+        batch-leading arguments are indexed alike; where that is ambiguous or fails, :class:`AdapterError` is raised
+        (the caller can replay the whole batch instead).
         """
+        if rows is not None:
+            if batch_size is None or _rows_ambiguous(self.layout, batch_size, hidden.shape[1], heads):
+                raise AdapterError("cannot select batch rows of this block's arguments (seq-first layout, or a batch "
+                                   "size equal to the sequence length or a head count)")
+            args = [_take(a, rows, batch_size, heads) for a in self.args]
+            kwargs = {k: _take(v, rows, batch_size, heads) for k, v in self.kwargs.items()}
+            try:
+                out = self._run(hidden, args, kwargs)
+            except (RuntimeError, IndexError, ValueError, AssertionError) as exc:
+                raise AdapterError(f"the block refused a row selection of its arguments ({exc})") from exc
+            if out.shape[0] != hidden.shape[0]:
+                raise AdapterError("the block returned another number of rows than it was given")
+            return out
         if expand <= 1 or batch_size is None:
             return self._run(hidden, list(self.args), dict(self.kwargs))
         ambiguous = (self.layout == "seq_first" or batch_size == hidden.shape[1] or batch_size in heads)
@@ -253,6 +294,9 @@ class Capture:
         How the blocks themselves hold their hidden states.
     n_pad : int
         Positions the model appended internally (to a multiple of its attention window / block size).
+    forked : list of Tensor or None
+        With ``capture(fork=...)``: the extra rows' states at layers ``k+1..L`` (batch-first), computed in the same
+        block calls as the clean rows; None when no fork ran (see :meth:`ModelAdapter.capture`).
     """
 
     hidden: list[torch.Tensor]
@@ -262,6 +306,7 @@ class Capture:
     rng_after: torch.Tensor | None = field(default=None, repr=False)
     layout: str = "batch_first"
     n_pad: int = 0
+    forked: list[torch.Tensor] | None = None
 
     @property
     def n_layers(self) -> int:
@@ -577,7 +622,9 @@ class ModelAdapter:
         return found
 
     # ------------------------------------------------------------------ clean pass
-    def capture(self, inputs: Mapping[str, Any], *, record_rng: bool = False, stop_at: int | None = None) -> Capture:
+    def capture(self, inputs: Mapping[str, Any], *, record_rng: bool = False, stop_at: int | None = None,
+                fork: tuple[int, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] | None = None
+                ) -> Capture:
         """Run the model once, recording every block's call arguments and output.
 
         Parameters
@@ -590,6 +637,17 @@ class ModelAdapter:
         stop_at : int, optional
             Stop the forward pass after layer ``stop_at`` is computed (saves the blocks above it when only the
             lower layers are needed). ``output`` is None then.
+        fork : (k, make_rows), optional
+            Run blocks ``k+1..L`` of the model's own forward on a larger batch: ``make_rows(h_k)`` (``h_k`` the
+            clean batch-first layer-k state) returns ``(extra, rows)``, ``extra`` (n, seq, dim) states to carry
+            through the same block calls and ``rows`` (n,) the batch row each belongs to (its attention mask and
+            other batch-leading arguments are indexed by it). The clean rows come first in every call; the model's
+            head sees the clean rows only, so ``output`` is what the model returns without the fork, and
+            ``Capture.forked`` holds the extra rows' layers ``k+1..L``. Where the batch-leading arguments are
+            ambiguous (seq-first blocks, a batch size equal to the sequence length or a head count) no fork runs,
+            ``make_rows`` is not called and ``forked`` is None. The recorded calls keep the clean arguments, so
+            :meth:`replay` works as after a plain capture. Dropout draws its masks for the larger batch (the clean
+            rows' masks come from the same distribution but not the same draws as without the fork).
 
         Raises
         ------
@@ -597,38 +655,81 @@ class ModelAdapter:
             The blocks' hidden states do not match the inputs in any layout, change shape between blocks (pooling),
             or the model made another number of block calls than ``n_layers``.
         """
+        if fork is not None and stop_at is not None:
+            raise ValueError("capture(fork=...) runs every block; it cannot be combined with stop_at.")
         calls: list[BlockCall] = []
         hidden: list[torch.Tensor] = []
         state: dict[str, Any] = {}
+        forked: list[torch.Tensor] = []
+        fork_at = None if fork is None else int(fork[0])
 
         class _Stop(Exception):
             pass
 
-        def pre(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
             pos, h = _find_hidden(module, args, kwargs)
             if not hidden:
                 state["layout"] = self._resolve_layout(h, inputs)
                 state["shape"] = tuple(h.shape)
                 hidden.append(_to_batch_first(h, state["layout"]))
-            elif tuple(h.shape) != state["shape"]:
+            elif tuple(h.shape) != state.get("fork_shape", state["shape"]):
                 raise AdapterError(
                     f"block call {len(calls)} ({type(module).__name__}) receives hidden states of shape "
                     f"{tuple(h.shape)}, the first block {state['shape']}: the sequence changes length between blocks "
                     f"(pooling), so the layers do not share one token axis and cannot be replayed. {_NO_ESCAPE}.")
             rng = _get_rng_state(h.device) if record_rng else None
-            calls.append(BlockCall(module, tuple(args), dict(kwargs), pos, rng, _aliases(h, pos, args, kwargs),
-                                   state["layout"]))
+            aliases = _aliases(h, pos, args, kwargs)
+            calls.append(BlockCall(module, tuple(args), dict(kwargs), pos, rng, aliases, state["layout"]))
+            j = len(calls) - 1  # this call makes layer j + 1
+            if fork_at is None or j < fork_at:
+                return None
+            batch = state["shape"][0]
+            if j == fork_at:
+                if _rows_ambiguous(state["layout"], batch, state["shape"][1], self._heads):
+                    state["no_fork"] = True
+                    return None
+                extra, rows = fork[1](hidden[fork_at])
+                state["rows"] = torch.cat([torch.arange(batch, device=rows.device), rows.to(torch.long)])
+                h = torch.cat([h, extra.to(h.dtype)], dim=0)
+                state["fork_shape"] = tuple(h.shape)
+            elif state.get("no_fork"):
+                return None
+            new_args = [_take(a, state["rows"], batch, self._heads) for a in args]
+            new_kwargs = {k: _take(v, state["rows"], batch, self._heads) for k, v in kwargs.items()}
+            for p in (pos, *aliases):
+                if isinstance(p, int):
+                    new_args[p] = h
+                else:
+                    new_kwargs[p] = h
+            return tuple(new_args), new_kwargs
 
-        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             out = _first_tensor(output)
-            if tuple(out.shape) != state["shape"]:
+            forking = "fork_shape" in state
+            if tuple(out.shape) != state.get("fork_shape", state["shape"]):
                 raise AdapterError(
                     f"block call {len(calls) - 1} ({type(module).__name__}) returns a state of shape "
                     f"{tuple(out.shape)} from one of shape {state['shape']}: blocks that change the sequence length "
                     f"or the width cannot be replayed. {_NO_ESCAPE}.")
-            hidden.append(_to_batch_first(out, state["layout"]))
-            if stop_at is not None and len(hidden) > stop_at:
-                raise _Stop
+            if not forking:
+                hidden.append(_to_batch_first(out, state["layout"]))
+                if stop_at is not None and len(hidden) > stop_at:
+                    raise _Stop
+                return None
+            batch = state["shape"][0]
+            hidden.append(out[:batch])
+            forked.append(out[batch:])
+            if len(calls) < self.n_layers:
+                return None  # the larger batch flows on into the next block
+            state.pop("fork_shape")  # the last block: the model's head sees the clean rows only
+            if torch.is_tensor(output):
+                return out[:batch]
+            if isinstance(output, tuple):
+                return (out[:batch], *output[1:])
+            if isinstance(output, list):
+                return [out[:batch], *output[1:]]
+            raise AdapterError(f"{type(module).__name__} returns a {type(output).__name__}: a forked capture needs "
+                               "blocks that return a tensor or a tuple.")
 
         output = None
         with self.hooks(pre, post):
@@ -649,11 +750,12 @@ class ModelAdapter:
         seq = (_input_shape(inputs) or tuple(hidden[0].shape[:2]))[1]
         return Capture(hidden=hidden, calls=calls, mask=mask, output=output,
                        rng_after=_get_rng_state(hidden[0].device) if record_rng else None,
-                       layout=state["layout"], n_pad=int(hidden[0].shape[1] - seq))
+                       layout=state["layout"], n_pad=int(hidden[0].shape[1] - seq),
+                       forked=forked if "rows" in state else None)
 
     # ------------------------------------------------------------------ replay
     def replay(self, capture: Capture, hidden: torch.Tensor, *, start: int, stop: int | None = None,
-               expand: int = 1, same_dropout: bool = False) -> list[torch.Tensor]:
+               expand: int = 1, same_dropout: bool = False, rows: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Run blocks ``start+1..stop`` from ``hidden`` (a layer-``start`` state) with the recorded arguments.
 
         Parameters
@@ -670,6 +772,10 @@ class ModelAdapter:
         same_dropout : bool
             Restore the RNG state recorded before each block's clean call so dropout masks match the clean pass
             (requires ``capture(record_rng=True)``); the RNG state after the clean pass is restored at the end.
+        rows : Tensor (n,), optional
+            ``hidden`` holds only these rows of the batch (a sub-batch); the recorded batch-leading arguments are
+            indexed alike. Raises :class:`AdapterError` where they cannot be told apart by shape (see
+            :meth:`BlockCall.call`); replay the whole batch then.
 
         Returns
         -------
@@ -687,7 +793,7 @@ class ModelAdapter:
                     _set_rng_state(state, device)
 
                 restore()
-            h = call.call(h, expand=expand, batch_size=batch, heads=self._heads, restore=restore)
+            h = call.call(h, expand=expand, batch_size=batch, heads=self._heads, restore=restore, rows=rows)
             outputs.append(h)
         if same_dropout and capture.rng_after is not None:
             _set_rng_state(capture.rng_after, hidden.device)

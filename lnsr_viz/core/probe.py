@@ -11,6 +11,12 @@ profile over all ``k`` reuses the clean activations of one forward pass per batc
 re-run), stacks the ``S`` draws into one batch, runs without gradients, and bounds memory by processing examples in
 chunks of ``batch_size`` and draws in groups of at most ``max_rows`` sequences. This reproduces the paper's
 Figure 1 (5% relative Gaussian noise, one curve per model) for any model.
+
+Precision: ``precision='bf16'`` runs the clean pass and the replays under bfloat16 autocast (see
+:mod:`lnsr_viz.utils.precision`); the changes are taken in float32 and accumulated in float64 as in fp32. In bf16 the
+clean reference of layers k+1..L is not the clean pass's state but an unperturbed copy replayed in the same batched
+call as the noisy draws, so clean and noisy go through identical bfloat16 computation: zero noise gives exactly zero
+change, and bf16 rounding that differs between the full forward and a replay is never counted as noise response.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import nn
 
 from ..utils.intervals import t_interval
 from ..utils.params import constructor_params
+from ..utils.precision import DEFAULT_PRECISION, autocast, check_precision, require_precision
 from ..utils.validation import check_choice, check_positive_int
 from .adapter import ModelAdapter, layer_name
 from .inputs import eval_mode, model_device, texts_of, to_device, tokenize
@@ -83,6 +90,10 @@ class StabilityProbe:
         Subspace size for in-manifold noise.
     progress : bool, default=True
         Show a tqdm progress bar.
+    precision : {'fp32', 'bf16'}, default='fp32'
+        'bf16' runs the forward passes under bfloat16 autocast (CPUs with bfloat16 instructions, CUDA GPUs that
+        support it; checked when :meth:`run` starts). Each replay then carries one unperturbed copy of the batch as
+        the clean reference (about ``1 / n_draws`` more rows), which keeps zero noise at exactly zero change.
 
     Attributes
     ----------
@@ -99,7 +110,7 @@ class StabilityProbe:
                  injection_layers: int | Sequence[int] | None = None, n_draws: int = 4, batch_size: int = 32,
                  max_rows: int = 256, max_length: int = 128, seed: int = 0,
                  strategy: Literal["replay", "naive"] = "replay", n_components: int = 16,
-                 progress: bool = True) -> None:
+                 progress: bool = True, precision: str = DEFAULT_PRECISION) -> None:
         owner = "StabilityProbe"
         if isinstance(noise, str):
             check_choice("noise", noise, NOISE_TYPES, owner=owner)
@@ -112,6 +123,7 @@ class StabilityProbe:
         self.seed = int(seed)
         self.strategy = check_choice("strategy", strategy, ("replay", "naive"), owner=owner)
         self.progress = bool(progress)
+        self.precision = check_precision(precision, owner=owner)
         self.n_components = getattr(self.injector, "n_components", check_positive_int(
             "n_components", n_components, owner=owner))
 
@@ -124,7 +136,8 @@ class StabilityProbe:
         params = {"noise": inj.name, "scale": inj.scale, "scale_kind": inj.scale_kind,
                   "injection_layers": self.injection_layers, "n_draws": self.n_draws, "batch_size": self.batch_size,
                   "max_rows": self.max_rows, "max_length": self.max_length, "seed": self.seed,
-                  "strategy": self.strategy, "n_components": self.n_components, "progress": self.progress}
+                  "strategy": self.strategy, "n_components": self.n_components, "progress": self.progress,
+                  "precision": self.precision}
         missing = set(constructor_params(type(self))) ^ set(params)
         if missing:  # a new constructor parameter must be read back here, or it would drop out of run keys
             raise AttributeError(f"StabilityProbe.get_params() is out of step with __init__: {sorted(missing)}")
@@ -132,7 +145,8 @@ class StabilityProbe:
 
     def __repr__(self) -> str:
         return (f"StabilityProbe({self.injector!r}, injection_layers={self.injection_layers!r}, "
-                f"n_draws={self.n_draws}, batch_size={self.batch_size}, seed={self.seed}, strategy={self.strategy!r})")
+                f"n_draws={self.n_draws}, batch_size={self.batch_size}, seed={self.seed}, strategy={self.strategy!r}"
+                + (f", precision={self.precision!r})" if self.precision != DEFAULT_PRECISION else ")"))
 
     def _layers(self, adapter: ModelAdapter) -> list[int]:
         layers = self.injection_layers
@@ -165,9 +179,11 @@ class StabilityProbe:
             The value of the ``model`` column.
         """
         adapter = model if isinstance(model, ModelAdapter) else ModelAdapter(model)
+        device = model_device(adapter.model)
+        require_precision(self.precision, device, owner="StabilityProbe")  # before any work
         layers = self._layers(adapter)
         if isinstance(data, Mapping):  # pre-tokenized: moved to the model's device (it may be on a GPU)
-            batches = [to_device(data, model_device(adapter.model))]
+            batches = [to_device(data, device)]
             n_total = int(next(iter(data.values())).shape[0])
             chunks: list[Any] = [None]
         else:
@@ -217,13 +233,18 @@ class StabilityProbe:
                      offset: int) -> np.ndarray:
         """Rows (example, k, l, change_l2, change_rel) for one batch of examples."""
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        cap = adapter.capture(model_inputs)
+        device = model_device(adapter.model)
+        with autocast(self.precision, device):
+            cap = adapter.capture(model_inputs)
         mask = cap.mask
         batch = mask.shape[0]
         n_tokens = mask.sum(dim=1).clamp_min(1).to(torch.float64)  # (batch,)
         maskf = mask.to(torch.float64)
-        clean_norms = [h.norm(dim=-1).to(torch.float64).clamp_min(1e-12) for h in cap.hidden]
-        draws_per_pass = max(1, min(self.n_draws, self.max_rows // max(batch, 1)))
+        clean_norms = [_norms(h) for h in cap.hidden]
+        # bf16 replays carry one clean copy of the batch (the reference), so one row of max_rows less for the draws
+        own_clean = self.precision != DEFAULT_PRECISION and self.strategy == "replay"
+        room = max(self.max_rows // max(batch, 1) - int(own_clean), 1)
+        draws_per_pass = max(1, min(self.n_draws, room))
         rows = []
         for k in layers:
             gen = self._generator(chunk, k)
@@ -233,13 +254,16 @@ class StabilityProbe:
             done = 0
             while done < self.n_draws:
                 s = min(draws_per_pass, self.n_draws - done)
-                noise = self.injector.inject_draws(cap.hidden[k], mask, s, generator=gen)
-                outs = self._noisy_layers(adapter, cap, model_inputs, k, noise, s)
+                noise = self.injector.inject_draws(cap.hidden[k], mask, s, generator=gen)  # float32, outside autocast
+                with autocast(self.precision, device):
+                    cleans, outs = self._noisy_layers(adapter, cap, model_inputs, k, noise, s, own_clean=own_clean)
                 for i, h_noisy in enumerate(outs):  # i = l - k
-                    clean = cap.hidden[k + i]
-                    diff = (h_noisy.reshape(s, batch, *clean.shape[1:]) - clean).norm(dim=-1).to(torch.float64)
+                    clean = cleans[i]
+                    norms = clean_norms[k + i] if cleans[i] is cap.hidden[k + i] else _norms(clean)
+                    diff = (_wide(h_noisy).reshape(s, batch, *clean.shape[1:]) - _wide(clean)).norm(dim=-1)
+                    diff = diff.to(torch.float64)
                     sum_l2[i] += ((diff * maskf).sum(dim=-1) / n_tokens).sum(dim=0)
-                    sum_rel[i] += ((diff / clean_norms[k + i] * maskf).sum(dim=-1) / n_tokens).sum(dim=0)
+                    sum_rel[i] += ((diff / norms * maskf).sum(dim=-1) / n_tokens).sum(dim=0)
                 done += s
             for i in range(n_layers_out):
                 ex = np.arange(offset, offset + batch)
@@ -250,16 +274,35 @@ class StabilityProbe:
         return np.concatenate(rows, axis=0)
 
     def _noisy_layers(self, adapter: ModelAdapter, cap: Any, inputs: Mapping[str, torch.Tensor], k: int,
-                      noise: torch.Tensor, s: int) -> list[torch.Tensor]:
-        """Noisy states of layers k..L for ``s`` stacked draws (draw-major)."""
+                      noise: torch.Tensor, s: int, *, own_clean: bool = False,
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Clean references and noisy states of layers k..L for ``s`` stacked draws (draw-major).
+
+        The references are the clean pass's states, or, with ``own_clean`` (bf16), layer k's clean state and the
+        outputs of an unperturbed copy of the batch replayed in the same call as the draws.
+        """
         batch = cap.batch_size
         start = cap.hidden[k].repeat(s, 1, 1) + noise
+        if self.strategy == "replay" and own_clean:
+            outs = adapter.replay(cap, torch.cat([cap.hidden[k], start], dim=0), start=k, expand=s + 1)
+            return [cap.hidden[k], *(h[:batch] for h in outs)], [start, *(h[batch:] for h in outs)]
+        cleans = list(cap.hidden[k:])
         if self.strategy == "replay":
-            return [start, *adapter.replay(cap, start, start=k, expand=s)]
+            return cleans, [start, *adapter.replay(cap, start, start=k, expand=s)]
         # Naive reference: the whole model once per draw, noise added by a hook at layer k.
         per_draw = []
         for d in range(s):
             e = noise[d * batch:(d + 1) * batch]
             run = adapter.forward_with_injection(inputs, k, lambda h, e=e: h + e)
             per_draw.append(run.hidden[k:])
-        return [torch.cat([p[i] for p in per_draw], dim=0) for i in range(len(per_draw[0]))]
+        return cleans, [torch.cat([p[i] for p in per_draw], dim=0) for i in range(len(per_draw[0]))]
+
+
+def _wide(h: torch.Tensor) -> torch.Tensor:
+    """``h`` in at least float32 (a bfloat16 / float16 state is widened before differences are taken)."""
+    return h.float() if h.dtype in (torch.bfloat16, torch.float16) else h
+
+
+def _norms(h: torch.Tensor) -> torch.Tensor:
+    """Per-token L2 norms in float64, floored at 1e-12 (the relative change's denominator)."""
+    return _wide(h).norm(dim=-1).to(torch.float64).clamp_min(1e-12)

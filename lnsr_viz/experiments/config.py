@@ -79,6 +79,10 @@ class ExperimentConfig:
         The data files' text encoding (default: UTF-8, strictly; a file with other bytes is refused).
     epochs, batch_size, lr, max_length, warmup_ratio, weight_decay, max_grad_norm
         Passed to :class:`~lnsr_viz.training.loop.FineTuner`.
+    precision : {'fp32', 'bf16'}
+        Training, evaluation and the probe in float32 (the default) or bfloat16 mixed precision (where the hardware
+        has it; checked before any work). Part of a run's key only when it is not ``'fp32'``, so float32 runs keep
+        the keys they always had.
     probe_n, probe_draws, probe_noise, probe_scale
         The stability probe's examples, draws, noise type and relative scale.
     results : str or path
@@ -110,6 +114,7 @@ class ExperimentConfig:
     warmup_ratio: float = _train(0.1)
     weight_decay: float = _train(0.01)
     max_grad_norm: float = _train(1.0)
+    precision: str = _train("fp32")
     probe_n: int = _probe(64, "n")
     probe_draws: int = _probe(4, "n_draws")
     probe_noise: str = _probe("gaussian", "noise")
@@ -214,8 +219,15 @@ class ExperimentConfig:
         return tuple(f for f in dataclasses.fields(cls) if f.metadata.get("key") == part)
 
     def train_params(self) -> dict[str, Any]:
-        """The trainer's settings (the ``train`` part of a run's key), as given."""
-        return {f.name: getattr(self, f.name) for f in self.keyed("train")}
+        """The trainer's settings (the ``train`` part of a run's key), as given; ``precision`` only when not ``'fp32'``.
+
+        Leaving the default precision out keeps every float32 run's key, the sweep files' ``train:`` defaults and
+        the study write-up exactly as they were before precision existed.
+        """
+        params = {f.name: getattr(self, f.name) for f in self.keyed("train")}
+        if params["precision"] == "fp32":
+            del params["precision"]
+        return params
 
     def split_params(self) -> dict[str, Any]:
         """The split's sizes and seeds (with the data's names and fingerprint, the ``data`` part of a run's key)."""
@@ -230,7 +242,7 @@ class ExperimentConfig:
         from ..core.probe import StabilityProbe
 
         return StabilityProbe(self.probe_noise, scale=self.probe_scale, n_draws=self.probe_draws,
-                              max_length=self.max_length, seed=0, progress=False)
+                              max_length=self.max_length, seed=0, progress=False, precision=self.precision)
 
     def in_domain_data(self) -> Any:
         """``data``, or the task's default (``movie``; ``squad`` for QA)."""

@@ -34,7 +34,7 @@ from ..methods import get_method
 from .config import ExperimentConfig
 
 __all__ = ["compare", "ComparisonResult", "Protocol", "build_protocol", "check_model_fit", "probe_key", "run_config",
-           "run_configs", "run_jobs", "Job"]
+           "run_configs", "run_jobs", "train_key", "Job"]
 
 _DEMO_KEYS = ("methods", "seeds", "train_size", "val_size", "eval_size", "epochs", "batch_size", "lr", "max_length",
               "probe_n", "probe_draws")
@@ -93,16 +93,19 @@ class Protocol:
             return len(self.labels["classes"])
         return int(self.train.n_classes)
 
-    def evaluate(self, model: Any, tokenizer: Any, max_length: int) -> pd.DataFrame:
-        """The tidy ``domain, metric, value`` table of every evaluation set."""
+    def evaluate(self, model: Any, tokenizer: Any, max_length: int, *, precision: str = "fp32") -> pd.DataFrame:
+        """The tidy ``domain, metric, value`` table of every evaluation set (forward passes in ``precision``)."""
         if self.task == "classification":
             from ..analysis.evaluation import evaluate
 
-            return evaluate(model, tokenizer, self.evaluation, max_length=max_length)
+            return evaluate(model, tokenizer, self.evaluation, max_length=max_length, precision=precision)
         from ..analysis.qa_evaluation import evaluate_qa
+        from ..core.inputs import model_device
+        from ..utils.precision import autocast
 
-        return evaluate_qa(model, tokenizer, self.evaluation, max_length=max_length,
-                           stride=min(self.qa_stride, max_length // 2))
+        with autocast(precision, model_device(model)):
+            return evaluate_qa(model, tokenizer, self.evaluation, max_length=max_length,
+                               stride=min(self.qa_stride, max_length // 2))
 
 
 def _fingerprint(datasets: Mapping[str, Any]) -> str:
@@ -322,14 +325,34 @@ def _probe_params(prober: Any) -> dict[str, Any]:
 def probe_key(prober: Any, n: int) -> dict[str, Any]:
     """The ``probe`` part of a run's key: ``n`` probed examples and the parameters of the probe that ran on them.
 
-    ``injection_layers=None`` (every layer) is recorded as ``'all'``. For a probe made by
-    :meth:`ExperimentConfig.make_probe` this is the dict the run store has always hashed, key for key.
+    ``injection_layers=None`` (every layer) is recorded as ``'all'``; a precision other than ``'fp32'`` is
+    recorded as ``precision`` (float32 adds nothing). For a float32 probe made by :meth:`ExperimentConfig.make_probe`
+    this is the dict the run store has always hashed, key for key.
     """
+    from ..utils.precision import DEFAULT_PRECISION
+
     params = _probe_params(prober)
     key = {"n": int(n), **{name: params[name] for name in PROBE_KEY_PARAMS}}
     if key["injection_layers"] is None:
         key["injection_layers"] = "all"
+    precision = params.get("precision", DEFAULT_PRECISION)
+    if precision != DEFAULT_PRECISION:
+        key["precision"] = precision
     return key
+
+
+def train_key(config: ExperimentConfig) -> dict[str, Any]:
+    """The ``train`` part of a run's key: the trainer's settings, ``precision`` only where it is not ``'fp32'``.
+
+    Float32 runs keep the key they had before precision existed (the committed stores are checked by
+    ``tests/test_config.py``); a bf16 run gets its own key.
+    """
+    from ..utils.precision import DEFAULT_PRECISION
+
+    params = config.train_params()  # already without a default precision; made sure of here, where keys are built
+    if params.get("precision", DEFAULT_PRECISION) == DEFAULT_PRECISION:
+        params.pop("precision", None)
+    return params
 
 
 def run_config(job: Job, *, model_label: str, data_cfg: Mapping[str, Any], train: Mapping[str, Any],
@@ -353,7 +376,7 @@ def run_configs(jobs: Sequence[Job], config: ExperimentConfig, protocol: Protoco
     """
     n = min(int(config.probe_n), protocol.n_probe_examples)
     parts = {"model_label": _model_label(config.model), "data_cfg": data_key(protocol, config),
-             "train": config.train_params(), "probe_cfg": probe_key(config.make_probe(), n), "task": protocol.task}
+             "train": train_key(config), "probe_cfg": probe_key(config.make_probe(), n), "task": protocol.task}
     return [run_config(job, **parts) for job in jobs]
 
 
@@ -429,9 +452,11 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
     from ..analysis.drift import representation_drift
     from ..data.models import load_model
     from ..training.loop import FineTuner
+    from ..utils.precision import require_precision
     from ..utils.validation import check_device
 
     device = check_device(device, owner="run_jobs")
+    require_precision(config.precision, device or "cpu", owner="run_jobs")  # bf16 hardware, before any work
     model = config.model
     max_length = int(config.max_length)
     prober = config.make_probe()
@@ -485,7 +510,7 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
                 if guards[0].collapsed:
                     say(f"  {what}: WARNING: the representations collapsed (see the history's collapse columns)")
             say(f"  {what}: evaluating on {', '.join(protocol.evaluation)} ...")
-            metrics = protocol.evaluate(net, tokenizer, max_length)
+            metrics = protocol.evaluate(net, tokenizer, max_length, precision=config.precision)
         say(f"  {what}: stability probe ({probe_cfg['n']} examples, {probe_cfg['n_draws']} draws) ...")
         probe_inputs = protocol.probe_inputs(probe_cfg["n"], tokenizer, max_length, net)
         profile = prober.run(net, probe_inputs, tokenizer=tokenizer, label=job.name)
@@ -580,6 +605,9 @@ def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = 
     given = {k: v for k, v in (("methods", methods), ("seeds", seeds)) if v is not None}
     config = (config if config is not None else ExperimentConfig()).replace(**given, **settings)
     device = check_device(device, owner="compare")
+    from ..utils.precision import require_precision
+
+    require_precision(config.precision, device or "cpu", owner="compare")  # bf16 hardware, before any work
     store = RunStore(config.results)  # checks that it can write there; creates nothing before the first run
     jobs = [Job("pretrained", {}, None)] + [Job(m, config.method_params.get(m, {}), s)
                                             for m in config.methods for s in config.seeds]
@@ -601,7 +629,7 @@ def comparison_config(config: ExperimentConfig, protocol: Protocol) -> dict[str,
     return {"task": config.task, "model": _model_label(config.model), "methods": methods,
             "seeds": list(config.seeds),
             "method_params": {m: get_method(m, **config.method_params.get(m, {})).params() for m in methods},
-            "data": data_key(protocol, config), "train": config.train_params(),
+            "data": data_key(protocol, config), "train": train_key(config),
             "probe": probe_key(config.make_probe(), min(int(config.probe_n), protocol.n_probe_examples)),
             "results": str(config.results), "baseline": config.baseline, "labels": protocol.labels}
 

@@ -103,10 +103,10 @@ def validate_config(config: dict[str, Any], *, source: str = "sweep config") -> 
     base = ExperimentConfig()
     defaults = {**base.to_dict(), "data": base.in_domain_data(), "ood": list(base.ood_data())}
     train = dict(config.get("train") or {})
-    bad = set(train) - set(defaults["train"])
+    allowed = {f.name for f in ExperimentConfig.keyed("train")}  # precision too, though fp32 is left out of keys
+    bad = set(train) - allowed
     if bad:
-        raise ValueError(f"{source}: unknown key(s) {sorted(bad)} under 'train'; allowed: "
-                         f"{sorted(defaults['train'])}.")
+        raise ValueError(f"{source}: unknown key(s) {sorted(bad)} under 'train'; allowed: {sorted(allowed)}.")
     config["train"] = {**defaults["train"], **train}
     config["probe"] = {**defaults["probe"], **dict(config.get("probe") or {})}
     for key in ("train_sizes", "seeds"):

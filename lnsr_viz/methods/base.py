@@ -101,11 +101,15 @@ class Method(GetParams):
     needs_data: bool = False
 
     def params(self) -> dict[str, Any]:
-        """The constructor parameters (:meth:`get_params`), JSON-serialisable: what keys a run in the store."""
-        return self.get_params()
+        """The constructor parameters, JSON-serialisable: what keys a run in the store.
+
+        That is :meth:`get_params` less the parameters of ``late_defaults`` left at their defaults (added after
+        runs were stored; see :mod:`lnsr_viz.utils.params`), so those runs keep their keys.
+        """
+        return self.key_params()
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
     def setup(self, model: nn.Module, *, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:

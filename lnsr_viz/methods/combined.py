@@ -97,6 +97,10 @@ class Combined(Method):
         """``{component name: its get_params()}``."""
         return {m.name: m.get_params() for m in self.methods}
 
+    def key_params(self) -> dict[str, Any]:
+        """``{component name: its key_params()}`` (what keys a run)."""
+        return {m.name: m.key_params() for m in self.methods}
+
     @property
     def needs_data(self) -> bool:  # type: ignore[override]
         return any(m.needs_data for m in self.methods)

@@ -23,6 +23,20 @@ the penalty ``hidden_size`` times larger), divided by ``||h_l||^2 / hidden_size`
 ``w_l = 1 / (L - k)`` by default, clean targets not detached by default, and the noisy pass replaying the clean
 pass's dropout masks (so the penalty measures the noise's effect, not dropout's).
 The extra cost is one pass over blocks k+1..L and its backward.
+
+Three cheaper ways to the same penalty (constructor parameters; all off by default)::
+
+    batched=True    the clean and noisy rows go through blocks k+1..L as ONE batch inside the model's own forward
+                    (clean rows first; the head sees the clean rows only): the same mathematics in fewer, larger
+                    kernels. Exact (same penalty, same gradients) wherever the blocks draw no dropout (eval mode, or
+                    dropout p = 0); in training each row draws its own masks, so it needs dropout='independent'.
+    fraction=f      the noisy pass runs on a uniformly drawn subset of round(f * B) of the B sequences (at least 1,
+                    drawn from the method's generator): R^ = (B / n) * sum_{sampled tokens} w_l d / N, with N the
+                    real tokens of the whole batch, an unbiased estimate of R (E[R^ | noise] = R for the same noise,
+                    which is drawn for the whole batch as before). Cost about 1 + f passes. Also needs
+                    dropout='independent' in training (the noisy sub-batch cannot replay the full batch's masks).
+    every=m         the penalty on every m-th training step only (steps m, 2m, ...), weighted lam * m: the same
+                    penalty weight per step in expectation over steps, at cost 1 + 1/m on average.
 """
 
 from __future__ import annotations
@@ -33,11 +47,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..core.adapter import ModelAdapter
+from ..core.adapter import AdapterError, ModelAdapter
 from ..core.inputs import model_device
 from ..core.noise import NOISE_TYPES, NoiseInjector, make_noise
 from ..utils.validation import check_bool, check_choice, check_number
-from .base import LossParts, Method, method_generator, output_logits, unwrap_model
+from .base import LossParts, Method, method_generator, output_logits, task_forward, unwrap_model
 from .registry import register
 
 __all__ = ["lnsr_penalty", "LNSR"]
@@ -129,6 +143,31 @@ class LNSR(Method):
         Subspace size for in-manifold noise.
     seed : int or None, default=None
         Seed of the noise generator; None takes it from ``setup(seed=...)`` (the trainer's seed).
+    batched : bool, default=False
+        Run the clean and the noisy rows through blocks k+1..L as one batch, inside the model's own forward (the
+        clean rows first; the model's head and loss see the clean rows only), instead of the clean forward plus a
+        serial replay. The same mathematics: exact (same penalty and gradients, to float tolerance) where the
+        blocks draw no dropout (eval mode, dropout p = 0). In training mode each row of the batched pass draws its
+        own dropout masks, so the noisy rows cannot reuse the clean rows' masks: ``batched=True`` requires
+        ``dropout='independent'`` (refused otherwise). Models whose block arguments are ambiguous by shape (seq-first
+        blocks; a batch size equal to the sequence length or a head count) fall back to the serial replay.
+    fraction : float in (0, 1], default=1.0
+        Estimate the penalty on ``max(1, round(fraction * B))`` of the batch's B sequences, drawn uniformly without
+        replacement from the method's generator at every step; the noise is drawn for the whole batch as before.
+        The sum over the sampled sequences' real tokens is divided by ``N * n / B`` (N = real tokens of the whole
+        batch), so the estimate is unbiased for the full penalty: its mean over subsets, for the same noise, is
+        exactly the full penalty. The noisy pass costs about ``fraction`` of the full one. With ``fraction < 1``
+        the noisy sub-batch draws its own dropout masks in training mode: requires ``dropout='independent'``.
+        1 is the full penalty.
+    every : int >= 1, default=1
+        Apply the penalty on every ``every``-th call of :meth:`compute_loss` in training mode only (calls m, 2m, ...
+        counted from ``setup``; a micro-batch under gradient accumulation counts as a call), with the weight
+        ``lam * every``: the expected penalty weight per step is unchanged. The other steps are plain fine-tuning
+        steps (one forward; ``reg_loss`` 0, logged ``reg_loss`` is ``every * penalty`` on penalised steps, so its
+        mean over steps estimates the penalty). In eval mode every call computes the penalty, weight ``lam``.
+
+    The cheaper options combine (``batched=True, fraction=0.25, every=2``). Left at their defaults they are not part
+    of the run-store key (``late_defaults``), so runs stored before they existed keep their keys.
 
     Examples
     --------
@@ -142,14 +181,21 @@ class LNSR(Method):
     """
 
     name = "lnsr"
+    late_defaults = {"batched": False, "fraction": 1.0, "every": 1}
 
     def __init__(self, lam: float = 10.0, *, injection_layer: int = 0, noise: str | NoiseInjector = "gaussian",
                  scale: float = 0.05, scale_kind: Literal["relative", "absolute"] = "relative",
                  layer_weights: str | Sequence[float] = "uniform", reduction: Literal["mean", "sum"] = "mean",
                  relative: bool = True, detach_clean: bool = False,
                  dropout: Literal["same", "independent"] = "same", n_components: int = 16,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, batched: bool = False, fraction: float = 1.0, every: int = 1) -> None:
         owner = "LNSR"
+        self.batched = check_bool("batched", batched, owner=owner)
+        self.fraction = float(check_number("fraction", fraction, owner=owner, low=0.0, high=1.0, low_closed=False,
+                                           hint="The share of the batch's sequences the penalty is estimated on; "
+                                                "1 is the full penalty."))
+        self.every = int(check_number("every", every, owner=owner, low=1, integer=True,
+                                      hint="The penalty is applied every `every`-th step; 1 is every step."))
         self.lam = float(check_number("lam", lam, owner=owner, low=0.0))
         self.injection_layer = int(check_number("injection_layer", injection_layer, owner=owner, low=0,
                                                 integer=True))
@@ -171,6 +217,12 @@ class LNSR(Method):
         self.detach_clean = check_bool("detach_clean", detach_clean, owner="LNSR")
         self.dropout = check_choice("dropout", dropout, ("same", "independent"), owner=owner)
         self.seed = seed if seed is None else int(seed)
+        if self.dropout == "same" and (self.batched or self.fraction < 1.0):
+            what = "batched=True" if self.batched else f"fraction={self.fraction:g}"
+            raise ValueError(f"LNSR({what}) needs dropout='independent': in training mode the noisy rows then draw "
+                             "their own dropout masks (they cannot replay the clean pass's masks in a batch of "
+                             f"another shape). Pass dropout='independent' with {what}, or leave it at its default.")
+        self._calls = 0
         self._adapter: ModelAdapter | None = None
         self._generator: torch.Generator | None = None
         self._weights: torch.Tensor | None = None
@@ -189,6 +241,7 @@ class LNSR(Method):
         self._generator = method_generator(int(base_seed), int(rank), 0, model_device(model))
         self._weights = _layer_weights(self.layer_weights, self._adapter.n_layers - self.injection_layer)
         self._world_size = int(world_size)
+        self._calls = 0
 
     _world_size: int = 1
 
@@ -213,28 +266,78 @@ class LNSR(Method):
         dist.all_reduce(count)  # token counts, not means, are reduced: the global mean is then exact
         return count.clamp_min(1.0) / self._world_size
 
+    def _rows(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """The sequences the penalty is estimated on this step (sorted), or None for all of them."""
+        if self.fraction >= 1.0:
+            return None
+        n = max(1, min(batch, round(self.fraction * batch)))
+        if n >= batch:
+            return None
+        assert self._generator is not None
+        perm = torch.randperm(batch, generator=self._generator, device=self._generator.device)
+        return perm[:n].sort().values.to(device)
+
     def penalty(self, model: nn.Module, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, Any, dict[str, float]]:
-        """Run the clean pass (returns the model output) and the noisy pass; return (penalty, output, extras)."""
+        """Run the clean pass (returns the model output) and the noisy pass; return (penalty, output, extras).
+
+        With ``batched=True`` both run in one forward; with ``fraction < 1`` the noisy pass covers the sampled rows
+        and the penalty is the unbiased estimate described in the class docstring.
+        """
         adapter = self._ensure(model)
         k = self.injection_layer
         same = self.dropout == "same" and model.training
-        cap = adapter.capture(inputs, record_rng=same)
-        h_k = cap.hidden[k]
-        noise = self.injector.inject(h_k, cap.mask, generator=self._generator)
-        start = (h_k.detach() if self.detach_clean else h_k) + noise
-        noisy = adapter.replay(cap, start, start=k, same_dropout=same)
+        drawn: dict[str, Any] = {}
+
+        def noisy_rows(h_k: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            noise = self.injector.inject(h_k, mask, generator=self._generator)  # for the whole batch, as always
+            rows = self._rows(h_k.shape[0], h_k.device)
+            start = (h_k.detach() if self.detach_clean else h_k) + noise
+            drawn.update(noise=noise, rows=rows)
+            return (start, rows) if rows is None else (start.index_select(0, rows), rows)
+
+        cap = None
+        if self.batched:
+            def fork(h_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                start, rows = noisy_rows(h_k, adapter.token_mask(inputs, h_k))
+                return start, torch.arange(h_k.shape[0], device=h_k.device) if rows is None else rows
+
+            cap = adapter.capture(inputs, record_rng=same, fork=(k, fork))
+            noisy = cap.forked
+        if cap is None or cap.forked is None:  # serial (or the batched capture could not fork: replay instead)
+            cap = adapter.capture(inputs, record_rng=same) if cap is None else cap
+            start, rows = noisy_rows(cap.hidden[k], cap.mask)
+            noisy = None
+            if rows is not None:
+                try:
+                    noisy = adapter.replay(cap, start, start=k, same_dropout=same, rows=rows)
+                except AdapterError:  # arguments not selectable by row: replay every row, keep the sampled ones
+                    full_start = (cap.hidden[k].detach() if self.detach_clean else cap.hidden[k]) + drawn["noise"]
+                    noisy = [h.index_select(0, rows) for h in adapter.replay(cap, full_start, start=k,
+                                                                             same_dropout=same)]
+            if noisy is None:
+                noisy = adapter.replay(cap, start, start=k, same_dropout=same)
+        assert noisy is not None
+        noise, rows = drawn["noise"], drawn["rows"]
         clean = cap.hidden[k + 1:]
+        mask = cap.mask
+        if rows is not None:
+            clean = [h.index_select(0, rows) for h in clean]
+            mask = mask.index_select(0, rows)
+            noise = noise.index_select(0, rows)
         if self.detach_clean:
             clean = [h.detach() for h in clean]
         assert self._weights is not None
-        normalizer = self._normalizer(cap.mask)
+        normalizer: torch.Tensor | None = self._normalizer(cap.mask)
+        if rows is not None:  # the whole batch's token count x n / B: unbiased (a ratio of sampled means is not)
+            base = cap.mask.sum().to(torch.float64).clamp_min(1.0) if normalizer is None else normalizer
+            normalizer = base * (rows.numel() / cap.mask.shape[0])
         if normalizer is not None:
             normalizer = normalizer.to(device=clean[0].device, dtype=clean[0].dtype)
-        reg = lnsr_penalty(clean, noisy, cap.mask, self._weights, reduction=self.reduction, relative=self.relative,
+        reg = lnsr_penalty(clean, noisy, mask, self._weights, reduction=self.reduction, relative=self.relative,
                            normalizer=normalizer)
         with torch.no_grad():  # diagnostics: two means over real tokens, read back to the host in one transfer
-            top = cap.hidden[-1].detach()
-            maskf = cap.mask.to(top.dtype)
+            top = clean[-1].detach()
+            maskf = mask.to(top.dtype)
             count = maskf.sum().clamp_min(1.0)
             rel = (noisy[-1].detach() - top).norm(dim=-1) / top.norm(dim=-1).clamp_min(1e-12)
             values = torch.stack([(noise.norm(dim=-1) * maskf).sum(), (rel * maskf).sum()]) / count
@@ -242,10 +345,20 @@ class LNSR(Method):
         return reg, cap.output, {"noise_norm": noise_norm, "top_change_rel": top_change}
 
     def compute_loss(self, model: nn.Module, inputs: Mapping[str, Any]) -> LossParts:
+        weight = self.lam
+        if self.every > 1 and model.training:
+            self._ensure(model)
+            self._calls += 1
+            if self._calls % self.every:  # not a penalised step: a plain fine-tuning step
+                loss, out = task_forward(model, inputs)
+                return LossParts(loss=loss, task_loss=loss.detach(), reg_loss=loss.new_zeros(()),
+                                 logits=output_logits(out))
+            weight = self.lam * self.every
         reg, out, extras = self.penalty(model, inputs)
         loss = out["loss"] if isinstance(out, Mapping) else getattr(out, "loss", None)
         if loss is None:
             raise ValueError("The model did not return a loss from the inputs; pass labels in the batch.")
-        total = loss + self.lam * reg
-        return LossParts(loss=total, task_loss=loss.detach(), reg_loss=reg.detach(), logits=output_logits(out),
-                         extras=extras)
+        total = loss + weight * reg
+        scale = weight / self.lam if self.lam else 1.0
+        return LossParts(loss=total, task_loss=loss.detach(), reg_loss=(reg * scale).detach(),
+                         logits=output_logits(out), extras=extras)

@@ -27,6 +27,15 @@ independent per process and reproducible from ``seed``; the logged losses are av
 evaluates on the full training and validation data, so early stopping decides the same everywhere; only rank 0
 shows a progress bar. The process group is left open for the script's later calls (see
 :func:`lnsr_viz.training.distributed.cleanup_distributed`).
+
+Mixed precision
+---------------
+``precision='bf16'`` runs each step's forward pass and loss (``Method.compute_loss``) and the per-epoch evaluations
+under ``torch.autocast(device_type, dtype=torch.bfloat16)``; the backward pass, gradient clipping and the AdamW
+update run outside it, and the parameters, gradients and optimizer state stay float32 (bfloat16 keeps float32's
+exponent range, so no ``GradScaler`` is needed). The hardware is checked when :meth:`FineTuner.fit` starts, before any
+work: a CPU needs bfloat16 instructions (avx512_bf16 / amx_bf16), a GPU ``torch.cuda.is_bf16_supported()``
+(:func:`lnsr_viz.utils.precision.require_precision`). The default, ``'fp32'``, is the loop as it always was.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import transformers
 from torch import nn
 
 from ..methods import LossParts, Method, get_method
+from ..utils.precision import DEFAULT_PRECISION, autocast, check_precision, require_precision
 from ..utils.validation import check_number, check_positive_int
 from .tasks import QAData, as_task_data
 
@@ -130,6 +140,9 @@ class FineTuner:
     eval_batch_size : int, default=64
     callbacks : sequence of FineTunerCallback
     progress : bool, default=True
+    precision : {'fp32', 'bf16'}, default='fp32'
+        'bf16': bfloat16 autocast around the forward pass and loss of every step and around the evaluations;
+        parameters and optimizer stay float32 (see the module docstring). Checked against the hardware in :meth:`fit`.
 
     Attributes
     ----------
@@ -143,7 +156,8 @@ class FineTuner:
                  epochs: int = 4, batch_size: int = 32, lr: float = 5e-5, weight_decay: float = 0.01,
                  warmup_ratio: float = 0.1, max_grad_norm: float = 1.0, max_length: int = 64, seed: int = 0,
                  early_stopping_patience: int | None = None, eval_batch_size: int = 64,
-                 callbacks: Sequence[FineTunerCallback] = (), progress: bool = True) -> None:
+                 callbacks: Sequence[FineTunerCallback] = (), progress: bool = True,
+                 precision: str = DEFAULT_PRECISION) -> None:
         owner = "FineTuner"
         self.method = method
         self.method_params = dict(method_params or {})
@@ -162,6 +176,7 @@ class FineTuner:
         self.eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size, owner=owner)
         self.callbacks = list(callbacks)
         self.progress = bool(progress)
+        self.precision = check_precision(precision, owner=owner)
         # Build the method now so a bad name or parameter fails before any work.
         self.method_ = get_method(method, **self.method_params)
 
@@ -196,7 +211,8 @@ class FineTuner:
             getattr(cb, event)(self.state_, **kwargs)
 
     def _eval(self, model: nn.Module, tokenizer: Any, data: Any) -> tuple[float, float]:
-        return data.evaluate(model, tokenizer, batch_size=self.eval_batch_size, max_length=self.max_length)
+        with autocast(self.precision, next(model.parameters()).device):
+            return data.evaluate(model, tokenizer, batch_size=self.eval_batch_size, max_length=self.max_length)
 
     def _batches(self, tokenizer: Any, data: Any, model: nn.Module, *,
                  shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, Any]]:
@@ -221,13 +237,14 @@ class FineTuner:
                       train_model: nn.Module | None = None) -> LossParts:
         """One optimisation step exactly as :meth:`fit` runs it (without the learning-rate schedule).
 
-        ``compute_loss`` -> ``backward`` -> ``after_backward`` -> gradient clipping -> ``before_optimizer_step`` ->
-        ``optimizer.step()`` -> ``zero_grad``. The method must have been set up on ``model``; ``train_model`` is
-        what the loss is computed through (``model`` itself, or its DistributedDataParallel wrapper). Used by
-        :meth:`fit` and by ``benchmarks/bench_methods.py``.
+        ``compute_loss`` (under bf16 autocast when ``precision='bf16'``) -> ``backward`` -> ``after_backward`` ->
+        gradient clipping -> ``before_optimizer_step`` -> ``optimizer.step()`` -> ``zero_grad``. The method must have
+        been set up on ``model``; ``train_model`` is what the loss is computed through (``model`` itself, or its
+        DistributedDataParallel wrapper). Used by :meth:`fit` and by ``benchmarks/bench_methods.py``.
         """
         method = self.method_
-        parts = method.compute_loss(model if train_model is None else train_model, batch)
+        with autocast(self.precision, next(model.parameters()).device):
+            parts = method.compute_loss(model if train_model is None else train_model, batch)
         if not torch.isfinite(parts.loss):
             loss, task, reg = (float(torch.as_tensor(v).detach()) for v in (parts.loss, parts.task_loss,
                                                                              parts.reg_loss))
@@ -245,6 +262,7 @@ class FineTuner:
     # ------------------------------------------------------------------ fit
     def fit(self, model: nn.Module, tokenizer: Any, train: Any, validation: Any = None) -> FineTuner:
         """Fine-tune ``model`` in place on ``train``; evaluate on ``validation`` after every epoch."""
+        require_precision(self.precision, next(model.parameters()).device, owner="FineTuner")  # before any work
         train = as_task_data(train, "train")
         validation = as_task_data(validation, "validation") if validation is not None else None
         if validation is not None and type(validation) is not type(train):
@@ -263,6 +281,7 @@ class FineTuner:
         rank, world = dist.rank, dist.world_size
         if world > 1 and torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
             model.to(torch.device("cuda", dist.local_rank))
+            require_precision(self.precision, next(model.parameters()).device, owner="FineTuner")
         set_seed(self.seed)
         method = self.method_
         method.setup(model, seed=self.seed, rank=rank, world_size=world)

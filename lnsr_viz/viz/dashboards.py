@@ -24,8 +24,6 @@ The notebook runtime (the quick switch, folders, settings, stored runs) is not h
 from __future__ import annotations
 
 import html
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -208,46 +206,16 @@ def _keep(df: pd.DataFrame, column: str, chosen: Sequence[str], what: str) -> pd
 # noise-propagation explorer
 
 
-def _cached_adapter_class() -> type:
-    from ..core.adapter import ModelAdapter
-
-    class CachedCaptureAdapter(ModelAdapter):
-        """A ModelAdapter that remembers the clean capture of one fixed batch.
-
-        The explorer probes the same few sentences again and again; only the noise changes. The probe asks the
-        adapter for the clean pass every time, so reusing it saves one full forward pass per slider move. The
-        cache is used only when the probe passes the very tensors the explorer tokenized (identity check), never
-        otherwise.
-        """
-
-        def __init__(self, model: Any) -> None:
-            super().__init__(model)
-            self._cached_ids: Any = None
-            self._cached_capture: Any = None
-            self.clean_passes = 0
-
-        def capture(self, inputs: Mapping[str, Any], *, record_rng: bool = False, stop_at: int | None = None) -> Any:
-            ids = inputs.get("input_ids")
-            if not record_rng and stop_at is None and ids is not None and ids is self._cached_ids:
-                return self._cached_capture
-            cap = super().capture(inputs, record_rng=record_rng, stop_at=stop_at)
-            self.clean_passes += 1
-            if not record_rng and stop_at is None:
-                self._cached_ids, self._cached_capture = ids, cap
-            return cap
-
-    return CachedCaptureAdapter
-
-
 class NoiseExplorer(Dashboard):
     """Inject noise into a model and watch it travel: per-layer change, updated live as the controls move.
 
     Controls: model, injection layer, noise type, noise scale, scale kind and the change metric. Each change runs
     :class:`~lnsr_viz.core.probe.StabilityProbe` for that one injection layer on a small, fixed batch of sentences and
-    redraws :func:`~lnsr_viz.viz.figures.plot_stability_curves`. The sentences are tokenized once per model and the
-    clean forward pass is cached, so a move costs only the noisy replay of the blocks above the injection layer
-    (about a second or less for MiniLM, 16 sentences and 2 draws on a laptop CPU); results are memoised per
-    setting, so going back to a setting is instant.
+    redraws :func:`~lnsr_viz.viz.figures.plot_stability_curves`. The caching is
+    :class:`lnsr_viz.viz.runtime.ProbeSession`'s (one per model and sentences, shared between explorers): the
+    sentences are tokenized once and the clean forward pass is kept, so a new setting costs only the noisy replay
+    of the blocks above the injection layer, and every profile is memoised per setting, so going back to a setting
+    (or changing only the metric) costs the redraw alone (``benchmarks/bench_explorer.py`` measures both).
 
     Parameters
     ----------
@@ -275,9 +243,10 @@ class NoiseExplorer(Dashboard):
                  metric: str = "change_rel", n_draws: int = 4, max_length: int = 64, seed: int = 0,
                  max_scale: float = 0.5) -> None:
         super().__init__()
-        from ..core.inputs import texts_of, tokenize
+        from ..core.inputs import texts_of
         from ..core.noise import NOISE_TYPES
         from ..data.models import load_model
+        from .runtime import probe_session
 
         if not isinstance(models, Mapping) or not models:
             raise ValueError("NoiseExplorer needs models={label: model}, e.g. {'minilm': 'minilm'}; got none.")
@@ -285,21 +254,19 @@ class NoiseExplorer(Dashboard):
         self.n_draws = int(n_draws)
         self.max_length = int(max_length)
         self.seed = int(seed)
-        adapter_cls = _cached_adapter_class()
-        self._models: dict[str, tuple[Any, Any, Any, Mapping[str, Any]]] = {}
+        # One ProbeSession per model (lnsr_viz.viz.runtime): tokenised once, clean pass cached, profiles memoised,
+        # and shared with any other explorer over the same model and sentences.
+        self._sessions: dict[str, Any] = {}
         for label, spec in models.items():
             model, tok = load_model(spec) if not isinstance(spec, tuple) else load_model(tuple(spec))
-            adapter = adapter_cls(model)
-            inputs = tokenize(tok, self.texts, max_length=self.max_length, model=model)
-            self._models[str(label)] = (model, tok, adapter, inputs)
-        self._cache: OrderedDict[tuple[Any, ...], pd.DataFrame] = OrderedDict()
+            self._sessions[str(label)] = probe_session(model, tok, self.texts, max_length=self.max_length)
         self.profile_: pd.DataFrame | None = None
         self.last_seconds: float = float("nan")
         w = _widgets()
-        deepest = max(entry[2].n_layers for entry in self._models.values())
+        deepest = max(session.n_layers for session in self._sessions.values())
         style = {"description_width": "initial"}
         controls = {
-            "model": _dropdown(list(self._models), "model"),
+            "model": _dropdown(list(self._sessions), "model"),
             "injection_layer": w.IntSlider(value=int(injection_layer), min=0, max=deepest, step=1,
                                            description="injection layer k", style=style, continuous_update=False),
             "noise": _dropdown([(_NOISE_LABELS.get(n, n), n) for n in NOISE_TYPES], "noise", noise),
@@ -315,20 +282,18 @@ class NoiseExplorer(Dashboard):
 
     def adapter(self, label: str | None = None) -> Any:
         """The (caching) ModelAdapter of model ``label`` (default: the selected one)."""
-        return self._models[label or self.value("model")][2]
+        return self._sessions[label or self.value("model")].adapter
 
     def probe(self) -> pd.DataFrame:
         """The stability profile for the current controls (memoised); raises ValueError on a bad combination."""
-        from ..core.probe import StabilityProbe
-
         label, k = self.value("model"), int(self.value("injection_layer"))
         noise, scale, kind = self.value("noise"), float(self.value("scale")), self.value("scale_kind")
-        model, _tok, adapter, inputs = self._models[label]
-        if k > adapter.n_layers:
+        session = self._sessions[label]
+        if k > session.n_layers:
             raise DashboardInputError(
-                f"Injection layer k={k} is above the last layer of '{label}', which has {adapter.n_layers} blocks "
-                f"(layers 0-{adapter.n_layers}; 0 is the embedding output). Move the injection-layer slider to "
-                f"{adapter.n_layers} or below, or pick a deeper model."
+                f"Injection layer k={k} is above the last layer of '{label}', which has {session.n_layers} blocks "
+                f"(layers 0-{session.n_layers}; 0 is the embedding output). Move the injection-layer slider to "
+                f"{session.n_layers} or below, or pick a deeper model."
             )
         if scale <= 0:
             what = "of each token's norm" if kind == "relative" else "per coordinate"
@@ -337,20 +302,9 @@ class NoiseExplorer(Dashboard):
                 "exactly 0 and the curve says nothing. Move the scale slider above 0 (the paper uses 0.05 = 5% of "
                 "each token's norm)."
             )
-        key = (label, k, noise, round(scale, 10), kind)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            self.last_seconds = 0.0
-            return self._cache[key]
-        probe = StabilityProbe(noise, scale=scale, scale_kind=kind, injection_layers=[k], n_draws=self.n_draws,
-                               batch_size=len(self.texts), max_rows=max(256, self.n_draws * len(self.texts)),
-                               max_length=self.max_length, seed=self.seed, progress=False)
-        t0 = time.perf_counter()
-        profile = probe.run(adapter, inputs, label=label)
-        self.last_seconds = time.perf_counter() - t0
-        self._cache[key] = profile
-        while len(self._cache) > 256:
-            self._cache.popitem(last=False)
+        profile = session.profile(injection_layer=k, noise=noise, scale=scale, scale_kind=kind, n_draws=self.n_draws,
+                                  seed=self.seed, label=label)
+        self.last_seconds = session.last_seconds
         return profile
 
     def make_figure(self) -> go.Figure:

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,9 @@ __all__ = [
     "explorer_models",
     "probe_profiles",
     "probe_noise_sigma",
+    "cached_capture_adapter",
+    "ProbeSession",
+    "probe_session",
     "checkpoint_drift",
     "checkpoint_theory",
     "join_theory_measurements",
@@ -334,6 +340,131 @@ def probe_profiles(model: Any, texts: Sequence[str], *, tokenizer: Any = None, l
                        progress=False).run(model, texts, tokenizer=tokenizer, label=label)
         for noise in noises for scale in scales
     ], ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the live explorers' caches: tokenisation, clean pass and profiles, kept here so the dashboards only wire
+
+
+def _capture_class() -> type:
+    from ..core.adapter import ModelAdapter
+
+    class _CachedCaptureAdapter(ModelAdapter):
+        """A ModelAdapter that remembers the clean capture of one fixed batch (see :func:`cached_capture_adapter`)."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__(model)
+            self._cached_ids: Any = None
+            self._cached_capture: Any = None
+            self.clean_passes = 0
+
+        def capture(self, inputs: Mapping[str, Any], *, record_rng: bool = False, stop_at: int | None = None) -> Any:
+            ids = inputs.get("input_ids")
+            if not record_rng and stop_at is None and ids is not None and ids is self._cached_ids:
+                return self._cached_capture
+            cap = super().capture(inputs, record_rng=record_rng, stop_at=stop_at)
+            self.clean_passes += 1
+            if not record_rng and stop_at is None:
+                self._cached_ids, self._cached_capture = ids, cap
+            return cap
+
+    return _CachedCaptureAdapter
+
+
+def cached_capture_adapter(model: Any) -> Any:
+    """A :class:`~lnsr_viz.core.adapter.ModelAdapter` that remembers the clean capture of one fixed batch.
+
+    An explorer probes the same few sentences again and again; only the noise changes. The probe asks the adapter
+    for the clean pass every time, so reusing it saves one full forward pass per control change. The cache is used
+    only when the probe passes the very tensors that were tokenized for it (identity check), never otherwise;
+    ``clean_passes`` counts the real clean passes.
+    """
+    return _capture_class()(model)
+
+
+class ProbeSession:
+    """One model on one fixed set of sentences, probed again and again with different noise settings.
+
+    Tokenises the sentences once, keeps the clean forward pass (a :func:`cached_capture_adapter`) and memoises every
+    profile it has computed per (injection layer, noise, scale, scale kind, draws, seed), least recently used
+    first out beyond ``max_profiles``. Build it with :func:`probe_session`, which also shares one session between
+    explorers over the same model and sentences.
+
+    Attributes
+    ----------
+    model, tokenizer, adapter, inputs
+        The model, its tokenizer, the caching adapter and the tokenised sentences.
+    last_seconds : float
+        Seconds the last :meth:`profile` call spent probing (0.0 when it was memoised).
+    last_memoised : bool
+        Whether the last :meth:`profile` call was answered from the memo.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int = 64,
+                 max_profiles: int = 256) -> None:
+        from ..core.inputs import texts_of, tokenize
+
+        self.model, self.tokenizer = model, tokenizer
+        self.texts = texts_of(list(texts), owner="ProbeSession")
+        self.max_length = int(max_length)
+        self.max_profiles = int(max_profiles)
+        self.adapter = cached_capture_adapter(model)
+        self.inputs = tokenize(tokenizer, self.texts, max_length=self.max_length, model=model)
+        self._profiles: OrderedDict[tuple[Any, ...], pd.DataFrame] = OrderedDict()
+        self.last_seconds = float("nan")
+        self.last_memoised = False
+
+    @property
+    def n_layers(self) -> int:
+        """Number of blocks L of the model (layers 0..L)."""
+        return int(self.adapter.n_layers)
+
+    def profile(self, *, injection_layer: int, noise: str = "gaussian", scale: float = 0.05,
+                scale_kind: str = "relative", n_draws: int = 4, seed: int = 0, label: str = "model") -> pd.DataFrame:
+        """The stability profile for one injection layer and noise setting (memoised; a copy per label)."""
+        from ..core.probe import StabilityProbe
+
+        k = int(injection_layer)
+        key = (k, noise, round(float(scale), 10), scale_kind, int(n_draws), int(seed))
+        if key in self._profiles:
+            self._profiles.move_to_end(key)
+            self.last_seconds, self.last_memoised = 0.0, True
+            return self._relabel(self._profiles[key], label)
+        n = len(self.texts)
+        probe = StabilityProbe(noise, scale=float(scale), scale_kind=scale_kind, injection_layers=[k],
+                               n_draws=int(n_draws), batch_size=n, max_rows=max(256, int(n_draws) * n),
+                               max_length=self.max_length, seed=int(seed), progress=False)
+        t0 = time.perf_counter()
+        profile = probe.run(self.adapter, self.inputs, label=label)
+        self.last_seconds, self.last_memoised = time.perf_counter() - t0, False
+        self._profiles[key] = profile
+        while len(self._profiles) > self.max_profiles:
+            self._profiles.popitem(last=False)
+        return profile
+
+    @staticmethod
+    def _relabel(profile: pd.DataFrame, label: str) -> pd.DataFrame:
+        if (profile["model"] == label).all():
+            return profile
+        out = profile.copy()
+        out["model"] = label
+        return out
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], ProbeSession]] = weakref.WeakKeyDictionary()
+
+
+def probe_session(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int = 64) -> ProbeSession:
+    """The :class:`ProbeSession` of ``model`` on ``texts``: one per (model object, sentences, max_length).
+
+    A second explorer (or a re-run notebook cell) over the same model object and sentences reuses the tokenised
+    inputs, the clean pass and every profile already computed. Sessions live as long as their model does.
+    """
+    key = (id(tokenizer), tuple(texts), int(max_length))
+    per_model = _SESSIONS.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = ProbeSession(model, tokenizer, texts, max_length=max_length)
+    return per_model[key]
 
 
 def probe_noise_sigma(model: Any, texts: Sequence[str], tokenizer: Any, *, scale: float = 0.05, layer: int = 0,

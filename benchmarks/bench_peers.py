@@ -100,7 +100,7 @@ def probe_noise(probe: Any, hidden_k: torch.Tensor, mask: torch.Tensor, k: int, 
     The same injector with the same seeded generator as :meth:`StabilityProbe._probe_batch`, so a peer sees
     exactly the noise the probe saw (this needs ``max_rows >= n_draws * batch``, one stacked draw per layer).
     """
-    return probe.injector.inject_draws(hidden_k, mask, probe.n_draws, generator=probe._generator(chunk, k))
+    return probe.injector.inject_draws(hidden_k, mask, probe.n_draws, generator=probe.noise_generator(chunk, k))
 
 
 def _changes(noisy: Sequence[torch.Tensor], clean: Sequence[torch.Tensor], mask: torch.Tensor

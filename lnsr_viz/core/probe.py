@@ -161,7 +161,9 @@ class StabilityProbe:
             raise ValueError("injection_layers is empty: pass None for every layer, or the layers to probe.")
         return out
 
-    def _generator(self, chunk: int, layer: int) -> torch.Generator:
+    def noise_generator(self, chunk: int, layer: int) -> torch.Generator:
+        """The generator of the noise for batch ``chunk`` (0-based) injected at ``layer``: a fixed function of the
+        probe's ``seed``, so any re-implementation (e.g. a benchmark's peer) can draw exactly the probe's noise."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + chunk * 1_009 + layer)
 
     def run(self, model: nn.Module | ModelAdapter, data: Any, *, tokenizer: Any = None,
@@ -247,7 +249,7 @@ class StabilityProbe:
         draws_per_pass = max(1, min(self.n_draws, room))
         rows = []
         for k in layers:
-            gen = self._generator(chunk, k)
+            gen = self.noise_generator(chunk, k)
             n_layers_out = adapter.n_layers - k + 1
             sum_l2 = torch.zeros(n_layers_out, batch, dtype=torch.float64, device=mask.device)
             sum_rel = torch.zeros(n_layers_out, batch, dtype=torch.float64, device=mask.device)

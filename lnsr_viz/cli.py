@@ -283,7 +283,8 @@ def _sweep_epilog() -> str:
     train = ", ".join(f.name for f in ExperimentConfig.keyed("train"))
     probe = ", ".join(f.metadata["short"] for f in ExperimentConfig.keyed("probe"))
     text = ("The sweep file (YAML or TOML): top-level settings such as model, data, ood, train_sizes, seeds, "
-            f"eval_size, val_size, split_seed, results; a train: section ({train}), a probe: section ({probe}) and "
+            f"eval_size, val_size, split_seed, analysis, results; a train: section ({train}), a probe: section "
+            f"({probe}) and "
             "methods: {NAME: {PARAM: value or [grid values]}} (or a list of such grids); unknown keys are refused. "
             "Reference and example: the docstring of lnsr_viz.experiments.sweep (python -c 'import "
             "lnsr_viz.experiments.sweep as s; help(s)'), the README's 'Sweeps and the study', and configs/study.yaml.")

@@ -39,6 +39,11 @@ def _train(default: Any) -> Any:
     return field(default=default, metadata={"key": "train"})
 
 
+def _late_train(default: Any) -> Any:
+    """A trainer setting added after runs were stored: left out of a run's key while it has its default."""
+    return field(default=default, metadata={"key": "train", "late": True})
+
+
 def _probe(default: Any, short: str) -> Any:
     return field(default=default, metadata={"key": "probe", "short": short})
 
@@ -83,8 +88,17 @@ class ExperimentConfig:
         Training, evaluation and the probe in float32 (the default) or bfloat16 mixed precision (where the hardware
         has it; checked before any work). Part of a run's key only when it is not ``'fp32'``, so float32 runs keep
         the keys they always had.
+    max_steps, eval_every, keep_best, train_eval_size, group_by_length
+        Study v2's protocol (see :class:`~lnsr_viz.training.loop.FineTuner`): a budget in optimizer steps (then
+        ``epochs`` is ignored and left out of the key), validation every ``eval_every`` steps, the best validation
+        step kept, the training score on a fixed sample, length-grouped batches. Like ``precision``, each enters a
+        run's key only when it is not its default, so the runs stored before they existed keep their keys.
     probe_n, probe_draws, probe_noise, probe_scale
         The stability probe's examples, draws, noise type and relative scale.
+    analysis : bool, default=False
+        Store every run's own analysis with it (theory quantities, diagnosis measurements, attributions and
+        top-layer representations on fixed sentences: :mod:`lnsr_viz.experiments.run_analysis`), so that no
+        checkpoint is needed afterwards. Classification only. When True the analysis settings enter the run's key.
     results : str or path
         The run store's folder.
     """
@@ -114,11 +128,17 @@ class ExperimentConfig:
     warmup_ratio: float = _train(0.1)
     weight_decay: float = _train(0.01)
     max_grad_norm: float = _train(1.0)
-    precision: str = _train("fp32")
+    precision: str = _late_train("fp32")
+    max_steps: int | None = _late_train(None)
+    eval_every: int | None = _late_train(None)
+    keep_best: bool = _late_train(False)
+    train_eval_size: int | None = _late_train(None)
+    group_by_length: bool = _late_train(False)
     probe_n: int = _probe(64, "n")
     probe_draws: int = _probe(4, "n_draws")
     probe_noise: str = _probe("gaussian", "noise")
     probe_scale: float = _probe(0.05, "scale")
+    analysis: bool = False
     results: str | Path = "results"
 
     #: The owner named in the refusals (``compare`` has always been the one that checked these settings).
@@ -179,6 +199,16 @@ class ExperimentConfig:
         FineTuner("vanilla", **self.train_params(), progress=False)
         if self.task not in TASKS:
             raise ValueError(f"task must be 'classification' or 'qa'; got {self.task!r}.")
+        if not isinstance(self.analysis, bool):
+            raise ValueError(f"analysis must be true or false; got {self.analysis!r}.")
+        if self.analysis and self.task != "classification":
+            raise ValueError("analysis=True is implemented for classification runs only (its diagnosis, attributions "
+                             "and representation sets need labelled sentences); set analysis to false for QA.")
+        if self.analysis:  # its optional packages, before any work
+            from ..utils.extras import check_available
+
+            check_available("captum", "analysis=True (the attributions)")
+            check_available("weightwatcher", "analysis=True (the weightwatcher table)")
         self.make_probe()  # the probe's draws, noise type and scale
         self._validate_data_names()
 
@@ -219,14 +249,20 @@ class ExperimentConfig:
         return tuple(f for f in dataclasses.fields(cls) if f.metadata.get("key") == part)
 
     def train_params(self) -> dict[str, Any]:
-        """The trainer's settings (the ``train`` part of a run's key), as given; ``precision`` only when not ``'fp32'``.
+        """The trainer's settings (the ``train`` part of a run's key), as given; the settings added later
+        (``precision``, ``max_steps``, ...) only when not at their defaults, ``epochs`` only without ``max_steps``.
 
-        Leaving the default precision out keeps every float32 run's key, the sweep files' ``train:`` defaults and
+        Leaving those defaults out keeps every float32 run's key, the sweep files' ``train:`` defaults and
         the study write-up exactly as they were before precision existed.
         """
-        params = {f.name: getattr(self, f.name) for f in self.keyed("train")}
-        if params["precision"] == "fp32":
-            del params["precision"]
+        params = {}
+        for f in self.keyed("train"):
+            value = getattr(self, f.name)
+            if f.metadata.get("late") and value == f.default:
+                continue
+            params[f.name] = value
+        if self.max_steps is not None:  # a step budget: the number of passes has no effect
+            params.pop("epochs", None)
         return params
 
     def split_params(self) -> dict[str, Any]:

@@ -377,7 +377,13 @@ def run_configs(jobs: Sequence[Job], config: ExperimentConfig, protocol: Protoco
     n = min(int(config.probe_n), protocol.n_probe_examples)
     parts = {"model_label": _model_label(config.model), "data_cfg": data_key(protocol, config),
              "train": train_key(config), "probe_cfg": probe_key(config.make_probe(), n), "task": protocol.task}
-    return [run_config(job, **parts) for job in jobs]
+    configs = [run_config(job, **parts) for job in jobs]
+    if config.analysis:  # what the stored analysis was measured on; absent (old keys unchanged) without it
+        from .run_analysis import ANALYSIS_SETTINGS
+
+        for cfg in configs:
+            cfg["analysis"] = copy.deepcopy(ANALYSIS_SETTINGS)
+    return configs
 
 
 def _injection_layers(params: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -473,6 +479,33 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
             reference.to(device)
     check_model_fit(config, jobs, n_labels=n_labels if protocol.task == "classification" else None)
 
+    inputs = None  # the analysis's fixed sentences, built when the first run needs them
+
+    def analyse(job: Job, cfg: Mapping[str, Any], net: Any, tokenizer: Any, what: str,
+                extra: dict[str, Any]) -> dict[str, pd.DataFrame]:
+        """The run's own analysis tables (run_analysis); the Jacobian norm / Hessian trace also go to ``extra``."""
+        nonlocal inputs, reference
+        from .run_analysis import analyse_run, analysis_inputs
+
+        say(f"  {what}: analysis (theory, diagnosis, attributions, representations) ...")
+        t1 = time.perf_counter()
+        inputs = inputs or analysis_inputs(protocol)
+        if reference is None:
+            reference = _reference_model(model, protocol.task, n_labels, device)
+        layers = {0, *(int(v) for _, v in _injection_layers(cfg.get("method_params", {})) if v is not None)}
+        tables = analyse_run(net, tokenizer, reference=reference, protocol=protocol, inputs=inputs,
+                             layers=sorted(layers), name=job.name, fine_tuned=job.method != "pretrained",
+                             seed=0, max_length=max_length, probe_n=int(config.probe_n),
+                             probe_draws=int(config.probe_draws))
+        theory = tables["theory"]
+        at0 = theory[theory["layer"] == 0].set_index("quantity")
+        extra["jacobian_fro2"] = float(at0.loc["jacobian_fro2", "value"])  # what theory_table reads
+        hess = theory[theory["quantity"] == "hessian_trace"]
+        extra["hessian_trace"] = float(hess["value"].iloc[0])
+        extra["theory_layer"] = 0
+        extra["analysis_seconds"] = time.perf_counter() - t1
+        return tables
+
     def loaded(job: Job, cfg: Mapping[str, Any], what: str) -> dict[str, Any]:
         run = store.load(cfg)
         say(f"  {what}: loaded from the run store ({run.run_id})")
@@ -505,6 +538,9 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
             tuner.fit(net, tokenizer, protocol.train, protocol.validation)
             history = tuner.history_
             extra["train_seconds"] = tuner.state_.seconds
+            extra["steps"] = tuner.state_.global_step
+            if config.keep_best:  # the step whose weights were kept (and evaluated, probed, analysed)
+                extra["kept_step"] = tuner.state_.best_step
             if guards:
                 extra["collapsed"] = bool(guards[0].collapsed)
                 if guards[0].collapsed:
@@ -520,6 +556,9 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
                 reference = _reference_model(model, protocol.task, n_labels, device)
             drift = representation_drift(reference, net, probe_inputs, tokenizer, names=("pretrained", job.name),
                                          max_length=max_length)
+        tables = None
+        if config.analysis:
+            tables = analyse(job, cfg, net, tokenizer, what, extra)
         extra["seconds"] = time.perf_counter() - t0
         checkpoint_fn = None
         if save_checkpoints and job.method != "pretrained":
@@ -530,7 +569,7 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
                 names = list(protocol.labels["classes"].values()) if protocol.labels.get("named") else None
                 save_checkpoint(net, tokenizer, folder, base_model=model_label, class_names=names)
         store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, drift=drift,
-                   checkpoint_fn=checkpoint_fn)
+                   checkpoint_fn=checkpoint_fn, tables=tables)
         say(f"  {what}: done in {extra['seconds']:.0f} s")
         return {"run_id": store.run_id(cfg), "method": job.name, "seed": job.seed, "cached": False,
                 "seconds": extra["seconds"], "collapsed": extra.get("collapsed")}

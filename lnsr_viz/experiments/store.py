@@ -26,6 +26,8 @@ Layout::
                        history.csv    one row per epoch (optional)
                        profile.csv    stability profile (optional)
                        extra.json     any JSON-serialisable extras (optional)
+                       tables/<name>.csv  further named tidy tables (optional, ``tables=``)
+                       tables/<name>.npz  a named table with float16 columns, stored compactly (optional)
                        checkpoint/    whatever checkpoint_fn wrote (optional)
                        record.json    written last: {"run_id", "schema_version", "completed_at", "files": {...}}
 
@@ -79,6 +81,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TABLES",
     "CorruptRunWarning",
+    "TABLE_NAME_PATTERN",
     "Run",
     "RunStore",
     "config_hash",
@@ -92,6 +95,14 @@ SCHEMA_VERSION = 1
 TABLES: dict[str, str] = {"metrics": "metrics.csv", "history": "history.csv", "profile": "profile.csv",
                           "drift": "drift.csv"}
 _METRICS_COLUMNS = ("domain", "metric", "value")
+#: What a name of ``RunStore.save(tables=...)`` may look like (it becomes a file name inside ``tables/``).
+TABLE_NAME_PATTERN = r"^[a-z0-9_]+$"
+_TABLE_NAME_RE = re.compile(TABLE_NAME_PATTERN)
+_TABLES_DIR = "tables"
+_TABLE_SUFFIXES = (".csv", ".npz")
+# the float16 block and the column order inside a compact (.npz) table
+_NPZ_VALUES, _NPZ_VALUE_COLUMNS, _NPZ_COLUMNS = "__values__", "__value_columns__", "__columns__"
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed zip timestamps: the same table always gives the same bytes
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 _TMP_PREFIX = ".tmp-"
 # the run id inside a temporary folder's name: .tmp-<id>-<uuid>[-old] (saves) or .tmp-merge-<id>[-<uuid>] (merges)
@@ -206,6 +217,104 @@ def _write_durable(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
+def _check_table_name(name: Any) -> str:
+    """Return a valid extra-table name, or raise ``ValueError`` saying what a name may be."""
+    if not isinstance(name, str) or not _TABLE_NAME_RE.match(name):
+        raise ValueError(
+            f"table name {name!r} is not allowed: names of tables= become file names, so they may use only lowercase "
+            "letters, digits and underscores (e.g. 'theory', 'representations')."
+        )
+    if name in TABLES:
+        raise ValueError(
+            f"table name {name!r} is one of the built-in tables {sorted(TABLES)}; pass it as {name}= instead, or "
+            "choose another name."
+        )
+    return name
+
+
+def _is_compact(table: pd.DataFrame) -> bool:
+    """A table with float16 columns is stored as ``.npz`` (float16 kept as float16), any other as CSV."""
+    return any(dtype == np.float16 for dtype in table.dtypes)
+
+
+def _npz_column(table: pd.DataFrame, column: str, where: str) -> np.ndarray:
+    """One non-float16 column as a numpy array that ``np.load(allow_pickle=False)`` can read back."""
+    values = table[column].to_numpy()
+    if values.dtype == object:
+        if not all(isinstance(v, str) for v in values):
+            raise ValueError(
+                f"{where}: column {column!r} mixes types or holds missing values; a table with float16 columns is "
+                "stored as .npz, where every other column must be all numbers, all booleans or all strings."
+            )
+        return values.astype(str)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: column {column!r} has dtype {values.dtype}; a table with float16 columns can "
+                         "also hold only numeric, boolean or string columns.")
+    return values
+
+
+def _write_npz(path: Path, table: pd.DataFrame, where: str) -> None:
+    """Write a table with float16 columns as an uncompressed-member ``.npz`` with fixed timestamps; fsync it."""
+    import io
+    import zipfile
+
+    columns = [str(c) for c in table.columns]
+    if len(set(columns)) != len(columns) or not all(isinstance(c, str) for c in table.columns):
+        raise ValueError(f"{where}: column names must be distinct strings; got {list(table.columns)[:8]}.")
+    value_cols = [c for c in table.columns if table[c].dtype == np.float16]
+    arrays = {
+        _NPZ_COLUMNS: np.array(columns, dtype=str),
+        _NPZ_VALUE_COLUMNS: np.array(value_cols, dtype=str),
+        _NPZ_VALUES: table[value_cols].to_numpy(dtype=np.float16).reshape(len(table), len(value_cols)),
+    }
+    others = [c for c in table.columns if c not in set(value_cols)]
+    for i, c in enumerate(others):
+        arrays[f"col{i}"] = _npz_column(table, c, where)
+    with open(path, "wb") as fh:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for key, arr in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _read_npz(path: Path) -> pd.DataFrame:
+    """Read a table written by :func:`_write_npz` (float16 columns come back as float16)."""
+    with np.load(path, allow_pickle=False) as z:
+        columns = [str(c) for c in z[_NPZ_COLUMNS]]
+        value_cols = [str(c) for c in z[_NPZ_VALUE_COLUMNS]]
+        values = z[_NPZ_VALUES]
+        others = [c for c in columns if c not in set(value_cols)]
+        data: dict[str, Any] = {c: z[f"col{i}"] for i, c in enumerate(others)}
+    for j, c in enumerate(value_cols):
+        data[c] = values[:, j]
+    frame = pd.DataFrame(data, index=pd.RangeIndex(len(values)))
+    for c in others:
+        if frame[c].dtype.kind == "U":
+            frame[c] = frame[c].astype(object)
+    return frame[columns]
+
+
+def _extra_tables(files: Mapping[str, Any]) -> dict[str, str]:
+    """``{name: relative file}`` of the extra tables a run's record lists (``tables/<name>.csv`` or ``.npz``)."""
+    out = {}
+    for rel in files:
+        parts = rel.split("/")
+        if len(parts) == 2 and parts[0] == _TABLES_DIR:
+            stem, dot, suffix = parts[1].rpartition(".")
+            if dot and f".{suffix}" in _TABLE_SUFFIXES and _TABLE_NAME_RE.match(stem) and stem not in TABLES:
+                out[stem] = rel
+    return dict(sorted(out.items()))
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    return _read_npz(path) if path.suffix == ".npz" else _read_csv(path)
+
+
 def _package_version() -> str:
     try:
         from importlib.metadata import PackageNotFoundError, version
@@ -240,6 +349,9 @@ class Run:
         ``None`` when the run was saved without them (``drift``: per-layer drift from the pre-trained model).
     extra : dict
         ``extra=`` of :meth:`RunStore.save` (empty if none).
+    tables : dict of str to DataFrame
+        ``tables=`` of :meth:`RunStore.save`, by name (empty for runs saved without them, e.g. every run stored
+        before tables existed). Float16 columns of a compact table come back as float16.
     meta : dict
         ``schema_version``, ``lnsr_viz_version``, ``created_at``, ``completed_at``.
     """
@@ -253,6 +365,7 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     drift: pd.DataFrame | None = None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -493,6 +606,7 @@ class RunStore:
         drift: pd.DataFrame | None = None,
         checkpoint_fn: Callable[[Path], None] | None = None,
         overwrite: bool = False,
+        tables: Mapping[str, pd.DataFrame] | None = None,
     ) -> Path:
         """Store one run atomically and return its folder.
 
@@ -506,6 +620,12 @@ class RunStore:
             Per-epoch history, stability profile and per-layer drift (any columns).
         extra : mapping, optional
             Any other JSON-serialisable results (numpy values are converted), stored in ``extra.json``.
+        tables : mapping of str to DataFrame, optional
+            Further named tidy tables (e.g. a run's own analysis), stored as ``tables/<name>.csv`` and read back
+            as ``Run.tables[name]`` and by :meth:`load_table`. Names use lowercase letters, digits and underscores
+            and may not be a built-in table's name (``metrics``, ``history``, ``profile``, ``drift``). A table with
+            float16 columns (e.g. sentence representations) is stored compactly as ``tables/<name>.npz`` instead:
+            the float16 block as one array, the other columns (numbers, booleans or strings) beside it.
         checkpoint_fn : callable, optional
             Called as ``checkpoint_fn(folder)`` with an existing empty ``checkpoint/`` folder inside the temporary
             run folder, e.g. ``lambda p: model.save_pretrained(p)``.
@@ -535,17 +655,24 @@ class RunStore:
                 raise ValueError(f"{name} must be a pandas DataFrame or None; got {type(table).__name__}.")
         if extra is not None and not isinstance(extra, Mapping):
             raise ValueError(f"extra must be a mapping or None; got {type(extra).__name__}.")
+        if tables is not None and not isinstance(tables, Mapping):
+            raise ValueError(f"tables must be a mapping {{name: DataFrame}} or None; got {type(tables).__name__}.")
+        for name, table in (tables or {}).items():
+            _check_table_name(name)
+            if not isinstance(table, pd.DataFrame):
+                raise ValueError(f"tables[{name!r}] must be a pandas DataFrame; got {type(table).__name__}.")
 
         with self.writing(run_id):
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             self._remove_stale_temporaries(run_id)
             return self._save_locked(run_id, plain_config, metrics=metrics, history=history, profile=profile,
-                                     extra=extra, drift=drift, checkpoint_fn=checkpoint_fn, overwrite=overwrite)
+                                     extra=extra, drift=drift, checkpoint_fn=checkpoint_fn, overwrite=overwrite,
+                                     tables=tables)
 
     def _save_locked(self, run_id: str, plain_config: dict[str, Any], *, metrics: pd.DataFrame,
                      history: pd.DataFrame | None, profile: pd.DataFrame | None, extra: Mapping[str, Any] | None,
                      drift: pd.DataFrame | None, checkpoint_fn: Callable[[Path], None] | None,
-                     overwrite: bool) -> Path:
+                     overwrite: bool, tables: Mapping[str, pd.DataFrame] | None = None) -> Path:
         final = self.runs_dir / run_id
         if final.exists() and not overwrite:
             try:
@@ -574,6 +701,14 @@ class RunStore:
                     _write_durable(tmp / TABLES[name], table.to_csv(index=False, lineterminator="\n"))
             if extra is not None:
                 _write_durable(tmp / _EXTRA, dumps_json(dict(extra)))
+            if tables:
+                (tmp / _TABLES_DIR).mkdir()
+                for name, table in tables.items():
+                    if _is_compact(table):
+                        _write_npz(tmp / _TABLES_DIR / f"{name}.npz", table, f"tables[{name!r}]")
+                    else:
+                        _write_durable(tmp / _TABLES_DIR / f"{name}.csv",
+                                       table.to_csv(index=False, lineterminator="\n"))
             if checkpoint_fn is not None:
                 ckpt = tmp / _CHECKPOINT
                 ckpt.mkdir()
@@ -644,6 +779,7 @@ class RunStore:
         files = record["files"]
         tables = {name: _read_csv(path / fname) if fname in files else None for name, fname in TABLES.items()}
         extra = json.loads((path / _EXTRA).read_text(encoding="utf-8")) if _EXTRA in files else {}
+        named = {name: _read_table(path / rel) for name, rel in _extra_tables(files).items()}
         meta = {
             "schema_version": record.get("schema_version"),
             "lnsr_viz_version": doc.get("lnsr_viz_version"),
@@ -660,6 +796,7 @@ class RunStore:
             extra=extra,
             meta=meta,
             drift=tables["drift"],
+            tables=named,
         )
 
     def list_runs(self) -> pd.DataFrame:
@@ -674,20 +811,26 @@ class RunStore:
         return pd.DataFrame(rows)
 
     def load_table(self, name: str) -> pd.DataFrame:
-        """Concatenate one table (``"metrics"``, ``"history"``, ``"profile"`` or ``"drift"``) over all complete runs.
+        """Concatenate one table over all complete runs: a built-in one (``"metrics"``, ``"history"``, ``"profile"``
+        or ``"drift"``) or a named one saved with ``tables=`` (e.g. ``"theory"``).
 
         Each run's rows get ``run_id`` and the flattened configuration prepended (e.g. ``method``, ``seed``), so
         the result can go straight into :func:`lnsr_viz.analysis.stats.summarize`. A configuration key that is already a
         column of the stored table keeps the table's values. Runs saved without the table are skipped; damaged
-        runs are reported with a :class:`CorruptRunWarning` and skipped.
+        runs are reported with a :class:`CorruptRunWarning` and skipped. A name that is neither built in nor stored
+        by any run is refused, listing the names there are.
         """
-        check_choice("name", name, TABLES, owner="RunStore.load_table")
-        fname = TABLES[name]
+        owner = "RunStore.load_table"
+        runs = list(self._complete_runs())
+        if name not in TABLES:
+            stored = sorted({n for _, _, record in runs for n in _extra_tables(record["files"])})
+            check_choice("name", name, [*TABLES, *stored], owner=owner)
         parts = []
-        for path, doc, record in self._complete_runs():
-            if fname not in record["files"]:
+        for path, doc, record in runs:
+            rel = TABLES[name] if name in TABLES else _extra_tables(record["files"]).get(name)
+            if rel is None or rel not in record["files"]:
                 continue
-            table = _read_csv(path / fname)
+            table = _read_table(path / rel)
             if "run_id" in table.columns:  # the folder name is the authority on the run id
                 table = table.drop(columns="run_id")
             front = {"run_id": path.name}

@@ -9,6 +9,7 @@ A sweep is described by a small YAML or TOML file::
     seeds: [1, 2, 3, 4, 5]
     train: {epochs: 4, batch_size: 32, lr: 5.0e-5, max_length: 64}
     eval_size: 600
+    analysis: true                # store every run's own analysis (lnsr_viz.experiments.run_analysis)
     methods:
       vanilla: {}
       lnsr:                       # every list is a grid axis; scalars are fixed
@@ -50,7 +51,8 @@ __all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run
 
 #: The :class:`~lnsr_viz.experiments.config.ExperimentConfig` settings a sweep file may give at its top level (the
 #: ``train:`` and ``probe:`` sections hold the others a sweep sets; ``methods`` holds grids, not a list).
-SWEEP_SETTINGS = ("model", "data", "ood", "seeds", "eval_size", "val_size", "split_seed", "neutral_band", "results")
+SWEEP_SETTINGS = ("model", "data", "ood", "seeds", "eval_size", "val_size", "split_seed", "neutral_band", "analysis",
+                  "results")
 #: Every key of a sweep file.
 SWEEP_KEYS = {*SWEEP_SETTINGS, "train_sizes", "methods", "train", "probe", "name"}
 
@@ -136,12 +138,28 @@ def experiment_config(config: Mapping[str, Any], train_size: int, *, source: str
     Its ``methods`` are the sweep's method names (each job carries its own parameters); a refusal names ``source``.
     """
     values = {k: v for k, v in config.items() if k not in ("train_sizes", "methods", "name")}
+    values["train"] = per_size(values.get("train") or {}, train_size, source=source)
     try:
         return ExperimentConfig.from_dict({**values, "methods": list(config["methods"]), "train_size": train_size},
                                           source=source)
     except ValueError as err:
         message = str(err)
         raise ValueError(message if message.startswith(source) else f"{source}: {message}") from None
+
+
+def per_size(train: Mapping[str, Any], train_size: int, *, source: str = "sweep config") -> dict[str, Any]:
+    """The ``train:`` section for one training-set size: a value given as ``{size: value}`` (e.g. a step budget
+    ``max_steps: {100: 150, 500: 250}``) is read at ``train_size``; a size the mapping lacks is refused."""
+    out = {}
+    for key, value in train.items():
+        if isinstance(value, Mapping):
+            by_size = {int(k): v for k, v in value.items()}
+            if int(train_size) not in by_size:
+                raise ValueError(f"{source}: train.{key} gives values for sizes {sorted(by_size)} but not for "
+                                 f"train size {train_size}; give one value per size in train_sizes.")
+            value = by_size[int(train_size)]
+        out[key] = value
+    return out
 
 
 def _settings(method: str, params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:

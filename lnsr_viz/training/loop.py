@@ -55,12 +55,12 @@ from torch import nn
 
 from ..methods import LossParts, Method, get_method
 from ..utils.precision import DEFAULT_PRECISION, autocast, check_precision, require_precision
-from ..utils.validation import check_number, check_positive_int
+from ..utils.validation import check_bool, check_number, check_positive_int
 from .tasks import QAData, as_task_data
 
 __all__ = ["FineTuner", "TrainState", "FineTunerCallback", "set_seed", "HISTORY_COLUMNS"]
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_task_loss", "train_reg_loss", "train_accuracy", "val_accuracy",
+HISTORY_COLUMNS = ("epoch", "step", "train_loss", "train_task_loss", "train_reg_loss", "train_accuracy", "val_accuracy",
                    "val_loss", "gap", "seconds")
 
 
@@ -81,6 +81,10 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_accuracy: float = float("-inf")
     best_epoch: int = 0
+    #: the optimizer step of the best validation evaluation (the step whose weights ``keep_best`` restores)
+    best_step: int = 0
+    #: the learning rate the next optimizer step will use (after the schedule's step)
+    learning_rate: float = float("nan")
     should_stop: bool = False
     seconds: float = 0.0
 
@@ -136,7 +140,25 @@ class FineTuner:
     seed : int, default=0
         Seeds shuffling, dropout and the method's noise.
     early_stopping_patience : int or None, default=None
-        Stop when validation accuracy has not improved for this many epochs and restore the best epoch's weights.
+        Stop when validation accuracy has not improved for this many evaluations (epochs, unless ``eval_every``)
+        and restore the best evaluation's weights.
+    max_steps : int or None, default=None
+        A budget in optimizer steps: train for exactly this many steps (reshuffling the data at every pass) and
+        ignore ``epochs``, as ``transformers.TrainingArguments.max_steps`` does. The schedule's warm-up and decay
+        are laid over these steps.
+    eval_every : int or None, default=None
+        Evaluate (training score, validation accuracy and loss: one history row) every this many optimizer steps
+        and after the last; default: at the end of every epoch.
+    keep_best : bool, default=False
+        At the end, restore the weights of the evaluation with the best validation accuracy (the first of equal
+        ones), like ``load_best_model_at_end``; ``state_.best_step`` says which step was kept. Needs validation.
+    train_eval_size : int or None, default=None
+        Measure the training score of each history row on a fixed sample of this many training examples (drawn
+        once with seed 0, the same for every method and seed) instead of all of them: cheaper on large data.
+    group_by_length : bool, default=False
+        Batch sentences of similar length together (``transformers.trainer_pt_utils.get_length_grouped_indices``,
+        as ``TrainingArguments.group_by_length``): shuffled mega-batches of about 50 batches sorted by length, so
+        less padding is computed. Same data and epochs; a different batch composition than plain shuffling.
     eval_batch_size : int, default=64
     callbacks : sequence of FineTunerCallback
     progress : bool, default=True
@@ -157,7 +179,9 @@ class FineTuner:
                  warmup_ratio: float = 0.1, max_grad_norm: float = 1.0, max_length: int = 64, seed: int = 0,
                  early_stopping_patience: int | None = None, eval_batch_size: int = 64,
                  callbacks: Sequence[FineTunerCallback] = (), progress: bool = True,
-                 precision: str = DEFAULT_PRECISION) -> None:
+                 precision: str = DEFAULT_PRECISION, max_steps: int | None = None, eval_every: int | None = None,
+                 keep_best: bool = False, train_eval_size: int | None = None,
+                 group_by_length: bool = False) -> None:
         owner = "FineTuner"
         self.method = method
         self.method_params = dict(method_params or {})
@@ -177,6 +201,15 @@ class FineTuner:
         self.callbacks = list(callbacks)
         self.progress = bool(progress)
         self.precision = check_precision(precision, owner=owner)
+        budget_hint = "A budget in optimizer steps, e.g. max_steps=200; None trains for `epochs` passes."
+        self.max_steps = None if max_steps is None else check_positive_int("max_steps", max_steps, owner=owner,
+                                                                            hint=budget_hint)
+        self.eval_every = None if eval_every is None else check_positive_int(
+            "eval_every", eval_every, owner=owner, hint="Evaluate every N optimizer steps, e.g. eval_every=25.")
+        self.keep_best = check_bool("keep_best", keep_best, owner=owner)
+        self.train_eval_size = None if train_eval_size is None else check_positive_int(
+            "train_eval_size", train_eval_size, owner=owner)
+        self.group_by_length = check_bool("group_by_length", group_by_length, owner=owner)
         # Build the method now so a bad name or parameter fails before any work.
         self.method_ = get_method(method, **self.method_params)
 
@@ -260,8 +293,33 @@ class FineTuner:
         return parts
 
     # ------------------------------------------------------------------ fit
-    def fit(self, model: nn.Module, tokenizer: Any, train: Any, validation: Any = None) -> FineTuner:
-        """Fine-tune ``model`` in place on ``train``; evaluate on ``validation`` after every epoch."""
+    def _plan(self, n_items: int) -> tuple[int, int, list[int]]:
+        """(steps per pass over the data, total optimizer steps, the steps after which to evaluate)."""
+        steps_per_epoch = (n_items + self.batch_size - 1) // self.batch_size
+        total = self.max_steps if self.max_steps is not None else steps_per_epoch * self.epochs
+        every = self.eval_every if self.eval_every is not None else steps_per_epoch
+        points = list(range(every, total + 1, every))
+        if not points or points[-1] != total:
+            points.append(total)
+        return steps_per_epoch, total, points
+
+    def _order(self, train: Any, shuffler: torch.Generator, lengths: list[int] | None) -> np.ndarray:
+        """One pass's order of the training items: a seeded permutation, or length-grouped mega-batches."""
+        if lengths is None:
+            return torch.randperm(len(train), generator=shuffler).numpy()
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        return np.asarray(get_length_grouped_indices(lengths, self.batch_size, generator=shuffler))
+
+    def _train_score_data(self, train: Any) -> Any:
+        """The training data the history's training score is measured on (all, or the fixed sample)."""
+        if self.train_eval_size is None or self.train_eval_size >= len(train):
+            return train
+        rows = np.sort(np.random.default_rng(0).permutation(len(train))[:self.train_eval_size])
+        return train.subset(rows)
+
+    def _prepare(self, model: nn.Module, tokenizer: Any, train: Any, validation: Any) -> tuple[Any, Any]:
+        """Wrap and check the data before any work; refuse settings that need validation data without it."""
         require_precision(self.precision, next(model.parameters()).device, owner="FineTuner")  # before any work
         train = as_task_data(train, "train")
         validation = as_task_data(validation, "validation") if validation is not None else None
@@ -274,7 +332,32 @@ class FineTuner:
             train.features(tokenizer, self.max_length)  # the windows are the training items
         if self.early_stopping_patience is not None and validation is None:
             raise ValueError("early_stopping_patience needs validation data: pass validation= to fit().")
+        if self.keep_best and validation is None:
+            raise ValueError("keep_best needs validation data to choose the best step: pass validation= to fit().")
+        return train, validation
 
+    def _evaluate_point(self, model: nn.Module, tokenizer: Any, train_score: Any, validation: Any,
+                        record: dict[str, Any]) -> bool:
+        """Fill ``record``'s scores; update the best evaluation. True when this evaluation is a new best."""
+        train_acc, _ = self._eval(model, tokenizer, train_score)
+        record["train_accuracy"] = train_acc
+        if train_score.score_name != "accuracy":  # QA: the accuracy columns hold F1 / 100
+            record["score"] = train_score.score_name
+        if validation is None:
+            return False
+        val_acc, val_loss = self._eval(model, tokenizer, validation)
+        record.update(val_accuracy=val_acc, val_loss=val_loss, gap=train_acc - val_acc)
+        if val_acc > self.state_.best_val_accuracy:
+            self.state_.best_val_accuracy = val_acc
+            self.state_.best_epoch = self.state_.epoch
+            self.state_.best_step = self.state_.global_step
+            return True
+        return False
+
+    def fit(self, model: nn.Module, tokenizer: Any, train: Any, validation: Any = None) -> FineTuner:
+        """Fine-tune ``model`` in place on ``train``; evaluate on ``validation`` after every epoch (or every
+        ``eval_every`` steps), for ``epochs`` passes or exactly ``max_steps`` optimizer steps."""
+        train, validation = self._prepare(model, tokenizer, train, validation)
         from .distributed import all_reduce_mean, init_distributed, shard_indices
 
         dist = init_distributed()
@@ -295,8 +378,9 @@ class FineTuner:
             raise
         if world > 1:  # dropout (and Mixout) masks: independent per process, reproducible from the seed
             torch.manual_seed(self.seed + 1_000_003 * rank)
-        steps_per_epoch = (len(train) + self.batch_size - 1) // self.batch_size
-        total = steps_per_epoch * self.epochs
+        steps_per_epoch, total, points = self._plan(len(train))
+        lengths = train.lengths(tokenizer, self.max_length) if self.group_by_length else None
+        train_score = self._train_score_data(train)
         scheduler = self._schedule(optimizer, total)
         self.state_ = TrainState(max_steps=total)
         shuffler = torch.Generator().manual_seed(self.seed)
@@ -308,15 +392,16 @@ class FineTuner:
         bar = tqdm(total=total, desc=f"fine-tune {method.name} (seed {self.seed})", unit="step",
                    disable=not self.progress or rank != 0, leave=False)
         self._emit("on_train_begin", model=model)
+        sums, n_summed, since = {"loss": 0.0, "task": 0.0, "reg": 0.0}, 0, time.perf_counter()
         try:
-            for epoch in range(1, self.epochs + 1):
-                self.state_.epoch = epoch
+            while self.state_.global_step < total and not self.state_.should_stop:
+                self.state_.epoch += 1
                 self._emit("on_epoch_begin", model=model)
-                epoch_start = time.perf_counter()
-                order = torch.randperm(len(train), generator=shuffler).numpy()
-                sums = {"loss": 0.0, "task": 0.0, "reg": 0.0}
+                order = self._order(train, shuffler, lengths)
                 model.train()
                 for step in range(steps_per_epoch):
+                    if self.state_.global_step >= total:
+                        break
                     idx = order[step * self.batch_size:(step + 1) * self.batch_size]
                     if world > 1:
                         idx = shard_indices(idx, rank, world)
@@ -324,8 +409,9 @@ class FineTuner:
                     try:
                         parts = self.training_step(model, batch, optimizer, train_model=train_model)
                     except FloatingPointError as err:
-                        raise FloatingPointError(f"at epoch {epoch}, step {step + 1}: {err}") from None
+                        raise FloatingPointError(f"at epoch {self.state_.epoch}, step {step + 1}: {err}") from None
                     scheduler.step()
+                    self.state_.learning_rate = float(scheduler.get_last_lr()[0])
                     loss_v, task_v, reg_v = (float(parts.loss.detach()), float(parts.task_loss),
                                              float(parts.reg_loss))
                     if world > 1:
@@ -337,46 +423,38 @@ class FineTuner:
                     sums["loss"] += loss_v
                     sums["task"] += task_v
                     sums["reg"] += reg_v
+                    n_summed += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{self.state_.last_loss:.3f}", reg=f"{reg_v:.2g}")
                     self._emit("on_step_end", model=model, parts=parts)
-                train_acc, _ = self._eval(model, tokenizer, train)
-                record = {
-                    "epoch": epoch,
-                    "train_loss": sums["loss"] / steps_per_epoch,
-                    "train_task_loss": sums["task"] / steps_per_epoch,
-                    "train_reg_loss": sums["reg"] / steps_per_epoch,
-                    "train_accuracy": train_acc,
-                    "val_accuracy": float("nan"),
-                    "val_loss": float("nan"),
-                    "gap": float("nan"),
-                }
-                if train.score_name != "accuracy":  # QA: the accuracy columns hold F1 / 100
-                    record["score"] = train.score_name
-                if validation is not None:
-                    val_acc, val_loss = self._eval(model, tokenizer, validation)
-                    record.update(val_accuracy=val_acc, val_loss=val_loss, gap=train_acc - val_acc)
-                    if val_acc > self.state_.best_val_accuracy:
-                        self.state_.best_val_accuracy = val_acc
-                        self.state_.best_epoch = epoch
+                    if self.state_.global_step not in points:
+                        continue
+                    record = {"epoch": self.state_.epoch, "step": self.state_.global_step,
+                              "train_loss": sums["loss"] / n_summed, "train_task_loss": sums["task"] / n_summed,
+                              "train_reg_loss": sums["reg"] / n_summed, "train_accuracy": float("nan"),
+                              "val_accuracy": float("nan"), "val_loss": float("nan"), "gap": float("nan")}
+                    improved = self._evaluate_point(model, tokenizer, train_score, validation, record)
+                    if improved:
                         patience_left = self.early_stopping_patience
-                        if self.early_stopping_patience is not None:
+                        if self.early_stopping_patience is not None or self.keep_best:
                             best_state = copy.deepcopy(model.state_dict())
-                    elif patience_left is not None:
+                    elif validation is not None and patience_left is not None:
                         patience_left -= 1
                         if patience_left <= 0:
                             self.state_.should_stop = True
-                record["seconds"] = time.perf_counter() - epoch_start
-                self.state_.history.append(record)
-                self._emit("on_epoch_end", model=model, record=record)
-                if self.state_.should_stop:
-                    break
+                    record["seconds"] = time.perf_counter() - since
+                    self.state_.history.append(record)
+                    self._emit("on_epoch_end", model=model, record=record)
+                    sums, n_summed, since = {"loss": 0.0, "task": 0.0, "reg": 0.0}, 0, time.perf_counter()
+                    model.train()
+                    if self.state_.should_stop:
+                        break
         finally:
             bar.close()
             method.teardown(model)
             del train_model  # a DDP wrapper releases its gradient hooks
             model.eval()
-        if best_state is not None and self.state_.best_epoch != self.state_.epoch:
+        if best_state is not None and self.state_.best_step != self.state_.global_step:
             model.load_state_dict(best_state)
         self.state_.seconds = time.perf_counter() - start_time
         self._emit("on_train_end", model=model)

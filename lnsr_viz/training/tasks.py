@@ -59,6 +59,15 @@ class ClassificationData:
         probs = predict_proba(model, tokenizer, self.dataset.texts, batch_size=batch_size, max_length=max_length)
         return accuracy(probs, self.dataset.labels), nll(probs, self.dataset.labels)
 
+    def lengths(self, tokenizer: Any, max_length: int) -> list[int]:
+        """Each sentence's number of tokens after truncation (what length-grouped batching sorts by)."""
+        enc = tokenizer(list(self.dataset.texts), truncation=True, max_length=max_length)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def subset(self, rows: Sequence[int]) -> ClassificationData:
+        """The same data restricted to ``rows`` (e.g. the fixed sample the training accuracy is measured on)."""
+        return ClassificationData(self.dataset.subset(np.asarray(rows), name=self.name))
+
 
 class QAData:
     """A SQuAD-style dataset as training data: items are sliding windows, the score is F1 / 100.
@@ -115,6 +124,14 @@ class QAData:
         preds, loss = predict_spans(model, tokenizer, self.dataset, max_length=max_length,
                                     stride=min(self.stride, max_length // 2), batch_size=batch_size)
         return squad_metrics(preds, self.dataset)["f1"] / 100.0, loss
+
+    def lengths(self, tokenizer: Any, max_length: int) -> list[int]:
+        """Each window's number of real (unpadded) tokens."""
+        return [int(sum(mask)) for mask in self.features(tokenizer, max_length)["attention_mask"]]
+
+    def subset(self, rows: Sequence[int]) -> QAData:
+        """QA scores whole questions, not windows: the training score is always measured on all of them."""
+        return self
 
 
 def as_task_data(data: Any, name: str) -> ClassificationData | QAData:

@@ -18,6 +18,7 @@ __all__ = ["EXTRAS", "install_hint", "require", "check_available"]
 EXTRAS: dict[str, tuple[str, str]] = {
     "captum": ("captum", "analysis"),
     "umap": ("umap-learn", "analysis"),
+    "weightwatcher": ("weightwatcher", "analysis"),
     "ipywidgets": ("ipywidgets", "notebooks"),
     "anywidget": ("anywidget", "notebooks"),
     "accelerate": ("accelerate", "hf"),

@@ -542,7 +542,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .experiments.study import study_claims
+    from .experiments.study import study_claims, study_completeness
     from .experiments.sweep import load_sweep_config, setting_order, sweep_results
     from .viz.reports import write_study
 
@@ -555,6 +555,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
     for row in result.claims.itertuples():
         tie = "" if row.role == "chosen" else "  [tied on validation, not chosen]"
         print(f"  ({row.claim}) {row.train_size} examples, {row.setting}: {row.verdict}{tie}")
+    for row in result.methods.itertuples():  # a step-budget study: every method's chosen setting vs the baseline
+        print(f"  {row.train_size} examples, {row.setting}: {row.verdict} ({row.n_seeds} seeds)")
+    incomplete = [f"{r.train_size} ({r.stored}/{r.planned})" for r in study_completeness(result.runs, config)
+                  .itertuples() if r.stored < r.planned]
+    if incomplete:
+        print(f"  not complete: runs stored/planned at train size {', '.join(incomplete)}; resume with "
+              f"`python -m lnsr_viz sweep {args.config}`")
     print(f"wrote {path} (figure and tables beside it and in {results}/tables)")
     return 0
 

@@ -18,8 +18,10 @@ from scipy import stats as st
 
 from lnsr_viz.analysis.stats import (
     LOWER_IS_BETTER,
+    bh_adjust,
     bootstrap_ci,
     describe_comparison,
+    holm_adjust,
     paired_comparison,
     paired_permutation_test,
     sign_test,
@@ -272,3 +274,73 @@ def test_bootstrap_ci_correlation_rows_resampled_together():
         bootstrap_ci(pairs, confidence=0.9, n_boot=10, seed=0)
     with pytest.raises(ValueError, match="NaN"):
         bootstrap_ci([1.0, float("nan")], confidence=0.9, n_boot=10, seed=0)
+
+
+# ------------------------------------------------------------------------------------ multiple comparisons
+def test_holm_adjust_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4*0.005 = 0.02, 3*0.01 = 0.03, 2*0.03 = 0.06, max(1*0.04, 0.06) = 0.06
+    np.testing.assert_allclose(holm_adjust([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    # sorted 0.02, 0.4, 0.9 (m = 3): 3*0.02 = 0.06, 2*0.4 = 0.8, max(0.9, 0.8) = 0.9
+    np.testing.assert_allclose(holm_adjust([0.4, 0.9, 0.02]), [0.8, 0.9, 0.06], rtol=1e-12)
+
+
+def test_holm_adjust_caps_at_one():
+    # sorted 0.3, 0.6, 0.7: 3*0.3 = 0.9, 2*0.6 = 1.2 -> 1, max(0.7, 1.2) -> 1
+    np.testing.assert_allclose(holm_adjust([0.7, 0.3, 0.6]), [1.0, 0.9, 1.0], rtol=1e-12)
+    assert np.all(holm_adjust([0.9, 1.0, 0.8]) == 1.0)
+
+
+def test_holm_adjust_nan_passed_through_and_not_counted():
+    got = holm_adjust([0.01, math.nan, 0.04, 0.03, math.nan, 0.005])
+    assert np.isnan(got[1]) and np.isnan(got[4])
+    # m = 4, not 6: the same numbers as without the NaNs
+    np.testing.assert_allclose(got[[0, 2, 3, 5]], [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    assert np.all(np.isnan(holm_adjust([math.nan, math.nan])))
+    assert holm_adjust([]).shape == (0,)
+    # any shape: a 2-D family keeps its shape and is adjusted as one family
+    grid = holm_adjust(np.array([[0.01, 0.04], [0.03, 0.005]]))
+    assert grid.shape == (2, 2)
+    np.testing.assert_allclose(grid, [[0.03, 0.06], [0.06, 0.02]], rtol=1e-12)
+
+
+def test_adjust_does_not_modify_input():
+    raw = np.array([0.01, 0.04, math.nan, 0.005])
+    before = raw.copy()
+    for adjust in (holm_adjust, bh_adjust):
+        out = adjust(raw)
+        np.testing.assert_array_equal(raw, before)
+        assert out is not raw
+    as_list = [0.01, 0.04, 0.03]
+    holm_adjust(as_list)
+    bh_adjust(as_list)
+    assert as_list == [0.01, 0.04, 0.03]
+
+
+def test_bh_adjust_by_hand():
+    # p_(i) * m / i = 0.05 for every i: all adjusted values are 0.05
+    np.testing.assert_allclose(bh_adjust([0.01, 0.02, 0.03, 0.04, 0.05]), [0.05] * 5, rtol=1e-12)
+    # m = 8, p_(i) * 8 / i:
+    #   i=1 0.001*8 = 0.008      i=2 0.008*4 = 0.032     i=3 0.039*8/3 = 0.104   i=4 0.041*2 = 0.082
+    #   i=5 0.042*8/5 = 0.0672   i=6 0.06*8/6 = 0.08     i=7 0.074*8/7 = 0.08457 i=8 0.205
+    # step-up (running minimum from the largest): 0.205, 0.08457, 0.08, 0.0672, 0.0672, 0.0672, 0.032, 0.008
+    p = [0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205]
+    expected = [0.008, 0.032, 0.0672, 0.0672, 0.0672, 0.08, 0.074 * 8 / 7, 0.205]
+    np.testing.assert_allclose(bh_adjust(p), expected, rtol=1e-12)
+    # the input order does not matter: each value gets its own adjusted p
+    perm = [5, 0, 7, 2, 4, 1, 6, 3]
+    np.testing.assert_allclose(bh_adjust([p[i] for i in perm]), [expected[i] for i in perm], rtol=1e-12)
+    assert np.all(bh_adjust(p) >= np.array(p))
+
+
+def test_bh_adjust_nan_passed_through_and_not_counted():
+    got = bh_adjust([0.01, math.nan, 0.02, 0.03, 0.04, 0.05])
+    assert np.isnan(got[1])
+    np.testing.assert_allclose(np.delete(got, 1), [0.05] * 5, rtol=1e-12)  # m = 5, not 6
+    assert np.all(np.isnan(bh_adjust([math.nan])))
+
+
+@pytest.mark.parametrize("adjust", [holm_adjust, bh_adjust])
+@pytest.mark.parametrize("bad", [[0.1, -0.01], [0.1, 1.01], [0.1, math.inf], [-math.inf]])
+def test_adjust_refuses_p_outside_unit_interval_or_infinite(adjust, bad):
+    with pytest.raises(ValueError, match=r"\[0, 1\]|finite"):
+        adjust(bad)

@@ -10,6 +10,8 @@ variation. This module turns the tidy metrics table (``method, seed, domain, met
   (:func:`describe_comparison`) that says "within noise" whenever the interval contains 0 and warns when there are
   too few seeds for any test to reach p < 0.05;
 * :func:`bootstrap_ci`: a percentile bootstrap interval for statistics without a closed form (e.g. correlations);
+* :func:`holm_adjust` / :func:`bh_adjust`: p-values adjusted for multiple comparisons (Holm-Bonferroni step-down,
+  which controls the family-wise error rate; Benjamini-Hochberg, which controls the false discovery rate);
 * :func:`t_interval`: the Student-t interval for a mean that every module uses (defined in
   :mod:`lnsr_viz.utils.intervals`, the bottom layer, so that the probe can use it too).
 
@@ -46,6 +48,8 @@ __all__ = [
     "sign_test",
     "paired_permutation_test",
     "bootstrap_ci",
+    "holm_adjust",
+    "bh_adjust",
 ]
 
 #: Metrics for which a smaller value is the better one; verdicts flip "better"/"worse" for them.
@@ -444,3 +448,49 @@ def paired_comparison(
         row["verdict"] = describe_comparison(row, confidence=confidence)
         rows.append(row)
     return pd.DataFrame(rows, columns=["method", "baseline", *by, *COMPARISON_COLUMNS])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# multiple comparisons
+# --------------------------------------------------------------------------------------------------------------
+def _as_p_values(p_values: Any, owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """The p-values as a float array (any shape) and the mask of the finite ones, checked to lie in [0, 1]."""
+    p = np.array(p_values, dtype=np.float64)  # a copy: the caller's array is never changed
+    if np.any(np.isinf(p)):
+        raise ValueError(f"{owner}: p-values must be finite or NaN; got an infinite value.")
+    ok = ~np.isnan(p)
+    if np.any((p[ok] < 0.0) | (p[ok] > 1.0)):
+        raise ValueError(f"{owner}: p-values must lie in [0, 1]; got values from {p[ok].min()} to {p[ok].max()}.")
+    return p, ok
+
+
+def holm_adjust(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni step-down adjusted p-values (family-wise error control), same shape as the input.
+
+    With the ``m`` finite p-values sorted ascending, the ``i``-th (0-based) becomes ``max_{j <= i} (m - j) p_(j)``,
+    capped at 1 (so the adjusted values keep the order of the raw ones). NaN entries stay NaN and are not counted in
+    ``m``. Example: ``[0.01, 0.04, 0.03, 0.005] -> [0.03, 0.06, 0.06, 0.02]``. Same numbers as statsmodels'
+    ``multipletests(method='holm')`` (not a dependency here).
+    """
+    p, ok = _as_p_values(p_values, "holm_adjust")
+    vals = p[ok]
+    m = vals.size
+    if m == 0:
+        return p
+    order = np.argsort(vals, kind="stable")
+    stepped = np.maximum.accumulate((m - np.arange(m)) * vals[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    p[ok] = adjusted
+    return p
+
+
+def bh_adjust(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate), same shape; NaN passed through, not counted.
+
+    ``scipy.stats.false_discovery_control(method='bh')`` on the finite values.
+    """
+    p, ok = _as_p_values(p_values, "bh_adjust")
+    if ok.any():
+        p[ok] = _st.false_discovery_control(p[ok], method="bh")
+    return p

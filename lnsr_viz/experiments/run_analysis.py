@@ -13,7 +13,8 @@
   held-out accuracy and loss gaps, top-layer stability against the pre-trained base, calibration, drift) with the
   model's training set as train and its in-domain test set as held-out (fine-tuned runs only);
 * ``attributions``: Integrated-Gradients token attributions of a fixed set of in-domain sentences
-  (:func:`lnsr_viz.analysis.attribution.token_attributions`);
+  (:func:`lnsr_viz.analysis.attribution.token_attributions`, probability of the model's predicted class; the
+  sentence's text on its first row only, to keep the table small);
 * ``weightwatcher``: WeightWatcher's per-layer spectral metrics of the weights alone (the power-law exponent
   ``alpha`` of each weight matrix's eigenvalue spectrum, ``alpha_weighted``, ``log_norm``, ``log_spectral_norm``,
   ``stable_rank``; ``weightwatcher.WeightWatcher(model).analyze()`` with its defaults), the anchor that ``diagnose``
@@ -186,7 +187,9 @@ def _attributions(net: Any, tokenizer: Any, inputs: AnalysisInputs, settings: Ma
     for i, text in enumerate(inputs.attribution_texts):
         part = token_attributions((net, tokenizer), None, text, names=(name,),
                                   n_steps=int(settings["attribution_steps"]), max_length=max_length)
-        parts.append(part.drop(columns=["model"]).assign(sentence=i))
+        part = part.drop(columns=["model", "output"]).assign(sentence=i)
+        part["text"] = [text if pos == 0 else "" for pos in part["position"]]  # the sentence once, not per token
+        parts.append(part)
     out = pd.concat(parts, ignore_index=True)
     return out[["sentence", *[c for c in out.columns if c != "sentence"]]]
 
@@ -200,10 +203,11 @@ def _weightwatcher(net: Any) -> pd.DataFrame:
 
     from ..utils.extras import require
 
-    ww = require("weightwatcher", "analysis=True (the weightwatcher table)")
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
+        ww = require("weightwatcher", "analysis=True (the weightwatcher table)")
         frame = ww.WeightWatcher(model=net).analyze()
     frame = frame[[c for c in WEIGHTWATCHER_COLUMNS if c in frame.columns]].copy()
     if "warning" in frame.columns:

@@ -442,6 +442,28 @@ def _reference_model(model: Any, task: str, n_labels: int, device: str | None) -
     return ref.eval()
 
 
+def _stored_analysis(job: Job, cfg: Mapping[str, Any], net: Any, tokenizer: Any, *, reference: Any,
+                     protocol: Protocol, inputs: Any, config: ExperimentConfig,
+                     extra: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """A run's own analysis tables (:func:`~lnsr_viz.experiments.run_analysis.analyse_run`) at the probe's layer 0 and
+    the method's own injection layers; the Jacobian norm and Hessian trace also go to ``extra`` (theory_table)."""
+    from .run_analysis import analyse_run
+
+    t1 = time.perf_counter()
+    layers = {0, *(int(v) for _, v in _injection_layers(cfg.get("method_params", {})) if v is not None)}
+    tables = analyse_run(net, tokenizer, reference=reference, protocol=protocol, inputs=inputs, layers=sorted(layers),
+                         name=job.name, fine_tuned=job.method != "pretrained", seed=0,
+                         max_length=int(config.max_length), probe_n=int(config.probe_n),
+                         probe_draws=int(config.probe_draws))
+    theory = tables["theory"]
+    at0 = theory[theory["layer"] == 0].set_index("quantity")
+    extra["jacobian_fro2"] = float(at0.loc["jacobian_fro2", "value"])
+    extra["hessian_trace"] = float(theory.loc[theory["quantity"] == "hessian_trace", "value"].iloc[0])
+    extra["theory_layer"] = 0
+    extra["analysis_seconds"] = time.perf_counter() - t1
+    return tables
+
+
 def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protocol, store: Any,
              save_checkpoints: bool = False, progress: bool = True, verbose: bool = True,
              callbacks: Sequence[Any] = (), device: str | None = None) -> pd.DataFrame:
@@ -483,28 +505,15 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
 
     def analyse(job: Job, cfg: Mapping[str, Any], net: Any, tokenizer: Any, what: str,
                 extra: dict[str, Any]) -> dict[str, pd.DataFrame]:
-        """The run's own analysis tables (run_analysis); the Jacobian norm / Hessian trace also go to ``extra``."""
         nonlocal inputs, reference
-        from .run_analysis import analyse_run, analysis_inputs
+        from .run_analysis import analysis_inputs
 
-        say(f"  {what}: analysis (theory, diagnosis, attributions, representations) ...")
-        t1 = time.perf_counter()
+        say(f"  {what}: analysis (theory, diagnosis, attributions, weight spectra, representations) ...")
         inputs = inputs or analysis_inputs(protocol)
         if reference is None:
             reference = _reference_model(model, protocol.task, n_labels, device)
-        layers = {0, *(int(v) for _, v in _injection_layers(cfg.get("method_params", {})) if v is not None)}
-        tables = analyse_run(net, tokenizer, reference=reference, protocol=protocol, inputs=inputs,
-                             layers=sorted(layers), name=job.name, fine_tuned=job.method != "pretrained",
-                             seed=0, max_length=max_length, probe_n=int(config.probe_n),
-                             probe_draws=int(config.probe_draws))
-        theory = tables["theory"]
-        at0 = theory[theory["layer"] == 0].set_index("quantity")
-        extra["jacobian_fro2"] = float(at0.loc["jacobian_fro2", "value"])  # what theory_table reads
-        hess = theory[theory["quantity"] == "hessian_trace"]
-        extra["hessian_trace"] = float(hess["value"].iloc[0])
-        extra["theory_layer"] = 0
-        extra["analysis_seconds"] = time.perf_counter() - t1
-        return tables
+        return _stored_analysis(job, cfg, net, tokenizer, reference=reference, protocol=protocol, inputs=inputs,
+                                config=config, extra=extra)
 
     def loaded(job: Job, cfg: Mapping[str, Any], what: str) -> dict[str, Any]:
         run = store.load(cfg)

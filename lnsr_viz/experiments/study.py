@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["CLAIMS", "StudyResult", "study_runs", "study_claims", "load_study", "rank_correlation"]
+__all__ = ["CLAIMS", "StudyResult", "study_runs", "study_claims", "load_study", "rank_correlation",
+           "bench_step_costs", "study_completeness"]
 
 #: The four claims, as the write-up states them: (measure, column, direction, text).
 CLAIMS: dict[str, dict[str, str]] = {
@@ -52,7 +53,9 @@ CLAIMS: dict[str, dict[str, str]] = {
 
 _RUN_COLUMNS = ["run_id", "method", "setting", "train_size", "seed", "collapsed", "seconds", "val_accuracy",
                 "accuracy", "roc_auc", "macro_f1", "ece", "ood_accuracy", "ood_roc_auc", "ood_macro_f1",
-                "top_sensitivity", "reg_to_task_ratio", "repr_effective_rank", "repr_mean_cosine"]
+                "top_sensitivity", "reg_to_task_ratio", "repr_effective_rank", "repr_mean_cosine", "steps",
+                "kept_step", "device", "jacobian_fro2", "hessian_trace", "stability_ratio", "generalisation_gap",
+                "calibration_ece", "ww_alpha", "ww_alpha_weighted", "ww_log_spectral_norm"]
 
 
 @dataclass
@@ -75,6 +78,24 @@ class StudyResult:
     cost: dict[str, Any] = field(default_factory=dict)
     in_domain: str = ""
     ood: list[str] = field(default_factory=list)
+    #: step-budget sweeps only (empty otherwise): the learning curves (:func:`.curves.learning_curves`)
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: whether each setting's mean validation curve reached its plateau (:func:`.curves.plateau_table`)
+    plateau: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: every method's chosen setting against the baseline (:func:`~lnsr_viz.experiments.method_table.method_table`)
+    methods: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: measures vs outcomes across runs (:func:`~lnsr_viz.experiments.relations.relation_table`)
+    relations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: our ranking beside HyPe's Table 5 (:func:`~lnsr_viz.experiments.rankings.ranking_comparison`)
+    ranking: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ranking_agreement: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the step-time ratio to vanilla of each method (from the benchmark JSON), where known
+    step_cost: dict[str, float] = field(default_factory=dict)
+
+
+#: The columns of step-budget (study v2) runs, left out for epoch-based sweeps.
+_STEP_RUN_COLUMNS = ("steps", "kept_step", "device", "jacobian_fro2", "hessian_trace", "stability_ratio",
+                     "generalisation_gap", "calibration_ece", "ww_alpha", "ww_alpha_weighted", "ww_log_spectral_norm")
 
 
 def _last(history: pd.DataFrame | None, column: str) -> float:
@@ -82,6 +103,43 @@ def _last(history: pd.DataFrame | None, column: str) -> float:
         return math.nan
     values = pd.to_numeric(history.sort_values("epoch")[column], errors="coerce")
     return float(values.iloc[-1]) if len(values) else math.nan
+
+
+def _validation_at_kept(history: pd.DataFrame | None, extra: dict[str, Any]) -> float:
+    """The validation accuracy of the weights the run kept: at ``kept_step`` (keep_best runs), else the last one."""
+    kept = extra.get("kept_step")
+    if history is not None and "step" in history and isinstance(kept, int | float) and "val_accuracy" in history:
+        at = pd.to_numeric(history.loc[history["step"] == kept, "val_accuracy"], errors="coerce").dropna()
+        if len(at):
+            return float(at.iloc[-1])
+    if history is not None and "step" in history and "val_accuracy" in history and len(history):
+        ordered = history.sort_values(["epoch", "step"], kind="stable")
+        return float(pd.to_numeric(ordered["val_accuracy"], errors="coerce").iloc[-1])
+    return _last(history, "val_accuracy")
+
+
+def _analysis_columns(run: Any) -> dict[str, float]:
+    """The per-run numbers of a run's stored analysis (NaN where the run was made without ``analysis=True``)."""
+    out = {k: math.nan for k in ("jacobian_fro2", "hessian_trace", "stability_ratio", "generalisation_gap",
+                                 "calibration_ece", "ww_alpha", "ww_alpha_weighted", "ww_log_spectral_norm")}
+    for key in ("jacobian_fro2", "hessian_trace"):
+        value = run.extra.get(key)
+        if isinstance(value, int | float) and math.isfinite(value):
+            out[key] = float(value)
+    diag = run.tables.get("diagnosis")
+    if diag is not None and len(diag):
+        values = diag[diag["quantity"] == "value"].set_index("finding")["value"]
+        for finding, column in (("stability_vs_base", "stability_ratio"), ("generalisation_gap", "generalisation_gap"),
+                                ("calibration", "calibration_ece")):
+            if finding in values.index:
+                out[column] = float(values[finding])
+    ww = run.tables.get("weightwatcher")
+    if ww is not None and len(ww):
+        for col in ("alpha", "alpha_weighted", "log_spectral_norm"):
+            if col in ww:
+                vals = pd.to_numeric(ww[col], errors="coerce")
+                out[f"ww_{col}"] = float(vals[np.isfinite(vals)].mean())
+    return out
 
 
 def _top_sensitivity(profile: pd.DataFrame | None) -> float:
@@ -122,13 +180,16 @@ def study_runs(store: Any) -> pd.DataFrame:
             "run_id": run_id, "method": cfg["method"], "setting": cfg.get("label", cfg["method"]),
             "train_size": int(data["train_size"]), "seed": int(cfg["seed"]),
             "collapsed": bool(run.extra.get("collapsed", False)), "seconds": float(run.extra.get("seconds", np.nan)),
-            "val_accuracy": _last(run.history, "val_accuracy"),
+            "val_accuracy": _validation_at_kept(run.history, run.extra),
             "top_sensitivity": _top_sensitivity(run.profile),
             "reg_to_task_ratio": _last(run.history, "reg_to_task_ratio"),
             "repr_effective_rank": _last(run.history, "repr_effective_rank"),
             "repr_mean_cosine": _last(run.history, "repr_mean_cosine"),
             "in_domain": in_domain, "ood_domains": ",".join(sorted(ood)),
             "created_at": run.meta.get("created_at"), "completed_at": run.meta.get("completed_at"),
+            "steps": float(run.extra.get("steps", np.nan)), "kept_step": float(run.extra.get("kept_step", np.nan)),
+            "device": str(run.extra.get("device", "")),
+            **_analysis_columns(run),
         }
         for metric in ("accuracy", "roc_auc", "macro_f1", "ece"):
             row[metric] = wide.get(f"{in_domain}:{metric}", np.nan)
@@ -140,6 +201,8 @@ def study_runs(store: Any) -> pd.DataFrame:
     if not rows:
         raise ValueError(f"{store!r} holds only pre-trained (probe-only) runs: run the sweep first.")
     df = pd.DataFrame(rows)
+    if df["steps"].isna().all():  # epoch-based runs (the first study): its runs.csv keeps the columns it always had
+        df = df.drop(columns=[c for c in _STEP_RUN_COLUMNS if c in df])
     front = [c for c in _RUN_COLUMNS if c in df]
     df = df[front + [c for c in df.columns if c not in front]]
     return df.sort_values(["train_size", "method", "setting", "seed"], kind="stable").reset_index(drop=True)
@@ -218,7 +281,8 @@ def _claims_for(runs: pd.DataFrame, size: int, setting: str, role: str, *, basel
 
 
 def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr", confidence: float = 0.95,
-                 order: Sequence[str] | None = None) -> StudyResult:
+                 order: Sequence[str] | None = None, step_cost: dict[str, float] | None = None,
+                 correction: str = "holm") -> StudyResult:
     """Choose settings on validation accuracy, then test claims (a)-(d) for each training-set size.
 
     Parameters
@@ -233,12 +297,23 @@ def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr",
     order : sequence of str, optional
         The sweep file's settings in order (:func:`lnsr_viz.experiments.sweep.setting_order`): equal validation means
         go to the setting listed first (then to the alphabetically first name).
+    step_cost : dict, optional
+        Step-time ratio to vanilla per method for the all-methods table (default: :func:`bench_step_costs`).
+    correction : {'holm', 'bh', 'none'}
+        The all-methods table's multiple-comparison correction (its family: one training-set size).
+
+    For a step-budget sweep (histories with a ``step`` column, e.g. ``configs/study-v2.yaml``) the result also has
+    the learning curves and plateau check, the all-methods table, the relations across runs and the comparison with
+    HyPe's published ranking; runs that kept their best validation step (``keep_best``) are selected on it.
     """
     from .store import RunStore
-    from .sweep import select_from_store
+    from .sweep import select_settings, sweep_history
 
     store = store if hasattr(store, "load") else RunStore(store, read_only=True)
-    chosen = select_from_store(store, order=order)  # reads the training histories only (validation numbers)
+    history = sweep_history(store)
+    keeps_best = "train.keep_best" in history and history["train.keep_best"].fillna(False).astype(bool).any()
+    # reads the training histories only (validation numbers); keep_best runs are judged by the step they kept
+    chosen = select_settings(history, order=order, epoch="best" if keeps_best else "last")
     runs = study_runs(store)
     for name in (baseline, method):
         if name not in set(runs["method"]):
@@ -282,9 +357,63 @@ def study_claims(store: Any, *, baseline: str = "vanilla", method: str = "lnsr",
     elapsed = (completed.max() - created.min()).total_seconds() if created.notna().any() else math.nan
     cost = {"runs": int(len(runs)), "run_seconds_sum": float(runs["seconds"].sum()),
             "elapsed_seconds": float(elapsed), "first_run": str(created.min()), "last_run": str(completed.max())}
-    return StudyResult(runs=runs, chosen=chosen, claims=claims, settings=settings,
-                       balance=pd.DataFrame(balance_rows), paired=pd.concat(paired_frames, ignore_index=True)
-                       if paired_frames else pd.DataFrame(), cost=cost, in_domain=in_domain, ood=ood)
+    result = StudyResult(runs=runs, chosen=chosen, claims=claims, settings=settings,
+                         balance=pd.DataFrame(balance_rows), paired=pd.concat(paired_frames, ignore_index=True)
+                         if paired_frames else pd.DataFrame(), cost=cost, in_domain=in_domain, ood=ood)
+    if "step" in history.columns and history["step"].notna().any():  # a step-budget sweep: the v2 write-up's parts
+        _add_evidence(result, store, baseline=baseline, step_cost=step_cost, correction=correction)
+    return result
+
+
+def study_completeness(runs: pd.DataFrame, config: dict[str, Any] | None) -> pd.DataFrame:
+    """Fine-tuning runs stored and planned (the sweep file's jobs) per training-set size: ``train_size, stored,
+    planned, complete``. Without a sweep file, what is stored counts as planned."""
+    from .sweep import expand
+
+    stored = runs.groupby("train_size").size().to_dict()
+    planned: dict[int, int] = {}
+    if config and config.get("methods"):
+        for job in expand(config):
+            if job.job.method != "pretrained":
+                planned[int(job.train_size)] = planned.get(int(job.train_size), 0) + 1
+    rows = [{"train_size": int(size), "stored": int(stored.get(size, 0)),
+             "planned": int(planned.get(size, stored.get(size, 0)))} for size in sorted(set(stored) | set(planned))]
+    out = pd.DataFrame(rows, columns=["train_size", "stored", "planned"])
+    out["complete"] = out["stored"] >= out["planned"]
+    return out
+
+
+def bench_step_costs(path: str | os.PathLike[str] | None = None) -> dict[str, float]:
+    """Each method's step-time ratio to vanilla from ``make bench``'s JSON (``benchmarks/results/bench_methods.json``
+    by default); empty when the file is not there."""
+    import json
+    from pathlib import Path
+
+    path = Path(path) if path is not None else Path(__file__).resolve().parents[2] / "benchmarks" / "results" / \
+        "bench_methods.json"
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text(encoding="utf-8")).get("rows", [])
+    return {str(r["method"]): float(r["time_ratio_median"]) for r in rows
+            if isinstance(r.get("time_ratio_median"), int | float)}
+
+
+def _add_evidence(result: StudyResult, store: Any, *, baseline: str, step_cost: dict[str, float] | None,
+                  correction: str) -> None:
+    """Learning curves, plateau, all-methods table, relations across runs and the published ranking (in place)."""
+    from .curves import learning_curves, plateau_table
+    from .method_table import method_table
+    from .rankings import ranking_comparison
+    from .relations import relation_table
+
+    result.curves = learning_curves(store)
+    result.plateau = plateau_table(result.curves)
+    result.step_cost = dict(bench_step_costs() if step_cost is None else step_cost)
+    chosen = result.chosen[result.chosen["train_size"].isin(result.runs["train_size"].unique())]
+    result.methods = method_table(result.runs, baseline=baseline, chosen=chosen, cost=result.step_cost,
+                                  correction=correction)
+    result.relations = relation_table(result.runs)
+    result.ranking, result.ranking_agreement = ranking_comparison(result.methods)
 
 
 def load_study(store: str | os.PathLike[str] | Any, config: str | os.PathLike[str] | None = None,

@@ -350,7 +350,8 @@ def select_settings(history: pd.DataFrame, *, score: str = "val_accuracy", group
         raise ValueError(f"select_settings needs the history columns {sorted(needed)}; missing {sorted(missing)}.")
     if epoch not in ("last", "best"):
         raise ValueError(f"epoch must be 'last' or 'best'; got {epoch!r}.")
-    per_run = history.sort_values("epoch").groupby([*group, setting, "seed"], sort=False)[score]
+    order_by = ["epoch", "step"] if "step" in history.columns else ["epoch"]  # step-budget runs: several per epoch
+    per_run = history.sort_values(order_by, kind="stable").groupby([*group, setting, "seed"], sort=False)[score]
     run_scores = (per_run.last() if epoch == "last" else per_run.max()).reset_index()
     means = run_scores.groupby([*group, setting], sort=True)[score].agg(["mean", "count"]).reset_index()
     rank = {name: i for i, name in enumerate(order or [])}

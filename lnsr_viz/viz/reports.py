@@ -264,6 +264,79 @@ def _study_context(res: Any, *, store_root: Any, config: Mapping[str, Any], conf
     }
 
 
+def _cell(mean: float, sd: float, low: float, high: float) -> str:
+    """'0.812 ± 0.013 [0.796, 0.828]' (mean ± sd over seeds [95% t-CI of the mean])."""
+    if not math.isfinite(mean):
+        return "–"
+    if not math.isfinite(sd):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {sd:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _diff_cell(diff: float, low: float, high: float, p_adj: float) -> str:
+    """'+0.012 [-0.004, +0.028], p_adj 0.62' (paired difference from the baseline, CI, corrected p)."""
+    if not math.isfinite(diff):
+        return "–"
+    ci = f" [{low:+.3f}, {high:+.3f}]" if math.isfinite(low) else ""
+    p = f", p_adj {p_adj:.2g}" if math.isfinite(p_adj) else ""
+    return f"{diff:+.3f}{ci}{p}"
+
+
+def _evidence_context(res: Any, *, config: Mapping[str, Any], curves_figure: Path | None) -> dict[str, Any]:
+    """What the step-budget (v2) sections of ``study.md.j2`` show: completeness, curves, methods, relations, ranking."""
+    if not len(res.methods):
+        return {"v2": False}
+    from ..experiments.study import study_completeness
+
+    completeness = study_completeness(res.runs, config)
+    complete_all = bool(completeness["complete"].all())
+    completeness["complete"] = completeness["complete"].map({True: "yes", False: "no"})
+    plateau = res.plateau[res.plateau["method"] == "vanilla"].copy() if len(res.plateau) else res.plateau
+    if len(plateau):
+        plateau["budget"] = plateau["budget"].map(lambda b: f"{b:.0f}")
+    ranking = res.ranking.copy()
+    for col in ("our_rank", "published_rank"):
+        if col in ranking:
+            ranking[col] = ranking[col].map(lambda r: f"{r:g}")
+    if "published" in ranking:
+        ranking["published"] = ranking["published"].map(lambda v: f"{v:.2f}")
+    agreement = res.ranking_agreement.copy()
+    for col in ("train_size", "n_methods"):
+        if col in agreement:
+            agreement[col] = agreement[col].map(lambda v: f"{v:.0f}")
+    train = dict(config.get("train") or {})
+    if train.get("max_steps") is not None:
+        train.pop("epochs", None)  # a step budget: the number of passes has no effect
+    rows = []
+    for r in res.methods.to_dict("records"):
+        row = {"size": r["train_size"], "setting": r["setting"], "seeds": r["n_seeds"]}
+        for metric, label in (("accuracy", "in-domain acc"), ("ood_accuracy", "OOD acc"), ("roc_auc", "in-domain AUC"),
+                              ("ood_roc_auc", "OOD AUC")):
+            row[label] = _cell(r[f"{metric}_mean"], r[f"{metric}_sd"], r[f"{metric}_ci_low"], r[f"{metric}_ci_high"])
+            if metric in ("accuracy", "ood_accuracy"):
+                row[f"{label} - vanilla"] = ("baseline" if r["verdict"] == "baseline" else
+                                             _diff_cell(r[f"{metric}_diff"], r[f"{metric}_diff_ci_low"],
+                                                        r[f"{metric}_diff_ci_high"], r[f"{metric}_p_adj"]))
+        row["step time x vanilla"] = f"{r['cost_ratio']:.2f}" if math.isfinite(r["cost_ratio"]) else "–"
+        row["verdict"] = r["verdict"]
+        rows.append(row)
+    first = res.methods.iloc[0]
+    still = res.plateau[res.plateau["verdict"] == "still rising"] if len(res.plateau) else res.plateau
+    kept = res.runs["kept_step"] / res.runs["steps"]
+    devices = sorted({d for d in res.runs.get("device", pd.Series(dtype=str)).dropna() if d})
+    return {
+        "v2": True, "completeness": completeness, "complete_all": complete_all, "train": train,
+        "methods_display": pd.DataFrame(rows), "methods_columns": {c: c for c in (rows[0] if rows else {})},
+        "method_family": str(first["family"]), "method_test": str(first.get("test", "t")),
+        "method_correction": str(first["correction"]), "n_comparisons": int(res.methods["n_comparisons"].max()),
+        "plateau_vanilla": plateau, "still_rising": still, "curves_figure_name": curves_figure.name
+        if curves_figure else None, "relations": res.relations, "ranking": ranking,
+        "ranking_agreement": agreement, "kept_fraction_median": float(kept.median()),
+        "kept_at_end": int((res.runs["kept_step"] == res.runs["steps"]).sum()), "devices": devices,
+        "gpu_runs": int(res.runs.get("device", pd.Series(dtype=str)).astype(str).str.startswith("cuda").sum()),
+    }
+
+
 def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str] = "docs/study.md", *,
                 config: Mapping[str, Any] | None = None, config_path: str | None = None,
                 figure: str | os.PathLike[str] | None = None, tables: str | os.PathLike[str] | None = None,
@@ -289,7 +362,7 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
     from ..experiments.store import RunStore
     from ..experiments.study import study_claims
     from ..utils.io import atomic_write_csv, atomic_write_text
-    from .study_figures import write_sensitivity_svg
+    from .study_figures import write_learning_curves_svg, write_sensitivity_svg
 
     store = store if hasattr(store, "load") else RunStore(store, read_only=True)
     res = result or study_claims(store)
@@ -297,10 +370,18 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
     figure = Path(figure) if figure else out.with_name(f"{out.stem}-sensitivity-vs-ood.svg")
     tables = Path(tables) if tables else Path(store.root) / "tables"
     tables.mkdir(parents=True, exist_ok=True)
-    for name in ("runs", "chosen", "claims", "settings", "balance", "paired"):
+    names = ["runs", "chosen", "claims", "settings", "balance", "paired"]
+    if len(res.methods):  # a step-budget study (v2): its further tables
+        names += ["curves", "plateau", "methods", "relations", "ranking", "ranking_agreement"]
+    for name in names:
         atomic_write_csv(tables / f"{name}.csv", getattr(res, name))
     write_sensitivity_svg(res.runs, figure)
+    curves_figure = None
+    if len(res.curves):
+        curves_figure = out.with_name(f"{out.stem}-learning-curves.svg")
+        write_learning_curves_svg(res.curves, curves_figure, methods=None)
     env = template_environment(markdown=True)
     context = _study_context(res, store_root=store.root, config=dict(config or {}), config_path=config_path,
                              figure=figure, tables=tables)
+    context.update(_evidence_context(res, config=dict(config or {}), curves_figure=curves_figure))
     return atomic_write_text(out, env.get_template("study.md.j2").render(context))

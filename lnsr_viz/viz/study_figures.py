@@ -22,7 +22,8 @@ from ..experiments.study import rank_correlation
 from ..utils.io import atomic_write_text
 from .style import TEMPLATE, color_for
 
-__all__ = ["SETTING_PALETTE", "setting_colors", "plot_sensitivity_vs_ood", "write_sensitivity_svg"]
+__all__ = ["SETTING_PALETTE", "setting_colors", "plot_sensitivity_vs_ood", "write_sensitivity_svg",
+           "plot_learning_curves", "write_learning_curves_svg"]
 
 #: Distinct colours for a study's settings (Okabe-Ito, then Paul Tol's muted set); vanilla keeps its usual blue.
 SETTING_PALETTE = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#117733", "#999933",
@@ -125,6 +126,71 @@ def write_sensitivity_svg(runs: pd.DataFrame, path: str | Path, *, x: str = "top
     fig.tight_layout(rect=(0, (0.22 * rows + 0.1) / (3.9 + 0.22 * rows), 1, 1))
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": "lnsr_viz-study"}):  # stable element ids: same data, same file
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    return atomic_write_text(Path(path), buf.getvalue())
+
+
+def _mean_curves(curves: pd.DataFrame, methods: Any) -> pd.DataFrame:
+    """Mean and sd over seeds of the validation accuracy per size, setting and step (the steps every seed has)."""
+    data = curves if methods is None else curves[curves["method"].isin(list(methods))]
+    stats = (data.groupby(["train_size", "setting", "step"])["val_accuracy"]
+             .agg(mean="mean", sd="std", n="count").reset_index())
+    full = stats.groupby(["train_size", "setting"])["n"].transform("max")
+    return stats[stats["n"] == full]
+
+
+def plot_learning_curves(curves: pd.DataFrame, *, methods: Any = ("vanilla",)) -> go.Figure:
+    """Validation accuracy against optimizer step, mean over seeds with a +-1 sd band, one panel per training-set
+    size (``curves``: :func:`lnsr_viz.experiments.curves.learning_curves`; ``methods=None``: every setting)."""
+    from plotly.subplots import make_subplots
+
+    stats = _mean_curves(curves, methods)
+    sizes = sorted(stats["train_size"].unique())
+    colors = setting_colors(stats["setting"])
+    fig = make_subplots(rows=1, cols=max(len(sizes), 1), subplot_titles=[f"{s} training examples" for s in sizes])
+    for col, size in enumerate(sizes, start=1):
+        for setting, part in stats[stats["train_size"] == size].groupby("setting", sort=False):
+            sd = part["sd"].fillna(0.0)
+            fig.add_trace(go.Scatter(x=list(part["step"]) + list(part["step"][::-1]),
+                                     y=list(part["mean"] + sd) + list((part["mean"] - sd)[::-1]), fill="toself",
+                                     line={"width": 0}, fillcolor=colors[setting], opacity=0.15, hoverinfo="skip",
+                                     showlegend=False), row=1, col=col)
+            fig.add_trace(go.Scatter(x=part["step"], y=part["mean"], mode="lines+markers", name=str(setting),
+                                     line={"color": colors[setting]}, legendgroup=str(setting),
+                                     showlegend=col == 1), row=1, col=col)
+        fig.update_xaxes(title_text="optimizer step", row=1, col=col)
+    fig.update_yaxes(title_text="validation accuracy (mean over seeds, band: ±1 sd)", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title="Learning curves (validation accuracy during training)")
+    return fig
+
+
+def write_learning_curves_svg(curves: pd.DataFrame, path: str | Path, *, methods: Any = ("vanilla",)) -> Path:
+    """Static twin of :func:`plot_learning_curves` (matplotlib SVG, byte-stable) for the markdown write-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = _mean_curves(curves, methods)
+    sizes = sorted(stats["train_size"].unique())
+    colors = setting_colors(stats["setting"])
+    fig, axes = plt.subplots(1, max(len(sizes), 1), figsize=(4.6 * max(len(sizes), 1), 3.6), squeeze=False,
+                             sharey=True)
+    for ax, size in zip(axes[0], sizes, strict=False):
+        for setting, part in stats[stats["train_size"] == size].groupby("setting", sort=False):
+            sd = part["sd"].fillna(0.0)
+            ax.fill_between(part["step"], part["mean"] - sd, part["mean"] + sd, color=colors[setting], alpha=0.15,
+                            linewidth=0)
+            ax.plot(part["step"], part["mean"], marker="o", markersize=3, color=colors[setting], label=str(setting))
+        ax.set_title(f"{size} training examples", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False, loc="lower right")
+    axes[0][0].set_ylabel("validation accuracy (mean, ±1 sd)")
+    fig.tight_layout()
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": "lnsr_viz-study"}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     plt.close(fig)
     return atomic_write_text(Path(path), buf.getvalue())

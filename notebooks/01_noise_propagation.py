@@ -218,13 +218,17 @@ assert explorer.error is None
 # ## 8 · Export a figure
 #
 # `save_figure` always writes a self-contained interactive HTML file (plotly.js embedded, works offline). PNG/SVG/PDF
-# need the optional `kaleido` package and a Chromium; without them they are skipped with one warning and the HTML
-# is still written.
+# need the optional `kaleido` package and a Chromium; without them no PNG is written, the cell below says why and
+# how to enable it, and the HTML is still written.
 
 # %%
 out = reports_dir() / "figures" / "01_noise_propagation_curve"
-with warnings.catch_warnings(record=True):
+with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     written = save_figure(fig_curve, out, formats=("html", "png"))
 assert written[0].suffix == ".html" and written[0].stat().st_size > 10_000
 print("written:", *written, sep="\n  ")
+if not any(path.suffix == ".png" for path in written):  # never silently: say why there is no PNG
+    reason = " ".join(str(w.message) for w in caught if issubclass(w.category, RuntimeWarning))
+    print(f"PNG not written: PNG export needs the optional kaleido package and a Chromium; the interactive HTML "
+          f"was written instead.\n  {reason or 'save_figure gave no reason.'}")

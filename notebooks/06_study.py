@@ -100,3 +100,39 @@ if write_up is not None:
     display(Markdown(write_up))
 else:
     print("docs/study.md is not there yet: run `python -m lnsr_viz study configs/study.yaml`")
+
+# %% [markdown]
+# ## 6 · Study v2 (in progress): every rival, a step budget, every run's analysis stored
+#
+# `configs/study-v2-core.yaml` trains vanilla, LNSR, L2-SP, Mixout and SMART under one step-budget protocol with
+# the best validation step kept, and stores every run's own analysis (theory quantities, diagnosis numbers,
+# attributions, WeightWatcher metrics, representations). The sweep is resumable and its finished runs are committed
+# as they complete, so what follows shows whatever part of it is stored; `docs/study-v2.md` is its write-up.
+
+# %%
+from lnsr_viz.experiments.study import study_completeness  # noqa: E402
+from lnsr_viz.experiments.sweep import load_sweep_config  # noqa: E402
+from lnsr_viz.viz.study_figures import plot_learning_curves  # noqa: E402
+
+v2_config = study_config("study-v2-core")
+v2 = load_study(study_dir("study-v2"), config=v2_config)
+study_completeness(v2.runs, load_sweep_config(v2_config))
+
+# %% [markdown]
+# Did vanilla's validation accuracy reach its plateau within the budget at each size (the rule is in the write-up)?
+
+# %%
+display(plot_learning_curves(v2.curves, methods=("vanilla",)))
+v2.plateau[v2.plateau["method"] == "vanilla"].round(4)
+
+# %% [markdown]
+# Every method's chosen setting against vanilla (paired by seed; p adjusted by Holm within each size), and the
+# relation of each per-run measure with in-domain and out-of-domain accuracy across runs.
+
+# %%
+keep = ["train_size", "method", "setting", "n_seeds", "accuracy_mean", "accuracy_diff", "accuracy_p_adj",
+        "ood_accuracy_mean", "ood_accuracy_diff", "ood_accuracy_p_adj", "cost_ratio", "verdict"]
+v2.methods[keep].round(4)
+
+# %%
+v2.relations.round(3)

@@ -231,7 +231,7 @@ def test_notebook_02_dashboards_respond_in_the_browser(lab, browser):
     assert before is not None
     select = page.locator(f".{dash} .lnsr-viz-control-metric select")
     select.scroll_into_view_if_needed()
-    select.select_option("roc_auc")
+    select.select_option("ROC AUC")  # the option's label (value: roc_auc)
     page.wait_for_function("([c, b]) => { const e = document.querySelector(`.${c} .js-plotly-plot`); "
                            "return e && e.data && JSON.stringify(e.data.map(t => [t.x, t.y])) !== b; }",
                            arg=[dash, before], timeout=60_000)

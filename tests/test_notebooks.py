@@ -89,6 +89,42 @@ def test_notebooks_are_stripped():
         assert "What you will learn" in first and "Time on a laptop CPU" in first, path.name
 
 
+def _export_cell(monkeypatch, tmp_path, kaleido: bool) -> tuple[list, str]:
+    """Run notebook 01's export cell (its own source) on a small figure; return (files written, printed text)."""
+    import contextlib
+    import io
+    import warnings
+
+    import plotly.graph_objects as go
+
+    from lnsr_viz.viz import figures
+
+    cell = next(c.source for c in build_notebook(NOTEBOOK_DIR / "01_noise_propagation.py").cells
+                if c.cell_type == "code" and "save_figure(fig_curve" in c.source)
+    monkeypatch.setattr(figures, "_kaleido_available", lambda: kaleido)
+    if kaleido:
+        monkeypatch.setattr(go.Figure, "to_image", lambda self, format: b"\x89PNG fake")
+    namespace = {"warnings": warnings, "save_figure": figures.save_figure, "reports_dir": lambda: tmp_path,
+                 "fig_curve": go.Figure(go.Scatter(y=[1, 2, 3]))}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(cell, "01_noise_propagation export cell", "exec"), namespace)
+    return namespace["written"], printed.getvalue()
+
+
+def test_notebook_01_export_says_why_no_png_was_written(monkeypatch, tmp_path):
+    written, printed = _export_cell(monkeypatch, tmp_path, kaleido=False)
+    assert [p.suffix for p in written] == [".html"]
+    assert "PNG not written" in printed and "kaleido" in printed and "HTML was written instead" in printed
+    assert "pip install kaleido" in printed   # how to enable it
+
+
+def test_notebook_01_export_writes_the_png_when_kaleido_works(monkeypatch, tmp_path):
+    written, printed = _export_cell(monkeypatch, tmp_path, kaleido=True)
+    assert [p.suffix for p in written] == [".html", ".png"]
+    assert "PNG not written" not in printed and ".png" in printed
+
+
 @pytest.fixture(scope="module")
 def quick_env(tmp_path_factory):
     """Environment for the kernels: quick setting, a private run store shared by the notebooks of this module."""

@@ -129,6 +129,25 @@ def test_the_figure_marks_collapsed_runs_and_reports_the_correlation(store):
         plot_sensitivity_vs_ood(runs.drop(columns="top_sensitivity"))
 
 
+def test_the_figure_labels_follow_the_chosen_columns(store):
+    runs = study_runs(store)
+    fig = plot_sensitivity_vs_ood(runs, x="val_accuracy", y="roc_auc")
+    title = fig.layout.title.text
+    assert title.startswith("Validation accuracy vs in-domain ROC AUC")
+    assert "sensitivity" not in title and "out-of-domain" not in title
+    assert fig.layout.xaxis.title.text == "validation accuracy"
+    assert fig.layout.yaxis.title.text == "in-domain ROC AUC"
+    rho = stats.spearmanr(runs["val_accuracy"], runs["roc_auc"]).statistic
+    assert f"rho = {rho:.2f}" in title
+    assert "validation accuracy %{x" in fig.data[0].hovertemplate
+    # a column without a readable name: the name with spaces
+    fig = plot_sensitivity_vs_ood(runs, x="top_sensitivity", y="seconds")
+    assert fig.layout.yaxis.title.text == "seconds"
+    assert fig.layout.xaxis.title.text.startswith("top-layer noise sensitivity")
+    runs = runs.assign(my_new_score=runs["accuracy"])
+    assert plot_sensitivity_vs_ood(runs, y="my_new_score").layout.yaxis.title.text == "my new score"
+
+
 def test_write_study_and_the_cli(store, tmp_path):
     out = tmp_path / "docs" / "study.md"
     out.parent.mkdir()

@@ -16,10 +16,13 @@ Covered:
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from plotly.io.json import to_json_plotly
 
 from lnsr_viz.testing import tiny_model, toy_sentences
 from lnsr_viz.viz import dashboards
@@ -310,6 +313,20 @@ def test_metrics_dashboard():
     assert "No methods selected" in dash.error
 
 
+def test_dropdowns_show_readable_labels_and_keep_the_raw_values():
+    dash = MetricsDashboard(make_metrics())
+    metric = dash.controls["metric"]
+    assert metric.options == (("accuracy", "accuracy"), ("ROC AUC", "roc_auc"))
+    metric.value = "roc_auc"  # driven from code by the raw name, as before
+    assert metric.label == "ROC AUC" and dash.error is None
+    stab = StabilityCurvesDashboard(make_profile(noises=("gaussian", "in_manifold")))
+    assert stab.controls["noise"].options == (("Gaussian", "gaussian"), ("in-manifold", "in_manifold"))
+    stab.controls["noise"].value = "in_manifold"
+    assert stab.error is None
+    assert dashboards._metric_options(["ece", "positive_rate"]) == [("expected calibration error", "ece"),
+                                                                     ("positive rate", "positive_rate")]
+
+
 def test_training_dashboard_views():
     dash = TrainingCurvesDashboard(make_history())
     n_curves = len(dash.figure.data)
@@ -318,6 +335,69 @@ def test_training_dashboard_views():
     dash.controls["view"].value = "gap"
     assert len(dash.figure.data) != n_curves
     assert "Generalisation gap" in _title(dash.figure)
+
+
+def _shown_layout(dash, action) -> dict:
+    """The layout a browser shows after ``action``: the layout it showed before, with every layout message the
+    widget sends meanwhile applied as plotly.js applies it (a relayout *merges*: a path set to None is removed)."""
+    shown = json.loads(to_json_plotly(dash.figure.layout.to_plotly_json()))
+
+    def apply(change):
+        msg = change["new"]
+        data = (msg or {}).get("relayout_data", (msg or {}).get("layout_data")) or {}
+        for path, value in json.loads(to_json_plotly(data)).items():
+            *parents, leaf = path.split(".")
+            node = shown
+            for part in parents:
+                node = node.setdefault(part, {})
+            if value is None:
+                node.pop(leaf, None)
+            else:
+                node[leaf] = value
+
+    names = ["_py2js_relayout", "_py2js_update"]
+    dash.figure.observe(apply, names=names)
+    try:
+        action()
+    finally:
+        dash.figure.unobserve(apply, names=names)
+    return shown
+
+
+def _labels(layout) -> dict:
+    """Title, every axis title and the annotations' texts of a layout (a plotly Layout or its JSON)."""
+    layout = layout if isinstance(layout, dict) else json.loads(to_json_plotly(layout.to_plotly_json()))
+    axes = {k: (v.get("title") or {}).get("text") for k, v in layout.items() if k[:5] in ("xaxis", "yaxis")}
+    return {"title": (layout.get("title") or {}).get("text"), "axes": axes,
+            "annotations": [a.get("text") for a in layout.get("annotations", [])]}
+
+
+@pytest.mark.parametrize("first, second", [("curves", "gap"), ("gap", "curves")])
+def test_switching_the_view_replaces_the_layout_in_place(first, second):
+    from lnsr_viz.viz.figures import plot_generalisation_gap, plot_training_curves
+
+    dash = TrainingCurvesDashboard(make_history())
+    dash.controls["view"].value = first
+    widget = dash.figure
+
+    def switch():
+        dash.controls["view"].value = second
+
+    shown = _shown_layout(dash, switch)
+    assert dash.figure is widget and dash.error is None
+    new = (plot_generalisation_gap(dash.history) if second == "gap"
+           else plot_training_curves(dash.history, metrics=dash.loss_columns))
+    new = wrap_title(new).update_layout(height=460)
+    expected = json.loads(to_json_plotly(new.layout.to_plotly_json()))
+    # in Python: the widget's layout is the new figure's
+    assert _labels(dash.figure.layout) == _labels(new.layout)
+    # in the browser: no subplot title, second axis or shape of the previous view is left
+    assert _labels(shown) == _labels(expected)
+    assert shown == expected
+    if second == "gap":
+        assert "xaxis2" not in shown and not shown.get("annotations")
+    else:
+        assert "xaxis2" in shown and len(shown["annotations"]) == 2
 
 
 def test_figure_dashboard_wires_any_plot_function():

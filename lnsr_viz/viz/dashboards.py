@@ -54,6 +54,20 @@ _NOTE_STYLE = "color: #59636e; font-size: 12px; margin: 2px 0;"
 _NOISE_LABELS = {"gaussian": "Gaussian", "in_manifold": "in-manifold"}
 
 
+def _noise_options(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Dropdown options ``(readable label, raw name)`` of noise types (``in_manifold`` shows as in-manifold)."""
+    return [(_NOISE_LABELS.get(n, str(n)), n) for n in names]
+
+
+def _metric_options(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Dropdown options ``(readable label, raw name)`` of metrics: the axis title in
+    :data:`lnsr_viz.viz.style.METRIC_LABELS` without its unit (``roc_auc`` shows as ROC AUC), else the name with
+    spaces."""
+    from .style import METRIC_LABELS
+
+    return [(METRIC_LABELS[n].split(" (")[0] if n in METRIC_LABELS else str(n).replace("_", " "), n) for n in names]
+
+
 def _widgets() -> Any:
     """Import ipywidgets, with an install hint (the ``[notebooks]`` extra) if it is missing."""
     return require("ipywidgets", "lnsr_viz.viz.dashboards")
@@ -146,11 +160,32 @@ class Dashboard(_widgets().VBox):  # type: ignore[misc]
         fig = wrap_title(fig)
         fig.update_layout(height=self._height)
         # `update(..., overwrite=True)` replaces the traces and the layout of the *same* FigureWidget (updated in
-        # place, never re-created, so the output area does not flicker), and clears any stale property of the
-        # previous figure. The browser receives the traces and the layout as separate messages.
+        # place, never re-created, so the output area does not flicker). On the Python side the new layout replaces
+        # the old one, but the browser only receives a `Plotly.relayout` of the new layout's properties, which
+        # *merges*: a property the new figure lacks (the previous view's subplot titles = annotations, its second
+        # axes, shapes, hovermode, ...) would stay on screen. So first unset those properties (a relayout to None
+        # removes them in the browser), then send the new layout.
+        self._clear_stale_layout(fig.layout)
         self.figure.update(data=fig.data, layout=fig.layout, overwrite=True)
         self.n_renders += 1
         return True
+
+    def _clear_stale_layout(self, new_layout: go.Layout) -> None:
+        """Unset (in Python and in the browser) the layout properties that ``new_layout`` does not set: whole
+        containers (``xaxis2``, ``annotations``) and, inside a container both set (``xaxis``), its stale keys."""
+
+        def stale(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+            out = []
+            for key, value in old.items():
+                if key not in new:
+                    out.append(prefix + key)
+                elif key != "template" and isinstance(value, dict) and isinstance(new[key], dict):
+                    out += stale(value, new[key], f"{prefix}{key}.")
+            return out
+
+        paths = stale(self.figure.layout.to_plotly_json(), new_layout.to_plotly_json())
+        if paths:
+            self.figure.plotly_relayout(dict.fromkeys(paths))
 
     def show_message(self, text: str) -> None:
         """Show ``text`` above the figure (escaped); the figure keeps its last valid state."""
@@ -269,7 +304,7 @@ class NoiseExplorer(Dashboard):
             "model": _dropdown(list(self._sessions), "model"),
             "injection_layer": w.IntSlider(value=int(injection_layer), min=0, max=deepest, step=1,
                                            description="injection layer k", style=style, continuous_update=False),
-            "noise": _dropdown([(_NOISE_LABELS.get(n, n), n) for n in NOISE_TYPES], "noise", noise),
+            "noise": _dropdown(_noise_options(NOISE_TYPES), "noise", noise),
             "scale": w.FloatSlider(value=float(scale), min=0.0, max=float(max_scale), step=0.01,
                                    description="noise scale", readout_format=".2f", style=style,
                                    continuous_update=False),
@@ -350,7 +385,7 @@ class StabilityCurvesDashboard(Dashboard):
         controls = {
             "lines": _select_multiple(_unique(df[color]), color),
             "injection_layer": _dropdown(layers, "injection layer k", injection_layer),
-            "noise": _dropdown(_unique(df["noise"]), "noise"),
+            "noise": _dropdown(_noise_options(_unique(df["noise"])), "noise"),
             "scale": _dropdown(sorted(float(s) for s in _unique(df["scale"])), "scale", 0.05),
             "metric": _dropdown([("relative change", "change_rel"), ("L2 change", "change_l2")], "show"),
             "log_y": w.Checkbox(value=False, description="log y axis", indent=False),
@@ -391,7 +426,7 @@ class MetricsDashboard(Dashboard):
         self.in_domain = in_domain
         names = [m for m in _unique(self.metrics["metric"]) if m not in ("n", "positive_rate")]
         controls = {
-            "metric": _dropdown(names, "metric", "accuracy"),
+            "metric": _dropdown(_metric_options(names), "metric", "accuracy"),
             "methods": _select_multiple(_unique(self.metrics["method"]), "methods"),
         }
         self._setup(controls, rows=[["metric", "methods"]])

@@ -43,18 +43,48 @@ def setting_colors(settings: Any) -> dict[str, str]:
     return out
 
 
+#: Readable names of the study_runs columns that the scatter may draw (axis titles, title, hover).
+STUDY_COLUMN_LABELS: dict[str, str] = {
+    "top_sensitivity": "top-layer noise sensitivity",
+    "ood_accuracy": "out-of-domain accuracy (mean over sets)",
+    "ood_roc_auc": "out-of-domain ROC AUC (mean over sets)",
+    "ood_macro_f1": "out-of-domain macro-F1 (mean over sets)",
+    "accuracy": "in-domain accuracy",
+    "roc_auc": "in-domain ROC AUC",
+    "macro_f1": "in-domain macro-F1",
+    "ece": "in-domain expected calibration error",
+    "val_accuracy": "validation accuracy",
+    "reg_to_task_ratio": "regulariser-to-task loss ratio",
+    "repr_effective_rank": "effective rank of the representations",
+    "repr_mean_cosine": "mean cosine between representations",
+    "jacobian_fro2": "Jacobian ||J||²_F per token",
+    "hessian_trace": "Hessian trace of the training loss",
+    "generalisation_gap": "generalisation gap",
+    "stability_ratio": "stability vs the pre-trained model (ratio)",
+    "ww_alpha": "WeightWatcher alpha (mean over layers)",
+}
+
+
+def study_column_label(column: str) -> str:
+    """The readable name of a study_runs column (:data:`STUDY_COLUMN_LABELS`), else the name with spaces."""
+    return STUDY_COLUMN_LABELS.get(column, str(column).replace("_", " "))
+
+
 def plot_sensitivity_vs_ood(runs: pd.DataFrame, *, x: str = "top_sensitivity", y: str = "ood_accuracy",
                             title: str | None = None) -> go.Figure:
-    """Top-layer noise sensitivity (x) against out-of-domain accuracy (y), one marker per run.
+    """Column ``x`` (default: top-layer noise sensitivity) against column ``y`` (default: out-of-domain accuracy),
+    one marker per run.
 
     Colour: the setting; marker: circle / square / diamond per training-set size; collapsed runs are drawn with a
-    black cross on top and named in the hover. The title gives Spearman's rank correlation over all runs.
+    black cross on top and named in the hover. The title and the axis titles name ``x`` and ``y``
+    (:func:`study_column_label`); the title gives Spearman's rank correlation over all runs.
     """
     needed = {x, y, "setting", "train_size", "seed", "collapsed"}
     missing = needed - set(runs.columns)
     if missing:
         raise ValueError(f"plot_sensitivity_vs_ood needs the study_runs columns {sorted(needed)}; missing "
                          f"{sorted(missing)}.")
+    x_name, y_name = study_column_label(x), study_column_label(y)
     symbols = ["circle", "square", "diamond", "triangle-up", "star"]
     sizes = sorted(runs["train_size"].unique())
     colors = setting_colors(runs["setting"])
@@ -69,18 +99,19 @@ def plot_sensitivity_vs_ood(runs: pd.DataFrame, *, x: str = "top_sensitivity", y
                 marker={"color": colors[setting], "symbol": symbols[i % len(symbols)], "size": 9,
                         "line": {"width": 0.5, "color": "white"}},
                 customdata=np.column_stack([sub["seed"], sub["collapsed"].map({True: "COLLAPSED", False: ""})]),
-                hovertemplate=(f"{setting}<br>train size {size}, seed %{{customdata[0]}}<br>{x} %{{x:.4f}}<br>"
-                               f"{y} %{{y:.3f}}<br>%{{customdata[1]}}<extra></extra>")))
+                hovertemplate=(f"{setting}<br>train size {size}, seed %{{customdata[0]}}<br>{x_name} %{{x:.4f}}"
+                               f"<br>{y_name} %{{y:.3f}}<br>%{{customdata[1]}}<extra></extra>")))
     collapsed = runs[runs["collapsed"].astype(bool)]
     if len(collapsed):
         fig.add_trace(go.Scatter(x=collapsed[x], y=collapsed[y], mode="markers", name="collapsed run",
                                  marker={"symbol": "x-thin", "size": 14, "line": {"width": 2, "color": "black"}},
                                  hoverinfo="skip"))
     rho, p, n = rank_correlation(runs[x], runs[y])
+    unit = {"top_sensitivity": " (relative change, noise at the embeddings)"}
     fig.update_layout(template=TEMPLATE, title=title or (
-        f"Top-layer noise sensitivity vs out-of-domain accuracy, {n} runs (Spearman rho = {rho:.2f}, p = {p:.2g})"),
-        xaxis_title="top-layer noise sensitivity (relative change, noise at the embeddings)",
-        yaxis_title="out-of-domain accuracy (mean over the sets)", legend_title_text="setting, training size")
+        f"{x_name[:1].upper()}{x_name[1:]} vs {y_name}, {n} runs (Spearman rho = {rho:.2f}, p = {p:.2g})"),
+        xaxis_title=x_name + unit.get(x, ""), yaxis_title=y_name + unit.get(y, ""),
+        legend_title_text="setting, training size")
     return fig
 
 

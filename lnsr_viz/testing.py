@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["TINY_FAMILIES", "tiny_config", "tiny_model", "tiny_tokenizer", "LinearStack", "toy_sentences"]
+__all__ = ["TINY_FAMILIES", "tiny_config", "tiny_model", "tiny_tokenizer", "LinearStack", "toy_sentences",
+           "save_tiny_setup"]
 
 TINY_FAMILIES = ("bert", "roberta", "distilbert", "electra", "albert", "mpnet", "deberta-v2", "gpt2")
 
@@ -110,6 +111,28 @@ def toy_sentences(n: int = 32, *, seed: int = 0) -> tuple[list[str], list[int]]:
         texts.append(" ".join(words))
         labels.append(label)
     return texts, labels
+
+
+def save_tiny_setup(root: Any, csvs: Any = (("in", 80, 0),), *, text_column: Any = "text") -> Any:
+    """Save a tiny BERT classifier (``root/model``, with its tokenizer) and labelled toy CSVs ``root/<name>.csv``.
+
+    ``csvs`` lists ``(name, n, seed)``; ``text_column`` is one column name for all, or a mapping name -> column (the
+    others use ``"text"``). Returns ``root`` as a :class:`pathlib.Path`. The folder the tests and benchmarks use for an
+    end-to-end run on files, as a user's model and data would be.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(root)
+    model, tokenizer = tiny_model("bert", seed=0)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    for name, n, seed in csvs:
+        column = text_column.get(name, "text") if isinstance(text_column, dict) else text_column
+        texts, labels = toy_sentences(n, seed=seed)
+        pd.DataFrame({column: texts, "label": labels}).to_csv(root / f"{name}.csv", index=False)
+    return root
 
 
 class _LinearBlock(nn.Module):

@@ -11,21 +11,14 @@ import torch
 from lnsr_viz import cli
 from lnsr_viz.experiments.runs import compare
 from lnsr_viz.experiments.store import RunStore
-from lnsr_viz.testing import tiny_model, toy_sentences
+from lnsr_viz.testing import save_tiny_setup, tiny_model
 from lnsr_viz.training.loop import FineTuner
 
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    model, tok = tiny_model("bert", seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    texts, labels = toy_sentences(80, seed=0)
-    pd.DataFrame({"text": texts, "label": labels}).to_csv(root / "in.csv", index=False)
-    texts, labels = toy_sentences(30, seed=5)
-    pd.DataFrame({"sentence": texts, "label": labels}).to_csv(root / "ood.csv", index=False)
-    return root
+    return save_tiny_setup(tmp_path_factory.mktemp("tiny"), (("in", 80, 0), ("ood", 30, 5)),
+                           text_column={"ood": "sentence"})
 
 
 @pytest.fixture
@@ -171,6 +164,27 @@ def test_runs_store_their_drift_from_the_pretrained_model(tiny_setup, tmp_path):
     assert (moved["value"] > 0).all()  # every block was trained
     assert {r.extra["device"] for r in (RunStore(tmp_path / "store").load(i) for i in result.runs["run_id"])} == {
         "cpu"}
+
+
+def test_a_run_stored_on_one_device_is_reused_on_another(tiny_setup, tmp_path, count_fits):
+    """The device is recorded, not keyed: a run made on a GPU is loaded on a CPU (and stays marked as a GPU run)."""
+    from lnsr_viz.utils.io import sha256_file
+
+    first = compare(["vanilla"], [1], **_small(tiny_setup, tmp_path / "store"))
+    run_id = first.runs.loc[first.runs["method"] == "vanilla", "run_id"].iloc[0]
+    folder = tmp_path / "store" / "runs" / run_id
+    extra = json.loads((folder / "extra.json").read_text())
+    extra["device"] = "cuda:0"  # as if the run had been made on a GPU machine and committed
+    (folder / "extra.json").write_text(json.dumps(extra))
+    record = json.loads((folder / "record.json").read_text())
+    record["files"]["extra.json"] = {"sha256": sha256_file(folder / "extra.json"),
+                                     "bytes": (folder / "extra.json").stat().st_size}
+    (folder / "record.json").write_text(json.dumps(record))
+    del count_fits[:]
+    again = compare(["vanilla"], [1], device="cpu", **_small(tiny_setup, tmp_path / "store"))
+    assert count_fits == []  # loaded, not trained again
+    assert list(again.runs["run_id"]) == list(first.runs["run_id"])
+    assert RunStore(tmp_path / "store").load(run_id).extra["device"] == "cuda:0"
 
 
 def test_a_device_that_is_not_there_is_refused_before_any_work(tiny_setup, tmp_path):

@@ -11,28 +11,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from lnsr_viz.experiments.config import ExperimentConfig
 from lnsr_viz.experiments.run_analysis import ANALYSIS_SETTINGS, ANALYSIS_TABLES, top_and_head
 from lnsr_viz.experiments.runs import compare
 from lnsr_viz.experiments.store import RunStore
-from lnsr_viz.testing import tiny_model, toy_sentences
+from lnsr_viz.testing import save_tiny_setup, tiny_model
 from lnsr_viz.training.loop import FineTuner
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("analysis")
-    model, tok = tiny_model("bert", seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    texts, labels = toy_sentences(80, seed=0)
-    pd.DataFrame({"text": texts, "label": labels}).to_csv(root / "in.csv", index=False)
-    texts, labels = toy_sentences(30, seed=5)
-    pd.DataFrame({"text": texts, "label": labels}).to_csv(root / "other.csv", index=False)
-    return root
+    return save_tiny_setup(tmp_path_factory.mktemp("analysis"), (("in", 80, 0), ("other", 30, 5)))
 
 
 def _settings(root, results, **changes):

@@ -25,7 +25,7 @@ from lnsr_viz.experiments.config import ExperimentConfig
 from lnsr_viz.experiments.runs import Job, build_protocol, run_configs, run_jobs
 from lnsr_viz.experiments.store import RunStore, config_hash
 from lnsr_viz.experiments.sweep import merge_stores
-from lnsr_viz.testing import tiny_model, toy_sentences
+from lnsr_viz.testing import save_tiny_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = pd.DataFrame({"domain": ["d"], "metric": ["accuracy"], "value": [0.5]})
@@ -33,13 +33,7 @@ METRICS = pd.DataFrame({"domain": ["d"], "metric": ["accuracy"], "value": [0.5]}
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("writers")
-    model, tok = tiny_model("bert", seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    texts, labels = toy_sentences(80, seed=0)
-    pd.DataFrame({"text": texts, "label": labels}).to_csv(root / "in.csv", index=False)
-    return root
+    return save_tiny_setup(tmp_path_factory.mktemp("writers"))
 
 
 def _settings(root: Path, results: Path) -> dict:

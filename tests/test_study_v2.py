@@ -47,20 +47,13 @@ def test_the_protocol_is_a_step_budget_per_size():
 def tiny_v2(tmp_path_factory):
     """A step-budget sweep on a tiny model: 2 sizes x (vanilla, lnsr at 2 weights) x 3 seeds, analysed (on
     fewer attribution sentences and steps than the real study, for speed: captum's per-call cost dominates here)."""
-    import pandas as pd
 
     from lnsr_viz.experiments.run_analysis import ANALYSIS_SETTINGS
     from lnsr_viz.experiments.study import study_claims
     from lnsr_viz.experiments.sweep import run_sweep
-    from lnsr_viz.testing import tiny_model, toy_sentences
+    from lnsr_viz.testing import save_tiny_setup
 
-    root = tmp_path_factory.mktemp("v2")
-    model, tok = tiny_model("bert", seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    for name, n, seed in (("in", 120, 0), ("other", 40, 5)):
-        texts, labels = toy_sentences(n, seed=seed)
-        pd.DataFrame({"text": texts, "label": labels}).to_csv(root / f"{name}.csv", index=False)
+    root = save_tiny_setup(tmp_path_factory.mktemp("v2"), (("in", 120, 0), ("other", 40, 5)))
     config = {"model": str(root / "model"), "data": str(root / "in.csv"), "ood": [str(root / "other.csv")],
               "train_sizes": [16, 32], "seeds": [1, 2, 3], "val_size": 12, "eval_size": 16, "analysis": True,
               "train": {"batch_size": 8, "max_steps": {16: 6, 32: 9}, "eval_every": {16: 2, 32: 3},
@@ -128,3 +121,20 @@ def test_relations_and_ranking_are_per_size(tiny_v2):
     assert ((ok["ci_low"] <= ok["rho"] + 1e-9) & (ok["rho"] <= ok["ci_high"] + 1e-9)).all()
     assert (rel["p_holm"].fillna(1) >= rel["p"].fillna(1) - 1e-12).all()
     assert set(res.ranking["method"]) == {"vanilla", "lnsr"}  # the methods HyPe's table shares with this sweep
+
+
+def _cfg(method, size, lr, seed=1):
+    return {"method": method, "seed": seed, "model": "minilm", "data": {"train_size": size, "in_domain": "movie"},
+            "probe": {"n": 64}, "train": {"lr": lr, "max_steps": 100}, "analysis": None}
+
+
+def test_a_store_that_mixes_protocols_is_refused_naming_the_runs():
+    from lnsr_viz.experiments.study import check_one_protocol
+
+    same = {"a1": _cfg("vanilla", 100, 5e-5), "a2": _cfg("lnsr", 100, 5e-5, 2), "b1": _cfg("vanilla", 500, 1e-4),
+            "p": {"method": "pretrained", "model": "minilm"}}
+    check_one_protocol(same)  # one protocol per size (sizes may differ from one another)
+    mixed = {**same, "odd": _cfg("lnsr", 100, 1e-4)}
+    with pytest.raises(ValueError, match=r"mixes 2 protocols at 100 training examples \(they differ in train\.lr\)"
+                                         r": 2 run\(s\) such as a1, a2; 1 run\(s\) such as odd"):
+        check_one_protocol(mixed)

@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["CLAIMS", "StudyResult", "study_runs", "study_claims", "load_study", "rank_correlation",
-           "bench_step_costs", "study_completeness"]
+           "bench_step_costs", "study_completeness", "check_one_protocol",
+           "PROTOCOL_KEYS"]
 
 #: The four claims, as the write-up states them: (measure, column, direction, text).
 CLAIMS: dict[str, dict[str, str]] = {
@@ -152,10 +153,57 @@ def _top_sensitivity(profile: pd.DataFrame | None) -> float:
     return float(rows.loc[rows["layer"] == rows["layer"].max(), "change_rel"].mean())
 
 
+#: The parts of a run's configuration that make its protocol: runs of one training-set size must agree on all of them.
+PROTOCOL_KEYS = ("model", "data", "probe", "train", "analysis")
+
+
+def _differing_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names of the settings where two nested configurations differ."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differing_keys(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def check_one_protocol(configs: dict[str, dict[str, Any]]) -> None:
+    """Refuse a store whose fine-tuned runs of one training-set size were made under different protocols.
+
+    ``configs`` maps run ids to their configurations. A study compares methods under one protocol (model, data,
+    probe, training settings, stored analysis); runs of other protocols in the same store would be pooled silently.
+    The error names the setting that differs and the runs on each side.
+    """
+    import json
+
+    groups: dict[tuple[Any, str], list[str]] = {}
+    for run_id, cfg in configs.items():
+        if cfg.get("method") == "pretrained":
+            continue
+        protocol = {k: cfg.get(k) for k in PROTOCOL_KEYS}
+        size = (cfg.get("data") or {}).get("train_size")
+        groups.setdefault((size, json.dumps(protocol, sort_keys=True, default=str)), []).append(run_id)
+    by_size: dict[Any, list[tuple[str, list[str]]]] = {}
+    for (size, text), ids in groups.items():
+        by_size.setdefault(size, []).append((text, sorted(ids)))
+    for size, variants in sorted(by_size.items(), key=lambda kv: str(kv[0])):
+        if len(variants) < 2:
+            continue
+        variants.sort(key=lambda v: -len(v[1]))
+        differ = _differing_keys(json.loads(variants[0][0]), json.loads(variants[1][0]))
+        sides = "; ".join(f"{len(ids)} run(s) such as {', '.join(ids[:3])}" for _, ids in variants)
+        raise ValueError(f"the store mixes {len(variants)} protocols at {size} training examples (they differ in "
+                         f"{', '.join(differ) or 'their configuration'}): {sides}. A study compares methods under "
+                         "one protocol: keep each protocol in its own results folder (the sweep file's results:).")
+
+
 def study_runs(store: Any) -> pd.DataFrame:
     """One row per stored run of a classification sweep (the pre-trained probe-only runs are left out).
 
     Reads every table of every run: this is for reporting, after the selection (which reads histories only).
+    Refuses a store that mixes protocols at one training-set size (:func:`check_one_protocol`).
     """
     from .store import RunStore
 
@@ -164,8 +212,9 @@ def study_runs(store: Any) -> pd.DataFrame:
     if listing.empty:
         raise ValueError(f"{store!r} holds no runs: run the sweep first (python -m lnsr_viz sweep CONFIG).")
     rows = []
-    for run_id in listing["run_id"]:
-        run = store.load(run_id)
+    loaded = {run_id: store.load(run_id) for run_id in listing["run_id"]}
+    check_one_protocol({run_id: run.config for run_id, run in loaded.items()})
+    for run_id, run in loaded.items():
         cfg = run.config
         if cfg.get("method") == "pretrained":
             continue

@@ -331,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stability profiles; writes reports/demo.html. A second run re-renders from the "
                                    "run store.")
     _add_compare_options(p, ExperimentConfig.demo())
+    p.add_argument("--no-checkpoints", action="store_true",
+                   help="keep no fine-tuned model (by default the demo keeps each method's first-seed model, about "
+                        "90 MB each, for the notebooks' diagnosis, drift and attribution sections)")
     p.set_defaults(out="reports/demo.html")
 
     p = sub.add_parser("sweep", help="run a grid of methods x parameters x training sizes x seeds",
@@ -347,6 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="where to train: cpu (default), cuda, cuda:N; recorded with each run, not part of its key")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local (default): every job in this process (with --shard: this process's share); ray: "
+                        "every job a Ray task, on a local Ray instance or --address's cluster (pip install "
+                        "'lnsr_viz[ray]')")
+    p.add_argument("--address", default=None,
+                   help="ray: join this Ray cluster (host:6379, ray://host:10001 or auto) instead of starting one")
+    p.add_argument("--cpus-per-run", type=float, default=None, help="ray: CPUs (and torch threads) per run (1)")
+    p.add_argument("--gpus-per-run", type=float, default=None,
+                   help="ray: GPUs per run (0); a fraction packs runs onto a GPU, 0.25 = four per GPU")
+    p.add_argument("--max-retries", type=int, default=None,
+                   help="ray: retries of a run that fails or whose worker dies (2), then it is reported by name")
+    p.add_argument("--report-to", default=None,
+                   help="report every trained run to tensorboard, mlflow, both (tensorboard,mlflow) or all (pip "
+                        "install 'lnsr_viz[tracking]'); MLflow uses MLFLOW_TRACKING_URI, else ./mlflow.db")
+    p.add_argument("--logging-dir", default=None, help="TensorBoard's folder for --report-to (default runs/)")
 
     p = sub.add_parser("study", help="write the study's write-up (claims a-d) from a sweep's run store",
                        description="Choose each method's setting on validation accuracy only, test the four LNSR "
@@ -355,6 +373,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="the sweep file the runs came from")
     p.add_argument("--results", default=None, help="run-store folder (default: the file's 'results')")
     p.add_argument("--out", default="docs/study.md", help="markdown output (default: docs/study.md)")
+
+    p = sub.add_parser("track-record", help="check diagnose's findings against what happened to stored runs",
+                       description="Build the population of fine-tuned runs of one or more run stores (each run's "
+                                   "stored diagnosis, WeightWatcher metrics and outcomes), measure how well each "
+                                   "finding and each WeightWatcher metric predicts over-fitting (Spearman rho, ROC "
+                                   "AUC, bootstrap CIs, Holm), and write the markdown write-up. Nothing is trained.")
+    p.add_argument("stores", nargs="+", help="run-store folders (e.g. results/study-v2)")
+    p.add_argument("--out", default="docs/diagnose.md", help="markdown output (default: docs/diagnose.md)")
+    p.add_argument("--tables", default="results/diagnose",
+                   help="folder for the tidy CSV tables (default: results/diagnose)")
+    p.add_argument("--finding-table", default=None,
+                   help="also write the per-finding table diagnose reads (the packaged one is "
+                        "lnsr_viz/data/track_record.csv)")
+    p.add_argument("--population-name", default=None,
+                   help="how the finding table names the population (default: the stores and the model count)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--preliminary", action="store_true", help="mark the write-up as a preliminary population")
 
     p = sub.add_parser("merge", help="merge run stores (e.g. sweep shards) into one",
                        description="Copy every complete run of the given stores into --into; refuses stores written "
@@ -463,8 +498,20 @@ def _run_compare(args: argparse.Namespace) -> int:
     _check_output(args.results, "--results", folder=True)
     t0 = time.perf_counter()
     qa = args.task == "qa"
-    result = compare(config=_experiment(args), save_checkpoints=args.save_checkpoints, progress=not args.quiet,
+    keep = args.save_checkpoints  # the demo keeps its first seed's models for the notebooks (not part of the keys)
+    if not keep and args.command == "demo" and not args.no_checkpoints:
+        keep = (min(args.seeds),)
+    result = compare(config=_experiment(args), save_checkpoints=keep, progress=not args.quiet,
                      device=args.device)
+    if keep and not isinstance(keep, bool):  # runs stored earlier without a model keep none: say which
+        from .experiments.store import RunStore
+
+        store = RunStore(args.results, read_only=True)
+        for row in result.runs[result.runs["seed"].isin(list(keep)).fillna(False)].itertuples():
+            if store.load(row.run_id).checkpoint_path is None:
+                print(f"note: run {row.run_id} ({row.method}, seed {row.seed}) was stored without its model, so "
+                      f"notebook 04 cannot diagnose it live; delete {store.run_dir(row.run_id)} and run the demo "
+                      "again to keep it.")
     from .utils.io import atomic_write_csv
 
     tables = Path(args.results) / "tables"
@@ -522,6 +569,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         sweep_results,
     )
 
+    ray_options = {k: v for k, v in (("address", args.address), ("cpus_per_run", args.cpus_per_run),
+                                     ("gpus_per_run", args.gpus_per_run), ("max_retries", args.max_retries))
+                   if v is not None}
+    if args.executor == "ray":
+        from .experiments.ray_executor import require_ray
+
+        try:
+            require_ray()
+        except ImportError as err:
+            raise ValueError(str(err)) from None
+    elif ray_options:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ray_options)
+        raise ValueError(f"{flags} only apply with --executor ray; add --executor ray or drop them.")
+    tracking = None
+    if args.report_to is not None:
+        from .training.tracking import check_tracking
+
+        tracking = {"report_to": args.report_to.split(",") if "," in args.report_to else args.report_to,
+                    "logging_dir": args.logging_dir}
+        check_tracking(tracking, owner="sweep --report-to")
+    elif args.logging_dir is not None:
+        raise ValueError("--logging-dir is TensorBoard's folder: it needs --report-to tensorboard.")
     config = load_sweep_config(args.config)
     i, n = parse_shard(args.shard)
     jobs = shard_jobs(config, args.shard)
@@ -533,7 +602,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     results = str(sweep_results(config, args.results))
     args.results = results  # for the Ctrl-C message: what was kept, and where
     _check_output(results, "--results", folder=True)
-    runs = run_sweep(config, results=results, shard=args.shard, progress=not args.quiet, device=args.device)
+    from .experiments.ray_executor import SweepFailed
+
+    try:
+        runs = run_sweep(config, results=results, shard=args.shard, progress=not args.quiet, device=args.device,
+                         executor=args.executor, tracking=tracking, **ray_options)
+    except SweepFailed as err:
+        failed = err.runs[err.runs["error"].notna()]
+        print(f"{int((err.runs['error'].isna() & ~err.runs['cached']).sum())} runs trained, "
+              f"{int(err.runs['cached'].sum())} loaded from {results}, {len(failed)} failed")
+        for _, row in failed.iterrows():
+            print(f"error: run {row['method']} seed {row['seed']} (train size {row['train_size']}) failed: "
+                  f"{row['error']}", file=sys.stderr)
+        print("error: the other runs are stored; fix the cause and run the same command again to make the failed "
+              "ones (stored runs are reused).", file=sys.stderr)
+        return 1
     print(f"{int((~runs['cached']).sum())} runs trained, {int(runs['cached'].sum())} loaded from {results}")
     chosen = select_from_store(RunStore(results), order=setting_order(config))
     print("\nChosen on validation accuracy only (last epoch, mean over seeds):")
@@ -566,6 +649,30 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_track_record(args: argparse.Namespace) -> int:
+    from .experiments.track_record import finding_table, population_table, track_record
+    from .utils.io import atomic_write_csv
+    from .viz.reports import write_track_record
+
+    if args.n_boot < 100:
+        raise ValueError(f"--n-boot must be at least 100 for a 95% interval; got {args.n_boot}.")
+    for folder in args.stores:  # every store checked before any work
+        if not (Path(folder) / "runs").is_dir():
+            raise ValueError(f"no run store at {folder!r} (no runs/ folder): pass a sweep's results folder, e.g. "
+                             "results/study-v2.")
+    record = track_record(population_table(args.stores), n_boot=args.n_boot)
+    path = write_track_record(record, args.out, tables=args.tables, n_boot=args.n_boot,
+                              preliminary=args.preliminary)
+    for row in record.table.itertuples():
+        print(f"  {row.predictor}: {row.verdict} (rho {row.rho:+.2f}, ROC AUC {row.auc:.2f}, n {row.n})")
+    if args.finding_table:
+        name = args.population_name or f"{record.n_models} runs of {', '.join(args.stores)}"
+        atomic_write_csv(Path(args.finding_table), finding_table(record, population=name))
+        print(f"wrote {args.finding_table}")
+    print(f"wrote {path} (tables in {args.tables})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -589,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_sweep(args)
         if args.command == "study":
             return _cmd_study(args)
+        if args.command == "track-record":
+            return _cmd_track_record(args)
         if args.command == "merge":
             from .experiments.sweep import merge_stores
 

@@ -25,11 +25,11 @@
 # * how far fine-tuning moved each layer (representation drift);
 # * how to write the whole thing as a self-contained HTML report.
 #
-# **Time on a laptop CPU:** the first time, the full setting fine-tunes 6 models (2 methods x 3 seeds, 500
-# examples, 4 epochs): measured 55 minutes on two CPU cores shared with other jobs (6-12 minutes per run, LNSR runs
-# about 1.3x vanilla's). The runs are stored, so afterwards this notebook loads them and finishes in under half a
-# minute (measured 17 s). `make demo` uses the same run store: if you ran it, nothing is retrained. Quick setting:
-# about 10 s.
+# **Time on a laptop CPU:** seconds; nothing is trained. The notebook opens on stored runs: the demo's own store
+# (`results/demo`, after `make demo`) when it holds every run, else the committed study's runs of exactly the demo's
+# setting (`results/study`: vanilla and LNSR, 500 examples, 4 epochs, seeds 1-3, the same run keys). The first cell
+# below says which, what is missing and how long training it would take; set `TRAIN = True` to train it (the six
+# fine-tunings took 23 to 55 minutes on two CPU cores). Quick setting: about 10 s.
 
 # %% [markdown]
 # **Quick setting.** With the environment variable `LNSR_VIZ_QUICK=1` (the tests set it) every notebook uses tiny
@@ -40,29 +40,33 @@
 # %%
 from IPython.display import display
 
-from lnsr_viz import compare
 from lnsr_viz.viz.dashboards import DriftDashboard, MetricsDashboard, StabilityCurvesDashboard, TrainingCurvesDashboard
+from lnsr_viz.viz.evidence import comparison_drift, comparison_evidence
 from lnsr_viz.viz.figures import plot_paired_differences
 from lnsr_viz.viz.notebook_figures import wrap_title
 from lnsr_viz.viz.reports import comparison_report
-from lnsr_viz.viz.runtime import checkpoint_drift, comparison_settings, reports_dir, setup_notebook
+from lnsr_viz.viz.runtime import comparison_settings, reports_dir, setup_notebook
 
 QUICK = setup_notebook()
 SETTINGS = comparison_settings()
+TRAIN = False   # True: train the runs this setting's store lacks (minutes to an hour on a CPU) instead of loading
 SETTINGS
 
 # %% [markdown]
-# ## 1 · Run or load the comparison
+# ## 1 · Load (or run) the comparison
 #
-# `compare` keys every run by a hash of its full configuration in the run store: a run that exists is loaded, a
-# missing one is trained, so an interrupted sweep resumes where it stopped. The first line of output says how many
-# runs were trained and how many were loaded.
+# Every run is keyed by a hash of its full configuration in a run store, so a stored run is found by its setting.
+# `comparison_evidence` looks in this setting's store first and, where runs are missing, in the committed study;
+# it never trains unless you set `TRAIN = True` above (then `lnsr_viz.compare` trains what is missing, keeps the
+# seed-1 models, and an interrupted run resumes where it stopped). The note says where the runs came from.
 
 # %%
-result = compare(**SETTINGS, save_checkpoints=True, progress=False, verbose=True)
+evidence = comparison_evidence(SETTINGS, train=TRAIN)
+print(evidence.note)
+assert evidence.result is not None, "no stored runs of this setting: set TRAIN = True to train them"
+result = evidence.result
+SETTINGS = {**SETTINGS, "seeds": tuple(result.config["seeds"])}
 IN_DOMAIN = result.config["data"]["in_domain"]
-print(f"{result.timings['trained_runs']} runs trained, {result.timings['cached_runs']} loaded from "
-      f"{SETTINGS['results']} in {result.timings['total_seconds']:.0f} s")
 result.runs
 
 # %%
@@ -131,23 +135,20 @@ wrap_title(plot_paired_differences(result.paired, metric="accuracy", in_domain=I
 # %% [markdown]
 # ## 6 · How far fine-tuning moved each layer
 #
-# Representation drift of each fine-tuned model (seed 1 of each method) from the pre-trained model, on held-out
-# in-domain sentences: linear CKA (and its debiased version) of the sentence representations, cosine drift of the
-# token and sentence states, and the weight distance per block. Fine-tuning usually moves the top layers most; a
-# method that keeps the upper layers stable under noise need not keep them close to the pre-trained ones. This
-# needs the stored checkpoints (this notebook stores them; runs made by `make demo` without `--save-checkpoints`
-# have none).
+# Representation drift of each fine-tuned model from the pre-trained model, on the 64 in-domain probe sentences:
+# linear CKA (and its debiased version) of the sentence representations, cosine drift of the token and sentence
+# states, and the weight distance per block. Fine-tuning usually moves the top layers most; a method that keeps the
+# upper layers stable under noise need not keep them close to the pre-trained ones. Every run stores its drift on
+# the probe sentences (`drift.csv`), so no checkpoint is needed; shown is the mean over seeds (the note says which
+# runs it comes from).
 
 # %%
-drift_table = checkpoint_drift(SETTINGS, n_texts=32 if QUICK else 256)   # first seed of each method
+drift_table, drift_note = comparison_drift(evidence)
+print(drift_note)
 if len(drift_table):
     drift = DriftDashboard(drift_table)
     assert drift.error is None, drift.error
     display(drift)
-else:
-    print("No checkpoints stored with these runs (made by `make demo` without --save-checkpoints?): drift needs "
-          "the fine-tuned weights. Run the demo with --save-checkpoints into a new results folder, or set "
-          "LNSR_VIZ_RESULTS to a fresh folder and rerun this notebook.")
 
 # %% [markdown]
 # ## 7 · The report

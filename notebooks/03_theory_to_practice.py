@@ -22,14 +22,14 @@
 #   penalises the Jacobian: the upper layers become flat around the training data;
 # * how to check it on a model with a known answer, then on a real transformer, and where it breaks (large σ: the
 #   network is not linear over the noise; tiny σ: floating-point round-off);
-# * two classic correlates of generalisation measured on every stored fine-tuned model: the Jacobian norm and the
-#   trace of the loss Hessian (flat minima);
+# * two classic correlates of generalisation, stored with every committed study-v2 run (measured when it was
+#   trained, so no checkpoint is needed): the Jacobian norm and the trace of the loss Hessian (flat minima);
 # * how noise stability relates to the generalisation gap and the out-of-domain gap **across runs**, with
 #   confidence intervals, and why a handful of runs proves little.
 #
-# **Time on a laptop CPU:** about 12 minutes in the full setting once notebook 02's runs are stored (measured
-# 12.5 minutes on two cores, most of it the Hessian traces of the six checkpoints; without stored runs `compare`
-# below trains them first, see notebook 02); about 10 s in the quick setting.
+# **Time on a laptop CPU:** under a minute in the full setting: sections 1-2 measure live on the packaged
+# pre-trained MiniLM, sections 3-4 read the theory tables every committed study-v2 run stored (`results/study-v2`);
+# nothing is trained. About 10 s in the quick setting (a tiny random model for the live part).
 
 # %% [markdown]
 # **Quick setting.** With the environment variable `LNSR_VIZ_QUICK=1` (the tests set it) every notebook uses tiny
@@ -40,27 +40,22 @@
 # %%
 import torch
 
-from lnsr_viz import compare, load_model
+from lnsr_viz import load_model
 from lnsr_viz.analysis.theory import jacobian_norm, small_noise_identity
 from lnsr_viz.core.adapter import ModelAdapter
 from lnsr_viz.experiments.theory_runs import theory_table
 from lnsr_viz.testing import LinearStack
 from lnsr_viz.viz.analysis_figures import plot_small_noise_identity
 from lnsr_viz.viz.dashboards import TheoryDashboard
+from lnsr_viz.viz.evidence import stored_theory, theory_runs
 from lnsr_viz.viz.notebook_figures import wrap_title
-from lnsr_viz.viz.runtime import (
-    checkpoint_theory,
-    comparison_settings,
-    join_theory_measurements,
-    probe_noise_sigma,
-    probe_sentences,
-    setup_notebook,
-)
+from lnsr_viz.viz.runtime import comparison_settings, probe_noise_sigma, probe_sentences, setup_notebook
 
 QUICK = setup_notebook()
 SETTINGS = comparison_settings()
-N_SENTENCES = 8 if QUICK else 16
-N_PROBES = 4 if QUICK else 8        # Hutchinson probes per Jacobian / Hessian estimate
+N_SENTENCES = 8
+N_PROBES = 4 if QUICK else 8        # Hutchinson probes per Jacobian estimate
+SIGMAS = (1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)   # absolute noise sizes of the live identity check
 
 # %% [markdown]
 # ## 1 · A model with a known answer
@@ -91,14 +86,15 @@ stack_identity[["sigma", "noise_sensitivity", "jacobian_fro2", "ratio", "regime"
 # Now the pre-trained model (MiniLM; a tiny random BERT in the quick setting), noise on the embedding output,
 # *f* = all blocks. Points: the measured noise sensitivity E‖Δ‖²/(σ²T) per token with a 95% CI over sentences;
 # dashed line: the Hutchinson estimate of ‖J‖²_F (band ±2 standard errors). The points sit on the line over a wide
-# range of σ (in the full setting MiniLM's identity holds from about 1e-5 up to 1). For large enough σ they leave it
-# because the network is not linear over the noise (LayerNorm, GELU, softmax); at tiny σ float32 round-off in
-# f(h+e) − f(h) dominates.
+# range of σ (in the full setting, on these 8 sentences, MiniLM's identity held from about 1e-5 up to 0.1). For
+# large enough σ they leave it because the network is not linear over the noise (LayerNorm, GELU, softmax); at tiny
+# σ float32 round-off in f(h+e) − f(h) dominates.
 
 # %%
 model, tokenizer = load_model(SETTINGS["model"])
 texts = probe_sentences(N_SENTENCES)
-identity = small_noise_identity(model, texts, tokenizer, layer=0, n_probes=2 * N_PROBES, max_length=64)
+identity = small_noise_identity(model, texts, tokenizer, layer=0, sigmas=SIGMAS, n_probes=N_PROBES, n_draws=4,
+                                max_length=64)
 assert (identity["regime"] == "holds").any(), "the identity should hold somewhere in the middle range of sigma"
 held = identity.loc[identity["regime"] == "holds", "sigma"]
 print(f"the identity holds (ratio within 10%) for sigma from {held.min():.0e} to {held.max():.0e}")
@@ -115,42 +111,50 @@ sigma_probe = probe_noise_sigma(model, texts, tokenizer, scale=0.05, layer=0, ma
 print(f"5% relative noise ~ sigma = {sigma_probe:.2g} per coordinate")
 
 # %% [markdown]
-# ## 3 · Jacobian norm and Hessian trace of every fine-tuned model
+# ## 3 · Jacobian norm, the identity and the Hessian trace of every committed run
 #
-# The comparison of notebook 02 is loaded from the run store (trained first if it is missing). For every stored
-# checkpoint we measure the Jacobian norm of the top layer with respect to the embedding output (Hutchinson,
-# `N_PROBES` probes) and the trace of the Hessian of the training loss (Hutchinson with Hessian-vector products by
-# double backward), on the training examples the model was fine-tuned on.
+# Every run of the committed study v2 (`results/study-v2`: the pre-trained model and every fine-tuned method, seed
+# and size stored so far) measured these while its model was in memory and stored them with the run: the Jacobian
+# norm of the top layer with respect to the embedding output (Hutchinson, 8 probes, 32 in-domain sentences), the
+# small-noise identity's ratio at three absolute σ, and the trace of the Hessian of the training loss (Hutchinson
+# with Hessian-vector products, 64 training examples, the top block and the head). Nothing is recomputed here.
 
 # %%
-result = compare(**SETTINGS, save_checkpoints=True, progress=False, verbose=False)
-measured = checkpoint_theory(SETTINGS, n_train=32, n_probes=N_PROBES, layer=0)   # every stored checkpoint
-if measured.empty:
-    print("No checkpoints stored with these runs (made by `make demo` without --save-checkpoints?): the Jacobian "
-          "norms and Hessian traces need the fine-tuned weights, so they are left out below. Set LNSR_VIZ_RESULTS "
-          "to a fresh folder and run notebook 02 to store runs with checkpoints.")
-measured[["method", "seed", "jacobian_fro2", "jacobian_fro2_se", "hessian_trace", "hessian_trace_se"]].round(4)
+theory_stored, store_check = stored_theory()   # results/study-v2; damaged or missing runs are said, not used
+print(store_check.note() or f"{theory_stored['run_id'].nunique()} runs with stored theory tables in "
+      f"{store_check.path}")
+per_run = theory_stored.pivot_table(index=["setting", "train_size", "seed"], columns="quantity", values="value",
+                                    aggfunc="first", dropna=False)
+assert (theory_stored.loc[theory_stored["quantity"] == "jacobian_fro2", "value"] > 0).all()
+per_run[["jacobian_fro2", "hessian_trace"]].round(2)
+
+# %% [markdown]
+# The identity at the runs' own σ: its ratio (noise sensitivity over ‖J‖²_F) per run, for each σ. Near 1, the
+# probe measures the Jacobian; compare with the live curve of section 2 on the pre-trained model.
+
+# %%
+ratios = theory_stored[theory_stored["quantity"] == "identity_ratio"]
+ratios.pivot_table(index="setting", columns="sigma", values="value", aggfunc="mean").round(3)
 
 # %% [markdown]
 # ## 4 · Across runs: does stability go with generalisation?
 #
-# `theory_table` reads every stored run: the top-layer noise sensitivity (the probe's relative change at the last
-# layer, Figure 1's quantity), the generalisation gap (last epoch's train minus validation accuracy) and the
-# out-of-domain gap (in-domain minus mean out-of-domain accuracy), with Pearson and Spearman correlations and
-# bootstrap CIs. The Jacobian norms and Hessian traces measured above join the table. Pick the axes and the colour
-# in the dashboard: e.g. noise sensitivity vs Jacobian norm coloured by the generalisation gap shows three
-# quantities at once.
+# `theory_table` reads every stored run of the committed study: the top-layer noise sensitivity (the probe's
+# relative change at the last layer, Figure 1's quantity), the generalisation gap (the last evaluation's train
+# minus validation accuracy) and the out-of-domain gap (in-domain minus mean out-of-domain accuracy), with the
+# stored Jacobian norms and Hessian traces, and Pearson and Spearman correlations with bootstrap CIs. Points are
+# coloured by setting. Pick the axes and the colour in the dashboard: e.g. noise sensitivity vs Jacobian norm
+# coloured by the generalisation gap shows three quantities at once.
 #
-# After notebook 02 alone (2 methods x 3 seeds) there are only six fine-tuned runs: a correlation is weak
-# evidence here, and the bootstrap intervals say how weak. More seeds or methods (notebook 05 stores its runs in
-# the same place) add points.
+# The runs share one size so far (100 examples; the 500 and 2000 runs are not in the store yet) and a few dozen
+# points: a correlation is weak evidence, and the bootstrap intervals say how weak.
 
 # %%
-theory = theory_table(SETTINGS["results"])
-runs = join_theory_measurements(theory.runs, measured)
+theory = theory_table(store_check.path, n_boot=500)   # 500 bootstrap resamples per CI (2000: a minute here)
+runs = theory_runs(theory_stored, theory.runs)   # setting labels and the stored identity ratio joined
 tuned = runs[runs["method"] != "pretrained"]
 assert tuned["noise_sensitivity"].notna().all() and tuned["generalisation_gap"].notna().all()
-assert tuned["jacobian_fro2"].notna().sum() == len(measured)
+assert tuned["jacobian_fro2"].notna().all()
 theory_dashboard = TheoryDashboard(runs, correlations=theory.correlations)
 assert theory_dashboard.error is None, theory_dashboard.error
 theory_dashboard

@@ -24,14 +24,18 @@
 #   representations coloured by label or domain, and token attributions of base and model side by side;
 # * how to save it all as one HTML report.
 #
-# **Time on a laptop CPU:** under a minute in the full setting (MiniLM, 500 training and 600 held-out movie
-# snippets, UMAP of 400 sentences: measured 39 s on two cores); about 10 s in the quick setting.
+# **Time on a laptop CPU:** on a fresh clone, seconds: with no checkpoint it reads a committed run's stored
+# diagnosis (`results/study-v2`: findings, stability, drift, attributions and representations stored with the run).
+# With a checkpoint (yours, or the LNSR model `make demo` keeps) it diagnoses live: about 2 minutes on two cores
+# (MiniLM, 500 training and 600 held-out movie snippets, UMAP of 400 sentences). About 10 s in the quick setting.
 #
 # **Your own model:** set `CHECKPOINT` below (or the environment variable `LNSR_VIZ_CHECKPOINT`) to a folder with
 # `config.json` and the weights (anything saved with `save_pretrained`), and `DATA` to labelled data: a CSV path with
 # `text` and `label` columns (and optionally a `split` column with `train` / `test`), a DataFrame, or
 # `{"train": ..., "held_out": ...}`. The base model is read from the checkpoint's config unless you set
-# `BASE_MODEL`. By default the notebook diagnoses an LNSR checkpoint stored by notebook 02.
+# `BASE_MODEL`. By default the notebook diagnoses the LNSR checkpoint (seed 1) that `make demo` keeps, and without one
+# the stored diagnosis of a committed LNSR run; the first code cell says which. A checkpoint folder inside a run
+# store must match its run's record file for file, or it is refused with the reason.
 
 # %% [markdown]
 # **Quick setting.** With the environment variable `LNSR_VIZ_QUICK=1` (the tests set it) every notebook uses tiny
@@ -42,33 +46,23 @@
 # %%
 import os
 
-from lnsr_viz import load_model
-from lnsr_viz.experiments.diagnose import diagnose
-from lnsr_viz.viz.dashboards import AttributionDashboard, DriftDashboard, ProjectionDashboard
+from lnsr_viz.viz.dashboards import DriftDashboard, ProjectionDashboard
+from lnsr_viz.viz.evidence import attribution_dashboard, diagnosis_evidence, evidence_projections
 from lnsr_viz.viz.figures import plot_stability_curves
 from lnsr_viz.viz.notebook_figures import wrap_title
 from lnsr_viz.viz.reports import diagnosis_report
-from lnsr_viz.viz.runtime import (
-    check_checkpoint,
-    comparison_settings,
-    default_checkpoint,
-    diagnosis_data,
-    diagnosis_projections,
-    reports_dir,
-    setup_notebook,
-)
+from lnsr_viz.viz.runtime import check_checkpoint, reports_dir, setup_notebook
 
 QUICK = setup_notebook()
 
-CHECKPOINT = os.environ.get("LNSR_VIZ_CHECKPOINT")   # a folder with config.json, or None for a stored one
+CHECKPOINT = os.environ.get("LNSR_VIZ_CHECKPOINT")   # a folder with config.json, or None: make demo's, else stored
 BASE_MODEL = None                                     # None: read from the checkpoint's config
-DATA = None                                           # None: the data the stored checkpoint was trained on
+DATA = None                                           # None: the data the checkpoint was trained on
 
-if CHECKPOINT is None:   # an LNSR checkpoint stored by notebook 02; its base is the comparison's model
-    CHECKPOINT = default_checkpoint("lnsr")
-    BASE_MODEL = BASE_MODEL or comparison_settings()["model"]
-CHECKPOINT = check_checkpoint(CHECKPOINT)   # a missing or wrong folder stops here with what to set
-print("diagnosing", CHECKPOINT)
+# a checkpoint (given, or kept by `make demo`) is diagnosed live; without one a committed run's stored diagnosis
+evidence = diagnosis_evidence(CHECKPOINT, base_model=BASE_MODEL, data=DATA)
+diagnosis = evidence.diagnosis
+print("diagnosis:", evidence.origin)
 
 # %% [markdown]
 # A wrong path does not end in a traceback from deep inside transformers; it says what to set:
@@ -80,16 +74,10 @@ except FileNotFoundError as err:
     print(err)
     assert "Set CHECKPOINT" in str(err)
 
-# %%
-# DATA None: the stored checkpoint's own protocol (its training set, held-out in-domain and out-of-domain sets)
-DATA, IN_DOMAIN, OOD = diagnosis_data(DATA)
-
 # %% [markdown]
 # ## 1 · The diagnosis
 
 # %%
-diagnosis = diagnose(CHECKPOINT, BASE_MODEL, DATA, max_examples=200 if QUICK else 600,
-                     probe_n=16 if QUICK else 64, n_drift=32 if QUICK else 300, max_length=64)
 print(diagnosis.summary())
 keys = [f.key for f in diagnosis.findings]
 assert keys == ["generalisation_gap", "loss_gap", "stability_vs_base", "drift", "calibration"], keys
@@ -124,14 +112,12 @@ drift
 # The sentence representations (mean over real tokens) of both models are projected together (UMAP in the full
 # setting, PCA in the quick one), so the two panels share one coordinate system. Colour by label to see whether
 # fine-tuning separated the classes, or by domain to see where out-of-domain sentences land. Hover a point to read
-# its sentence.
+# its sentence. A stored run kept its top layer's representations of 32 sentences per domain (projected with PCA
+# here; `evidence_projections(evidence, method="umap")` for UMAP); a live diagnosis projects the embedding output
+# and the last layer.
 
 # %%
-model, tokenizer = load_model(CHECKPOINT)
-base, base_tokenizer = load_model(diagnosis.settings["base_model"])
-projections = diagnosis_projections(   # one joint projection per layer: the embedding output and the last layer
-    (base, base_tokenizer), (model, tokenizer), DATA["held_out"], OOD, in_domain=IN_DOMAIN,
-    n_per_set=24 if QUICK else 100, layers=(0, -1), method="pca" if QUICK else "umap", max_length=64)
+projections = evidence_projections(evidence)   # one joint projection per layer
 projection = ProjectionDashboard(projections)
 assert projection.error is None, projection.error
 projection
@@ -140,12 +126,11 @@ projection
 # ## 5 · Which words decide? Attributions of base and model side by side
 #
 # Integrated Gradients on the word embeddings: each token's contribution to the predicted class's probability,
-# for the base (with its untrained head) and the fine-tuned model. Pick a sentence.
+# for the base (with its untrained head) and the fine-tuned model. Pick a sentence (a stored run kept the
+# attributions of 8 in-domain sentences).
 
 # %%
-sentences = list(DATA["held_out"].texts[:6])
-attributions = AttributionDashboard((base, base_tokenizer), (model, tokenizer), sentences, names=("base", "model"),
-                                    n_steps=16 if QUICK else 32)
+attributions = attribution_dashboard(evidence)
 assert attributions.error is None, attributions.error
 attributions
 
@@ -156,3 +141,26 @@ attributions
 report_path = diagnosis_report(diagnosis).save(reports_dir() / "04_diagnosis.html")
 assert report_path.stat().st_size > 50_000
 print(report_path)
+
+# %% [markdown]
+# ## 7 · Does each finding predict over-fitting? Its track record, beside WeightWatcher
+#
+# *(Section added for issue 18; it reads only the committed run stores.)* Every committed study-v2 run stored the
+# numbers behind each finding and WeightWatcher's metrics of its weights, next to what happened to the model. The
+# track record puts them side by side: Spearman's rho with the outcome each number claims to predict and ROC AUC
+# for "over-fitted" (a held-out accuracy drop of at least 0.35) vs not, with bootstrap 95% CIs and Holm-adjusted
+# p-values. `diagnose` words a warning whose record does not beat chance as descriptive. The full write-up is
+# `docs/diagnose.md` (`python -m lnsr_viz track-record results/study-v2`).
+
+# %%
+from lnsr_viz.experiments.track_record import population_table, track_record  # noqa: E402 (this section's own)
+from lnsr_viz.viz.runtime import study_dir  # noqa: E402
+
+track_stores = [study_dir("study-v2")]
+if (study_dir("study-v2").parent / "diagnose-population" / "runs").is_dir():   # the over-fit arm, once it is run
+    track_stores.append(study_dir("diagnose-population"))
+record = track_record(population_table(track_stores), n_boot=200 if QUICK else 2000)
+print(f"{record.n_models} models from {', '.join(str(s) for s in track_stores)}")
+assert record.n_models >= 20
+record.table[["predictor", "source", "outcome", "n", "rho", "rho_ci_low", "rho_ci_high", "auc", "auc_ci_low",
+              "auc_ci_high", "auc_p_holm", "verdict"]].round(3)

@@ -24,11 +24,11 @@
 # * what each method costs in time;
 # * that with a few seeds most differences are **within noise**, and how to read that honestly.
 #
-# **Time on a laptop CPU:** the full setting fine-tunes 8 rival methods x 3 seeds on top of notebook 02's runs
-# (which are reused): 24 MiniLM fine-tunings, an estimated 4 hours on two CPU cores the first time (from notebook
-# 02's measured 6-10 minutes per vanilla run and each method's per-step cost relative to vanilla in
-# `benchmarks/bench_methods.py`: up to 2.5x for SMART), seconds afterwards (every run is stored). Quick setting:
-# about 10 s (16 tiny fine-tunings).
+# **Time on a laptop CPU:** seconds to a minute; nothing is trained. The notebook reads the committed study v2
+# (`results/study-v2`: every method under one step-budget protocol, 5 seeds, its settings fixed in advance) and
+# shows each method's chosen setting (best mean validation accuracy) at the largest training size stored so far.
+# The first cell says which methods and sizes are not in the store yet and how long training them would take;
+# `TRAIN = True` trains the ones you name (hours on a CPU). The quick setting reads the same store.
 
 # %% [markdown]
 # **Quick setting.** With the environment variable `LNSR_VIZ_QUICK=1` (the tests set it) every notebook uses tiny
@@ -39,40 +39,50 @@
 # %%
 from IPython.display import display
 
-from lnsr_viz import compare
 from lnsr_viz.methods import METHODS
 from lnsr_viz.viz.dashboards import MetricsDashboard, StabilityCurvesDashboard, TrainingCurvesDashboard
+from lnsr_viz.viz.evidence import methods_evidence, train_missing_methods
 from lnsr_viz.viz.figures import plot_paired_differences
 from lnsr_viz.viz.notebook_figures import plot_run_costs, plot_step_costs, wrap_title
 from lnsr_viz.viz.reports import comparison_report
-from lnsr_viz.viz.runtime import benchmark_table, comparison_settings, reports_dir, run_cost_summary, setup_notebook
+from lnsr_viz.viz.runtime import benchmark_table, reports_dir, run_cost_summary, setup_notebook
 
 QUICK = setup_notebook()
-ALL_METHODS = tuple(METHODS)   # vanilla, lnsr and every rival registered in lnsr_viz
-SETTINGS = comparison_settings(methods=ALL_METHODS)
-print("methods:", ", ".join(ALL_METHODS))
+print("methods in lnsr_viz:", ", ".join(METHODS))
+TRAIN = False               # True: train TRAIN_METHODS at TRAIN_SIZES (hours on a CPU) into results/study-v2-mine
+TRAIN_METHODS = ["smart"]   # e.g. a rival the store lacks
+TRAIN_SIZES = [100]
 
 # %% [markdown]
-# ## 1 · Run or load every method
+# ## 1 · Load every method from the committed study
 #
-# Same data, seeds, epochs and learning rate for every method; each method's own hyper-parameters are its
-# defaults (see `lnsr_viz.methods`), chosen a priori, not tuned here. Runs already stored (e.g. vanilla and LNSR
-# from notebook 02) are loaded.
+# Same data, seeds, step budget and learning rate for every method; each method's settings were fixed in
+# `configs/study-v2.yaml` before any run, and the one shown per method is chosen on validation accuracy only. The
+# note says what is stored, what is not yet, and what training the rest would cost.
 
 # %%
-result = compare(**SETTINGS, progress=False, verbose=not QUICK)
+STORE = train_missing_methods(TRAIN_METHODS, TRAIN_SIZES) if TRAIN else None   # None: the committed study v2
+evidence = methods_evidence(STORE)
+print(evidence.note)
+result = evidence.result
 IN_DOMAIN = result.config["data"]["in_domain"]
-print(f"{result.timings['trained_runs']} runs trained, {result.timings['cached_runs']} loaded")
-assert set(result.runs["method"]) == {"pretrained", *ALL_METHODS}
-assert set(result.paired["method"]) == set(ALL_METHODS) - {"vanilla"}
+assert "vanilla" in set(result.runs["method"]) and len(result.paired)
+evidence.missing[["method", "setting", "train_size", "stored", "planned", "estimated_hours"]]
+
+# %% [markdown]
+# Every method's chosen setting against vanilla at this size (paired over seeds, t-test with Holm's correction
+# over the methods; cost as the step-time ratio to vanilla from `make bench`):
+
+# %%
+evidence.study.methods[evidence.study.methods["train_size"] == evidence.train_size].round(4)
 
 # %% [markdown]
 # ## 2 · What each method costs
 #
-# Wall-clock seconds per run (fine-tuning, evaluation and the stability probe), one dot per seed. Methods that add
+# Wall-clock seconds per stored run (fine-tuning with its evaluations, the stability probe and the stored analysis),
+# one dot per seed, as measured when the run was made (two CPU cores shared by two sweep shards). Methods that add
 # a second forward pass (LNSR, SMART, R3F, R-Drop) cost more than those that only change the weights, the
-# gradients or the hidden states of the one pass (L2-SP, Mixout, NoisyTune, HyPe, Child-Tuning). Runs loaded from
-# the store report the time of the run that made them.
+# gradients or the hidden states of the one pass (L2-SP, Mixout, NoisyTune, HyPe, Child-Tuning).
 
 # %%
 runs = result.runs.dropna(subset=["seconds"])   # the pre-trained reference row has no training time

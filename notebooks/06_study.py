@@ -35,7 +35,7 @@ from IPython.display import Markdown, display
 from lnsr_viz.experiments.study import load_study
 from lnsr_viz.viz.dashboards import FigureDashboard
 from lnsr_viz.viz.runtime import setup_notebook, study_config, study_dir, study_markdown, study_scatter_choices
-from lnsr_viz.viz.study_figures import plot_sensitivity_vs_ood
+from lnsr_viz.viz.study_figures import claims_view, plot_sensitivity_vs_ood
 
 QUICK = setup_notebook()
 STUDY = study_dir()
@@ -62,9 +62,7 @@ study.chosen
 # *Supported* / *contradicted*: the CI excludes zero in / against the claimed direction; otherwise *not shown*.
 
 # %%
-cols = ["claim", "statement", "train_size", "setting", "role", "baseline_mean", "method_mean", "effect", "ci_low",
-        "ci_high", "p_value", "verdict"]
-study.claims[cols].round(4)
+claims_view(study.claims)  # the verdict first; the full table, with the means, is study.claims
 
 # %% [markdown]
 # ## 3 · Noise sensitivity against out-of-domain accuracy, run by run
@@ -95,7 +93,7 @@ study.balance
 # machines, then `merge`), then `python -m lnsr_viz study YOUR.yaml --out your-study.md`.
 
 # %%
-write_up = study_markdown()   # docs/study.md, its figure links made relative to this folder
+write_up = study_markdown()   # docs/study.md, its figures embedded (they show wherever the lab is rooted)
 if write_up is not None:
     display(Markdown(write_up))
 else:

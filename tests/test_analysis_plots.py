@@ -2,6 +2,7 @@
 units, titles that say what is shown), never pixels; and input validation with messages naming what is missing."""
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from lnsr_viz.viz.analysis_figures import (
     plot_theory_scatter,
 )
 from lnsr_viz.viz.figures import color_for
+from lnsr_viz.viz.style import readable
 
 
 def _drift(pairs=(("pre", "ft"),)):
@@ -36,7 +38,8 @@ def test_drift_heatmap_scales_within_metric_and_shows_raw_values():
     fig = plot_drift_heatmap(_drift())
     assert isinstance(fig, go.Figure) and len(fig.data) == 1
     hm = fig.data[0]
-    assert list(hm.y) == list(DRIFT_METRICS) and list(hm.x) == [0, 1, 2]
+    assert list(hm.y) == [readable(m) for m in DRIFT_METRICS] and list(hm.x) == [0, 1, 2]  # readable names
+    assert list(hm.y)[:2] == ["CKA", "debiased CKA"]
     z = np.array(hm.z, dtype=float)
     np.testing.assert_allclose(z[0], [0.0, 0.5, 1.0])  # cka: 1 - similarity, scaled to the row's largest
     np.testing.assert_allclose(z[4], [0.0, 0.5, 1.0])  # weight distance 0, 10, 20
@@ -89,8 +92,9 @@ def test_projection_plot_facets_models_colours_labels_and_hovers_the_sentence():
     first = fig.data[0]
     assert "sentence &lt;b&gt;0&lt;/b&gt;" in first.hovertext[0] and "<br>" in first.hovertext[0]  # escaped, wrapped
     assert fig.data[0].marker.color != fig.data[1].marker.color
-    assert fig.layout.xaxis.title.text == "PC 1 (60% of variance; hidden-state units)"
-    assert "coloured by label_name" in fig.layout.title.text and "PCA fitted jointly" in fig.layout.title.text
+    assert fig.layout.xaxis.title.text == fig.layout.xaxis2.title.text == "PC 1 (60% of variance)"  # short: no overlap
+    assert "hidden-state units" in fig.layout.title.text
+    assert "coloured by label" in fig.layout.title.text and "PCA fitted jointly" in fig.layout.title.text
     by_domain = plot_projection(_projection("umap"), color="domain")
     assert {t.name for t in by_domain.data} == {"movie", "amazon"}
     assert "UMAP 1" in by_domain.layout.xaxis.title.text
@@ -159,21 +163,44 @@ def _attributions():
     return pd.DataFrame(rows)
 
 
-def test_attribution_plot_one_row_per_model_with_tokens_as_text():
+def test_attribution_plot_one_panel_per_model_with_tokens_as_text():
     fig = plot_attributions(_attributions())
+    assert len(fig.data) == 2 and [t.name for t in fig.data] == ["pretrained", "fine-tuned"]
     hm = fig.data[0]
-    assert list(hm.y) == ["pretrained · class positive (p = 0.90)", "fine-tuned · class positive (p = 0.60)"]
-    assert list(hm.text[0]) == ["[CLS]", "great", "&lt;fun&gt;", "[SEP]"]
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["pretrained: explains class “positive” (p = 0.90)", "fine-tuned: explains class “positive” "
+                                                                          "(p = 0.60)"]
+    assert list(hm.text[0])[:4] == ["[CLS]", "great", "&lt;fun&gt;", "[SEP]"]  # the words, as cell text
+    assert hm.texttemplate == "%{text}" and hm.textfont.size >= 10
+    assert fig.layout.xaxis.showticklabels is False  # no position numbers under the words
     assert hm.zmid == 0 and hm.zmax == -hm.zmin
-    np.testing.assert_allclose(hm.z[1], [0.0, -1 / 3, -2 / 3, 0.0])
-    assert "share of total |attribution|" in hm.colorbar.title.text
+    np.testing.assert_allclose(fig.data[1].z[0][:4], [0.0, -1 / 3, -2 / 3, 0.0])
+    assert "share of total |attribution|" in hm.colorbar.title.text and fig.data[1].showscale is False
     assert "great &lt;fun&gt;" in fig.layout.title.text
     raw = plot_attributions(_attributions(), value="attribution")
-    np.testing.assert_allclose(raw.data[0].z[0], [0.0, 0.1, 0.2, 0.0])
+    np.testing.assert_allclose(raw.data[0].z[0][:4], [0.0, 0.1, 0.2, 0.0])
     with pytest.raises(ValueError, match="'value' parameter of plot_attributions must be one of"):
         plot_attributions(_attributions(), value="saliency")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['target_prob'\]"):
         plot_attributions(_attributions().drop(columns="target_prob"))
+
+
+def test_attribution_plot_wraps_a_long_sentence_into_rows_and_names_label_k_classes():
+    words = [f"w{i}" for i in range(30)]
+    rows = [{"model": "m", "position": p, "token": w, "attribution": 0.01 * p, "attribution_norm": 0.01 * p,
+             "target": 0, "target_name": "LABEL_0", "target_prob": 0.7, "text": " ".join(words)}
+            for p, w in enumerate(words)]
+    fig = plot_attributions(pd.DataFrame(rows), tokens_per_row=10)
+    hm = fig.data[0]
+    assert len(hm.z) == 3 and all(len(r) == 10 for r in hm.z)  # 30 tokens in 3 rows of 10
+    assert [t for row in hm.text for t in row] == words  # every word shown, in order
+    assert list(hm.y) == ["tokens 1–10", "tokens 11–20", "tokens 21–30"]
+    assert "class “class 0”" in fig.layout.annotations[0].text  # LABEL_0 is never shown
+    named = plot_attributions(pd.DataFrame(rows), class_names=("negative", "positive"))
+    assert "class “negative”" in named.layout.annotations[0].text
+    assert len(named.data[0].z[0]) <= 12  # the default fits the row into the figure's width
+    shown = re.sub(r"</?sup>", "", named.layout.title.text).replace("<br>", " ")
+    assert " ".join(words) in shown  # the whole sentence, not cut
 
 
 def test_plots_accept_real_outputs():
@@ -200,7 +227,11 @@ def test_drift_by_layer_plots_the_mean_over_seeds_with_a_band():
     assert set(lines) == {"vanilla", "lnsr"}
     np.testing.assert_allclose(lines["lnsr"].y, [0.95, 0.85, 0.75])
     assert len(fig.data) == 4  # a band and a line per method
-    assert "1 = unchanged" in fig.layout.title.text
+    assert "1 = unchanged" in fig.layout.title.text and "CKA" in fig.layout.title.text
+    # the axis title holds the metric's whole meaning, wrapped into lines, never cut with "[...]"
+    y_title = fig.layout.yaxis.title.text
+    assert "[...]" not in y_title and DRIFT_METRICS["cka"][1] in y_title.replace("<br>", " ")
+    assert all(len(line) <= 48 for line in y_title.split("<br>"))
     with pytest.raises(ValueError, match="metric"):
         plot_drift_by_layer(pd.DataFrame(rows), metric="weight_distance")
     with pytest.raises(ValueError, match="method"):

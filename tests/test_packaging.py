@@ -99,11 +99,12 @@ def test_pyproject_ranges_admit_the_pinned_versions():
 def test_extras_keep_the_core_light_and_all_and_dev_have_everything():
     project = _pyproject()["project"]
     extras = project["optional-dependencies"]
-    assert set(extras) == {"analysis", "notebooks", "hf", "all", "dev", "bench"}
+    assert set(extras) == {"analysis", "notebooks", "hf", "ray", "tracking", "all", "dev", "bench"}
     core = {canonicalize_name(Requirement(t).name) for t in project["dependencies"]}
-    optional = {"captum", "umap-learn", "ipywidgets", "anywidget", "jupyterlab", "accelerate", "jupytext"}
+    optional = {"captum", "umap-learn", "ipywidgets", "anywidget", "jupyterlab", "accelerate", "jupytext", "ray",
+                "mlflow-skinny", "tensorboard"}
     assert not core & optional, f"in the core install but only one part needs them: {core & optional}"
-    assert extras["all"] == ["lnsr_viz[analysis,notebooks,hf]"]
+    assert extras["all"] == ["lnsr_viz[analysis,notebooks,hf,ray,tracking]"]
     assert "lnsr_viz[all]" in extras["dev"]
     from lnsr_viz.utils.extras import EXTRAS
 

@@ -440,19 +440,34 @@ def test_metric_by_domain_single_seed_has_no_ci():
 
 def test_training_curves_seed_lines_thin_mean_thick_and_accuracy_subplot():
     fig = plot_training_curves(make_history())
-    assert fig.layout.xaxis2 is not None and fig.layout.yaxis2.title.text == "accuracy (fraction correct)"
+    # losses (x), the regulariser's own panel (x2, its own y axis: not a flat line beside the task loss), accuracy (x3)
+    assert fig.layout.yaxis3.title.text == "accuracy (fraction correct)"
+    assert fig.layout.yaxis2.title.text.startswith("regulariser term")
     thin = [t for t in fig.data if t.line.width == 1]
     thick = [t for t in fig.data if t.line.width == 3]
     # losses: vanilla has 2 curves (its reg loss is all NaN, skipped), lnsr 3; accuracy: 2 each
     assert len(thick) == (2 + 2) + (3 + 2)
     assert len(thin) == 3 * len(thick)
-    assert all(t.showlegend is False for t in thin)
+    assert all(t.showlegend is False for t in thin + thick)
+    # one legend entry per method (under the plot), each toggling all that method's curves
+    legend = [t for t in fig.data if t.showlegend is not False]
+    assert [t.name for t in legend] == ["vanilla", "lnsr"] and fig.layout.legend.orientation == "h"
+    assert {t.legendgroup for t in fig.data} == {"vanilla", "lnsr"}
     mean_val = [t for t in thick if t.name == "lnsr · val_accuracy"][0]
-    assert mean_val.xaxis == "x2"
+    assert mean_val.xaxis == "x3"
     assert_allclose(mean_val.y, [0.68 + 0.03 * e for e in (1, 2, 3)])
+    mean_reg = [t for t in thick if t.name == "lnsr · train_reg_loss"][0]
+    assert mean_reg.yaxis == "y2"
     mean_loss = [t for t in thick if t.name == "vanilla · train_loss"][0]
     assert_allclose(mean_loss.y, [1.0 / e + 0.01 for e in (1, 2, 3)])
     assert not [t for t in fig.data if t.name and t.name.startswith("vanilla") and "train_reg_loss" in t.name]
+    # the subplot titles say which dash is which curve, in readable names, two lines at most
+    titles = [a.text for a in fig.layout.annotations]
+    assert "total loss: solid" in titles[0].replace("<br>", " ") and all(t.count("<br>") <= 1 for t in titles)
+    # without a regulariser column there are two panels
+    plain = plot_training_curves(make_history(), metrics=("train_loss", "train_task_loss"))
+    assert plain.layout.yaxis2.title.text == "accuracy (fraction correct)"
+    assert "xaxis3" not in plain.layout.to_plotly_json()
 
 
 def test_training_curves_errors():
@@ -484,8 +499,8 @@ def test_generalisation_gap_mean_and_band_over_seeds():
 def test_paired_marks_within_noise():
     fig = plot_paired_differences(make_paired())
     by_name = {t.name: t for t in fig.data}
-    within = by_name["lnsr − vanilla: within noise (CI crosses 0)"]
-    clear = by_name["lnsr − vanilla: CI excludes 0"]
+    within = by_name["lnsr − vanilla: no clear difference (CI includes 0 or p ≥ 0.05)"]
+    clear = by_name["lnsr − vanilla: clear difference (CI excludes 0, p < 0.05)"]
     assert list(within.x) == [0.01]
     assert within.customdata[0][0] == "amazon"
     assert within.marker.symbol == "circle-open"
@@ -499,11 +514,24 @@ def test_paired_marks_within_noise():
     assert_allclose([within.error_x.array[0], within.error_x.arrayminus[0]], [0.03, 0.03])
 
 
+def test_paired_with_a_large_p_is_drawn_hollow_although_its_ci_excludes_zero():
+    # 3 seeds: the exact permutation test cannot go below p = 0.25, so a CI that excludes 0 is still weak evidence
+    paired = make_paired().assign(n_pairs=3, p_permutation=0.25, p_sign=0.25)
+    fig = plot_paired_differences(paired)
+    assert [t.name for t in fig.data] == ["lnsr − vanilla: no clear difference (CI includes 0 or p ≥ 0.05)"]
+    assert fig.data[0].marker.symbol == "circle-open" and len(fig.data[0].x) == 3
+    assert [a.text for a in fig.layout.annotations] == ["within noise"] * 3
+    # a corrected p, where the table has one, is the one that decides
+    corrected = make_paired().assign(p_adj=[0.5, 0.01, 0.2])
+    names = {t.name: sorted(t.x) for t in plot_paired_differences(corrected).data}
+    assert names["lnsr − vanilla: clear difference (CI excludes 0, p < 0.05)"] == [0.03]
+
+
 def test_paired_errors():
     paired = pd.concat([make_paired(), make_paired().assign(metric="nll")])
     with pytest.raises(ValueError, match=r"several 'metric' values \['accuracy', 'nll'\]"):
         plot_paired_differences(paired)
-    assert plot_paired_differences(paired, metric="nll").layout.title.text.startswith("Paired difference in nll")
+    assert plot_paired_differences(paired, metric="nll").layout.title.text.startswith("Paired difference in NLL")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['verdict'\]"):
         plot_paired_differences(make_paired().drop(columns="verdict"))
 

@@ -243,3 +243,66 @@ def test_probe_report_shows_the_curve_and_with_every_layer_the_heatmap(tmp_path)
     assert "Noise injected at layer 0" in html
     one = probe_report(_profile(ks=(1,)), model="tiny", layer=1).save(tmp_path / "p.html").read_text()
     assert "Noise injected at layer 1" in one and 'id="full-profile"' not in one
+
+
+# ----------------------------------------------------------------------------- the comparison report's wording
+
+
+def _comparison_result():
+    """A ComparisonResult-like object with the tables the report reads: 3 seeds, one clear-looking but weak row."""
+    from types import SimpleNamespace
+
+    from lnsr_viz.analysis.stats import describe_comparison
+
+    base = {"method": "lnsr", "baseline": "vanilla", "n_pairs": 3, "p_sign": 0.25, "p_permutation": 0.25}
+    rows = [{**base, "domain": "movie", "metric": "accuracy", "mean_diff": -0.02, "ci_low": -0.03, "ci_high": -0.01},
+            {**base, "domain": "amazon", "metric": "accuracy", "mean_diff": 0.01, "ci_low": -0.02, "ci_high": 0.04}]
+    paired = pd.DataFrame([{**r, "verdict": describe_comparison(r)} for r in rows])
+    drift = pd.DataFrame([{"method": m, "seed": s, "layer": layer, "metric": metric, "kind": kind,
+                           "value": v + 0.01 * s}
+                          for m in ("vanilla", "lnsr") for s in (1, 2, 3) for layer in range(3)
+                          for metric, kind, v in (("cka", "similarity", 0.9), ("weight_distance_rel", "distance",
+                                                                                 0.1))])
+    cfg = {"model": "minilm", "data": {"train_size": 500, "in_domain": "movie"}, "methods": ["vanilla", "lnsr"],
+           "seeds": [1, 2, 3], "results": "results/demo", "train": {"epochs": 3}, "probe": {"n": 64},
+           "method_params": {"vanilla": {}, "lnsr": {"lam": 10.0, "noise": "gaussian", "scale": 0.05}}}
+    empty = pd.DataFrame()
+    return SimpleNamespace(config=cfg, runs=pd.DataFrame({"run_id": ["a"], "method": ["lnsr"], "seed": [1]}),
+                           paired=paired, profile=empty, metrics=empty, label_balance=empty, history=empty,
+                           drift=drift, summary=empty, timings={"total_s": 1.0})
+
+
+def test_comparison_report_words_and_draws_weak_evidence_as_weak():
+    from lnsr_viz.viz.reports import comparison_report
+
+    html_text = comparison_report(_comparison_result()).to_html()
+    verdicts = html_text.split("Verdicts in plain words", 1)[1].split("</ul>", 1)[0]
+    # p = 0.25 over 3 seeds: never "worse", although the t-interval excludes 0
+    assert "is worse than" not in verdicts
+    assert verdicts.count("no clear difference between lnsr and vanilla (within noise)") == 2
+    assert "p = 0.25 over 3 seeds" in verdicts
+    # the figure draws it hollow; no "CI excludes 0" marker
+    assert "CI excludes 0" not in html_text.replace("CI excludes 0 *and*", "").replace("CI excludes 0 <em>and</em>",
+                                                                                     "")
+    assert "circle-open" in html_text and "clear difference (CI excludes 0, p < 0.05)" not in html_text
+
+
+def test_comparison_report_states_the_paired_rule_once_and_explains_the_lnsr_setting():
+    from lnsr_viz.viz.reports import comparison_report
+
+    result = _comparison_result()
+    html_text = comparison_report(result).to_html()
+    table = html_text.split("Paired comparison table", 2)[-1]
+    # the long verdict sentence is not repeated per row: a short evidence cell, the rule once in the caption
+    for sentence in result.paired["verdict"]:
+        assert sentence not in table
+    assert table.count("within noise</td>") == 2
+    assert html_text.count("so a comparison over 5 seeds or fewer is never called clear") == 2  # verdicts + caption
+    # the drift axis titles are whole (wrapped, never cut with [...]; plotly.js itself holds "[...]")
+    titles = re.findall(r'"yaxis":\{"title":\{"text":"([^"]*)"', html_text)
+    drift = [t for t in titles if "CKA" in t or "weight distance" in t]
+    assert len(drift) == 2 and not any("[...]" in t for t in drift)
+    assert "1 = identical up to rotation and isotropic scale" in drift[0].replace("\\u003cbr\\u003e", " ")
+    # why LNSR's weight here may differ from the study's chosen one
+    assert "LNSR ran with lam = 10, noise = gaussian, scale = 0.05" in html_text
+    assert "fixed before any run" in html_text and "docs/study-v2.md" in html_text

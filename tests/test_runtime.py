@@ -208,8 +208,14 @@ def test_study_markdown_and_config(monkeypatch, tmp_path):
     monkeypatch.setenv(runtime.PROJECT_ENV, str(tmp_path))
     assert runtime.study_markdown() is None
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "study.md").write_text("# Study\n![claims](study-claims.svg)\n", encoding="utf-8")
-    assert runtime.study_markdown() == "# Study\n![claims](../docs/study-claims.svg)\n"
+    (tmp_path / "docs" / "study.md").write_text("# Study\n![claims](study-claims.svg)\n![gone](study-gone.png)\n"
+                                                "[a link](https://example.org/x.svg)\n", encoding="utf-8")
+    (tmp_path / "docs" / "study-claims.svg").write_bytes(b"<svg/>")
+    write_up = runtime.study_markdown()
+    # embedded, so it shows in a lab rooted at notebooks/ (where ../docs/ is not served); a missing one is named
+    assert write_up.startswith("# Study\n![claims](data:image/svg+xml;base64,PHN2Zy8+)\n*(figure `docs/study-gone.png`")
+    assert write_up.endswith("is missing: rebuild the write-up with `python -m lnsr_viz study configs/study.yaml`)*\n"
+                             "[a link](https://example.org/x.svg)\n")
 
 
 def test_study_scatter_choices():
@@ -227,4 +233,5 @@ def test_the_committed_study_is_found_from_the_notebooks_folder(monkeypatch):
     assert runtime.study_dir() == ROOT / "results" / "study"
     assert runtime.study_config() == ROOT / "configs" / "study.yaml" and runtime.study_config().is_file()
     write_up = runtime.study_markdown()
-    assert write_up is not None and "](../docs/study-" in write_up and "](study-" not in write_up
+    assert write_up is not None and "](data:image/svg+xml;base64," in write_up and "](study-" not in write_up
+    assert "is missing" not in write_up

@@ -25,7 +25,7 @@ import pytest
 from plotly.io.json import to_json_plotly
 
 from lnsr_viz.testing import tiny_model, toy_sentences
-from lnsr_viz.viz import dashboards
+from lnsr_viz.viz import dashboards, runtime
 from lnsr_viz.viz.dashboards import (
     AttributionDashboard,
     DriftDashboard,
@@ -139,7 +139,7 @@ def test_moving_the_injection_layer_slider_redraws_in_place(explorer):
 
 
 @pytest.mark.parametrize(("control", "value", "in_title"), [
-    ("noise", "in_manifold", "in_manifold"),
+    ("noise", "in_manifold", "in-manifold"),
     ("scale", 0.2, "scale 0.2"),
     ("scale_kind", "absolute", "absolute"),
 ])
@@ -198,6 +198,7 @@ def test_the_session_profile_is_the_probes_profile():
     assert probe_session(model, tok, texts[:4], max_length=32) is not session  # other sentences: another session
     got = session.profile(injection_layer=1, noise="in_manifold", scale=0.1, n_draws=3, seed=2, label="m")
     assert not session.last_memoised
+    assert session.probe_texts == list(texts) and session.bucket_size == 8  # one batch of all the sentences
     want = StabilityProbe("in_manifold", scale=0.1, injection_layers=[1], n_draws=3, batch_size=8, seed=2,
                           max_length=32, progress=False).run(model, texts, tokenizer=tok, label="m")
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
@@ -205,6 +206,43 @@ def test_the_session_profile_is_the_probes_profile():
     assert session.last_memoised and session.last_seconds == 0.0
     assert again["model"].unique().tolist() == ["other"] and got["model"].unique().tolist() == ["m"]
     assert session.adapter.clean_passes == 1
+    # in length-sorted batches: the same as the probe on those batches, one clean pass per batch
+    bucketed = runtime.ProbeSession(model, tok, texts, max_length=32, bucket_size=3)
+    lengths = [len(tok(t, truncation=True, max_length=32)["input_ids"]) for t in bucketed.probe_texts]
+    assert lengths == sorted(lengths) and sorted(bucketed.probe_texts) == sorted(texts)
+    got = bucketed.profile(injection_layer=1, n_draws=2, seed=1, label="m")
+    want = StabilityProbe("gaussian", injection_layers=[1], n_draws=2, batch_size=3, seed=1, max_length=32,
+                          progress=False).run(model, bucketed.probe_texts, tokenizer=tok, label="m")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    bucketed.profile(injection_layer=0, n_draws=2, seed=1)
+    assert bucketed.adapter.clean_passes == 3  # 8 sentences in batches of 3: three clean passes, then cached
+
+
+def test_prefetch_computes_the_neighbouring_settings_in_the_background():
+    model, tok = tiny_model("bert", n_layers=3, seed=4)
+    session = runtime.ProbeSession(model, tok, toy_sentences(6, seed=2)[0], max_length=32)
+    settings = [{"injection_layer": k, "n_draws": 2} for k in (1, 2, 3, 9)]  # 9 is above the last layer: skipped
+    assert session.prefetch(settings, idle_s=0.0) == 3
+    assert session.wait_prefetch(timeout=120)
+    assert session.n_prefetched == 3 and all(session.is_memoised(injection_layer=k, n_draws=2) for k in (1, 2, 3))
+    direct = runtime.ProbeSession(model, tok, toy_sentences(6, seed=2)[0], max_length=32)
+    for k in (1, 2, 3):  # the same numbers as computed on request
+        pd.testing.assert_frame_equal(session.profile(injection_layer=k, n_draws=2, label="m"),
+                                      direct.profile(injection_layer=k, n_draws=2, label="m"))
+        assert session.last_memoised
+    assert session.prefetch(settings[:3]) == 0  # all memoised: nothing queued
+
+
+def test_the_explorer_prefetches_its_neighbours(explorer_models):
+    dash = NoiseExplorer({"deep": explorer_models["deep"]}, toy_sentences(5, seed=3)[0], n_draws=1, prefetch=True)
+    session = dash._sessions["deep"]
+    assert session.wait_prefetch(timeout=120)
+    near = dash.neighbours()
+    assert [s["injection_layer"] for s in near[:2]] == [1, 2] and len(near) <= 6  # the nearest layers first
+    assert {s["noise"] for s in near} >= {"gaussian", "in_manifold"}
+    assert all(session.is_memoised(**s) for s in near)
+    dash.controls["injection_layer"].value = 2
+    assert session.last_memoised and ("background" in dash.note.value or "stored" in dash.note.value)
 
 
 def test_layer_above_the_last_layer_shows_a_message(explorer):
@@ -387,7 +425,8 @@ def test_switching_the_view_replaces_the_layout_in_place(first, second):
     assert dash.figure is widget and dash.error is None
     new = (plot_generalisation_gap(dash.history) if second == "gap"
            else plot_training_curves(dash.history, metrics=dash.loss_columns))
-    new = wrap_title(new).update_layout(height=460)
+    new = wrap_title(new, width=dashboards._TITLE_CHARS).update_layout(height=dash._height)
+    dashboards._room_for_subplot_titles(new)
     expected = json.loads(to_json_plotly(new.layout.to_plotly_json()))
     # in Python: the widget's layout is the new figure's
     assert _labels(dash.figure.layout) == _labels(new.layout)
@@ -397,7 +436,8 @@ def test_switching_the_view_replaces_the_layout_in_place(first, second):
     if second == "gap":
         assert "xaxis2" not in shown and not shown.get("annotations")
     else:
-        assert "xaxis2" in shown and len(shown["annotations"]) == 2
+        # losses, the regulariser's own panel, accuracy: three subplot titles
+        assert "xaxis3" in shown and len(shown["annotations"]) == 3
 
 
 def test_figure_dashboard_wires_any_plot_function():
@@ -488,7 +528,7 @@ def test_drift_dashboard():
     dash.controls["pairs"].value = ("lnsr vs base",)
     assert len(dash.figure.data) == 1
     dash.controls["metrics"].value = ("cka",)
-    assert list(dash.figure.data[0].y) == ["cka"]
+    assert list(dash.figure.data[0].y) == ["CKA"]  # the readable name
     dash.controls["metrics"].value = ()
     assert "No metric selected" in dash.error
     dash.controls["metrics"].value = ("weight_distance",)
@@ -539,7 +579,7 @@ def make_theory_runs() -> pd.DataFrame:
 def test_theory_dashboard():
     dash = TheoryDashboard(make_theory_runs())
     assert dash.error is None
-    assert "hessian_trace" not in dash.controls["x"].options  # never measured: not offered
+    assert "hessian_trace" not in [v for _, v in dash.controls["x"].options]  # never measured: not offered
     x_before = [list(t.x) for t in dash.figure.data]
     dash.controls["x"].value = "jacobian_fro2"
     assert [list(t.x) for t in dash.figure.data] != x_before
@@ -554,7 +594,9 @@ def test_attribution_dashboard(explorer_models):
     dash = AttributionDashboard(explorer_models["shallow"], tiny_model("bert", n_layers=2, seed=2), sentences,
                                 names=("base", "model"), n_steps=8)
     assert dash.error is None
-    assert [label.split(" ·")[0] for label in dash.figure.data[0].y] == ["base", "model"]
+    assert [t.name for t in dash.figure.data] == ["base", "model"]  # one panel per model
+    assert [a.text.split(":")[0] for a in dash.figure.layout.annotations] == ["base", "model"]
+    assert "LABEL_" not in " ".join(a.text for a in dash.figure.layout.annotations)  # readable class names
     first = np.array(dash.figure.data[0].z, dtype=float)
     dash.controls["sentence"].value = sentences[1]
     assert dash.attributions_["text"].iloc[0] == sentences[1]

@@ -673,6 +673,42 @@ def _calibration_finding(probs: np.ndarray, y: np.ndarray, n_bins: int, seed: in
                    ev)
 
 
+def _read_track_record(source: Any) -> pd.DataFrame | None:
+    """diagnose's ``track_record=``: the packaged table, a CSV / frame, or None."""
+    if source is None:
+        return None
+    from .track_record import load_track_record
+
+    return load_track_record(None if isinstance(source, str) and source == "packaged" else source)
+
+
+def _with_track_record(finding: Finding, record: pd.DataFrame) -> Finding:
+    """The finding with its track record attached (evidence and a sentence); a warning whose record does not beat
+    chance becomes a description, one whose record points the other way is corrected (both severity ``info``)."""
+    from .track_record import track_record_sentence
+
+    rows = record[record["finding"] == finding.key]
+    if not len(rows) or finding.value is None:
+        return finding
+    row = rows.iloc[0]
+    sentence = track_record_sentence(row)
+    evidence = {**finding.evidence, "track_record": {k: json_safe(row[k]) for k in row.index}}
+    verdict = str(row["verdict"])
+    if finding.severity != "warning" or verdict == "predictive":
+        return Finding(finding.key, finding.severity, finding.title, f"{finding.message} {sentence}", finding.value,
+                       finding.threshold, finding.threshold_source, evidence)
+    first = re.split(r"(?<=[.)])\s+(?=[A-Z])", finding.message, maxsplit=1)[0]
+    if verdict == "opposite":
+        why = ("On that population the number pointed the opposite way from a sign of over-fitting, so it is not read "
+               "as one here: treat it as a description of this model.")
+        title = f"{finding.title} (corrected: not a sign of over-fitting here)"
+    else:
+        why = "That is not better than chance, so this is reported as a description, not as a warning."
+        title = f"{finding.title} (descriptive)"
+    return Finding(finding.key, "info", title, f"Descriptive: {first} {sentence} {why}", finding.value,
+                   finding.threshold, finding.threshold_source + "; worded by its track record", evidence)
+
+
 # ------------------------------------------------------------------------------------------------ steps
 @dataclass
 class _Pair:
@@ -807,6 +843,7 @@ def diagnose(
     label_map: Mapping[Any, Any] | None = None,
     encoding: str | None = None,
     n_probe: None = None,
+    track_record: str | os.PathLike[str] | pd.DataFrame | None = "packaged",
 ) -> Diagnosis:
     """Diagnose a fine-tuned model against its pre-trained base on labelled data.
 
@@ -849,6 +886,11 @@ def diagnose(
         Label value -> class id or class name, applied to every split first (as in ``compare``).
     encoding : str, optional
         The files' text encoding; default UTF-8, strictly (other bytes are refused, never replaced).
+    track_record : 'packaged', path, DataFrame or None, default='packaged'
+        Each finding's track record on a population of runs (:mod:`lnsr_viz.experiments.track_record`; the
+        packaged ``lnsr_viz/data/track_record.csv`` by default). Every finding it covers gets a sentence saying how
+        well its number predicted over-fitting there; a warning whose record does not beat chance is worded as a
+        description (severity ``info``), and one that pointed the opposite way is corrected. None: no track record.
 
     String labels are matched to the model's classes by name when its config names them (``id2label``, as
     :func:`save_checkpoint` writes it); otherwise both splits take the training split's classes, numbered in
@@ -870,6 +912,7 @@ def diagnose(
     if n_probe is not None:
         raise TypeError("diagnose: n_probe was renamed probe_n (the name compare and ExperimentConfig use); "
                         f"pass probe_n={n_probe!r}.")
+    record = _read_track_record(track_record)  # read (and checked) before any work
     probe_n = check_positive_int("probe_n", probe_n, owner=owner)
     n_drift = check_positive_int("n_drift", n_drift, owner=owner)
     probe_scale = float(check_number("probe_scale", probe_scale, owner=owner, low=0.0, low_closed=False))
@@ -911,6 +954,7 @@ def diagnose(
         _drift_finding(drift),
         _calibration_finding(held_p, held_c.labels, n_bins, seed),
     ]
+    findings = [f if record is None else _with_track_record(f, record) for f in findings]
     settings = {
         "model": pair.model_label, "base_model": pair.base_label, "base_source": pair.base_source, "split": split_how,
         "n_train": 0 if train_c is None else len(train_c), "n_held_out": len(held_c),

@@ -165,7 +165,8 @@ def _diagnosis(net: Any, reference: Any, tokenizer: Any, inputs: AnalysisInputs,
 
     result = diagnose((net, tokenizer), (reference, tokenizer), {"train": inputs.train, "held_out": inputs.held_out},
                       max_examples=int(settings["diagnose_examples"]), probe_n=probe_n, probe_draws=probe_draws,
-                      n_drift=int(settings["diagnose_drift"]), max_length=max_length, seed=seed)
+                      n_drift=int(settings["diagnose_drift"]), max_length=max_length, seed=seed,
+                      track_record=None)  # the raw rules: the track record is built from these
     rows = []
     for f in result.findings:
         if f.value is not None and math.isfinite(float(f.value)):

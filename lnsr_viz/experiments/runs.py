@@ -34,7 +34,7 @@ from ..methods import get_method
 from .config import ExperimentConfig
 
 __all__ = ["compare", "ComparisonResult", "Protocol", "build_protocol", "check_model_fit", "probe_key", "run_config",
-           "run_configs", "run_jobs", "train_key", "Job"]
+           "run_configs", "run_jobs", "train_key", "Job", "collect_comparison", "keeps_checkpoint"]
 
 _DEMO_KEYS = ("methods", "seeds", "train_size", "val_size", "eval_size", "epochs", "batch_size", "lr", "max_length",
               "probe_n", "probe_draws")
@@ -464,22 +464,75 @@ def _stored_analysis(job: Job, cfg: Mapping[str, Any], net: Any, tokenizer: Any,
     return tables
 
 
+def keeps_checkpoint(save_checkpoints: bool | Sequence[int], seed: int | None) -> bool:
+    """Whether a fine-tuned run of ``seed`` stores its model: ``save_checkpoints`` is True/False or the seeds that do.
+
+    The checkpoint is not part of a run's key: keeping it or not never changes which run is which."""
+    if isinstance(save_checkpoints, bool):
+        return save_checkpoints
+    return seed is not None and int(seed) in {int(s) for s in save_checkpoints}
+
+
+def _fine_tune(job: Job, net: Any, tokenizer: Any, protocol: Protocol, config: ExperimentConfig, *,
+               train_kw: Mapping[str, Any], callbacks: Sequence[Any], progress: bool, extra: dict[str, Any],
+               say: Any, what: str, run_id: str) -> tuple[pd.DataFrame, Any]:
+    """Fine-tune one job's model in place (with the collapse guard); fill ``extra``; return its history and the
+    tracker (:class:`~lnsr_viz.training.tracking.Tracker` when ``train_kw`` asks to report, else None)."""
+    from ..training.loop import FineTuner
+
+    guards = []
+    if protocol.task == "classification":  # watch the representations' spread (collapse guard)
+        from ..training.collapse import CollapseGuard
+
+        guards = [CollapseGuard(list(protocol.validation.texts[:64]), tokenizer, max_length=int(config.max_length))]
+    kwargs = dict(train_kw)
+    if kwargs.get("report_to"):
+        kwargs.setdefault("run_name", f"{job.name}-seed{job.seed}-{run_id}")
+    tuner = FineTuner(job.method, method_params=dict(job.params), seed=job.seed or 0, progress=progress,
+                      callbacks=[*guards, *callbacks], **kwargs)
+    if tuner.tracker_ is not None:
+        tuner.tracker_.tags.update({"lnsr_viz.run_id": run_id, "lnsr_viz.method": job.name})
+    tuner.fit(net, tokenizer, protocol.train, protocol.validation)
+    extra["train_seconds"] = tuner.state_.seconds
+    extra["steps"] = tuner.state_.global_step
+    if config.keep_best:  # the step whose weights were kept (and evaluated, probed, analysed)
+        extra["kept_step"] = tuner.state_.best_step
+    if guards:
+        extra["collapsed"] = bool(guards[0].collapsed)
+        if guards[0].collapsed:
+            say(f"  {what}: WARNING: the representations collapsed (see the history's collapse columns)")
+    return tuner.history_, tuner.tracker_
+
+
+def _track_results(tracker: Any, metrics: pd.DataFrame, profile: pd.DataFrame | None) -> None:
+    """Report a stored run's evaluation metrics (``metrics/<domain>/<metric>``) and stability profile (a table)."""
+    if tracker is None:
+        return
+    tracker.log_metrics({f"metrics/{r.domain}/{r.metric}": r.value for r in metrics.itertuples()})
+    if profile is not None:
+        tracker.log_table("stability_profile", profile)
+    tracker.close()
+
+
 def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protocol, store: Any,
-             save_checkpoints: bool = False, progress: bool = True, verbose: bool = True,
-             callbacks: Sequence[Any] = (), device: str | None = None) -> pd.DataFrame:
+             save_checkpoints: bool | Sequence[int] = False, progress: bool = True, verbose: bool = True,
+             callbacks: Sequence[Any] = (), device: str | None = None,
+             tracking: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Run (or load from ``store``) every job on one data protocol; one row per job.
 
     ``config`` gives the model, the training and the probe settings (its methods, seeds and method parameters are
     not read: the jobs carry theirs). A job whose configuration is already stored is loaded, not retrained: this is
     how interrupted grids resume. ``device`` (e.g. ``'cuda'``) is where each model trains; it is recorded with the run
     (``extra.json``) but is not part of the run's key, so a stored run is reused whichever device made it.
+    ``tracking`` (``{'report_to': 'mlflow', 'logging_dir': ...}``, :class:`~lnsr_viz.training.loop.FineTuner`'s
+    options) reports every run it trains to TensorBoard / MLflow, with its test metrics and stability profile; like
+    ``device`` it is not part of any run's key.
     """
     import torch
     from tqdm.auto import tqdm
 
     from ..analysis.drift import representation_drift
     from ..data.models import load_model
-    from ..training.loop import FineTuner
     from ..utils.precision import require_precision
     from ..utils.validation import check_device
 
@@ -535,25 +588,12 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
             extra["labels"] = protocol.labels
         metrics = pd.DataFrame(columns=["domain", "metric", "value"])
         history = None
+        tracker = None
         if job.method != "pretrained":
             say(f"  {what}: fine-tuning on {len(protocol.train)} examples ...")
-            guards = []
-            if protocol.task == "classification":  # watch the representations' spread (collapse guard)
-                from ..training.collapse import CollapseGuard
-
-                guards = [CollapseGuard(list(protocol.validation.texts[:64]), tokenizer, max_length=max_length)]
-            tuner = FineTuner(job.method, method_params=dict(job.params), seed=job.seed or 0, progress=progress,
-                              callbacks=[*guards, *callbacks], **train_kw)
-            tuner.fit(net, tokenizer, protocol.train, protocol.validation)
-            history = tuner.history_
-            extra["train_seconds"] = tuner.state_.seconds
-            extra["steps"] = tuner.state_.global_step
-            if config.keep_best:  # the step whose weights were kept (and evaluated, probed, analysed)
-                extra["kept_step"] = tuner.state_.best_step
-            if guards:
-                extra["collapsed"] = bool(guards[0].collapsed)
-                if guards[0].collapsed:
-                    say(f"  {what}: WARNING: the representations collapsed (see the history's collapse columns)")
+            history, tracker = _fine_tune(job, net, tokenizer, protocol, config, train_kw={**train_kw, **(
+                tracking or {})}, callbacks=callbacks, progress=progress, extra=extra, say=say, what=what,
+                run_id=store.run_id(cfg))
             say(f"  {what}: evaluating on {', '.join(protocol.evaluation)} ...")
             metrics = protocol.evaluate(net, tokenizer, max_length, precision=config.precision)
         say(f"  {what}: stability probe ({probe_cfg['n']} examples, {probe_cfg['n_draws']} draws) ...")
@@ -570,7 +610,7 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
             tables = analyse(job, cfg, net, tokenizer, what, extra)
         extra["seconds"] = time.perf_counter() - t0
         checkpoint_fn = None
-        if save_checkpoints and job.method != "pretrained":
+        if job.method != "pretrained" and keeps_checkpoint(save_checkpoints, job.seed):
             def checkpoint_fn(folder: Path, net: Any = net, tokenizer: Any = tokenizer) -> None:
                 from .diagnose import save_checkpoint
 
@@ -579,6 +619,7 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
                 save_checkpoint(net, tokenizer, folder, base_model=model_label, class_names=names)
         store.save(cfg, metrics=metrics, history=history, profile=profile, extra=extra, drift=drift,
                    checkpoint_fn=checkpoint_fn, tables=tables)
+        _track_results(tracker, metrics, profile)
         say(f"  {what}: done in {extra['seconds']:.0f} s")
         return {"run_id": store.run_id(cfg), "method": job.name, "seed": job.seed, "cached": False,
                 "seconds": extra["seconds"], "collapsed": extra.get("collapsed")}
@@ -621,7 +662,8 @@ RUN_OPTIONS = ("save_checkpoints", "progress", "verbose", "device")
 
 
 def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, *,
-            config: ExperimentConfig | None = None, save_checkpoints: bool = False, progress: bool = True,
+            config: ExperimentConfig | None = None, save_checkpoints: bool | Sequence[int] = False,
+            progress: bool = True,
             verbose: bool = True, device: str | None = None, **settings: Any) -> ComparisonResult:
     """Fine-tune each method with each seed, evaluate in / out of domain, probe, and compare over seeds.
 
@@ -636,8 +678,10 @@ def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = 
         Changes to ``config`` (any :class:`~lnsr_viz.experiments.config.ExperimentConfig` field: ``model``, ``data``,
         ``ood``, ``train_size``, ``epochs``, ``method_params``, ``probe_n``, ``results``, ``task``, ...), applied with
         :meth:`ExperimentConfig.replace`; an unknown name is refused, listing the valid ones.
-    save_checkpoints : bool
-        Also store each fine-tuned model (so that ``diagnose`` can read it later).
+    save_checkpoints : bool or sequence of int
+        Also store each fine-tuned model (so that ``diagnose`` can read it later); a sequence of seeds stores only
+        those seeds' models (``make demo`` keeps seed 1's). Not part of the run key; a run already stored without a
+        checkpoint is loaded as it is (it gets none).
     progress, verbose : bool
         Progress bars; one status line per run step.
     device : str, optional
@@ -689,6 +733,12 @@ def label_balance(protocol: Protocol) -> pd.DataFrame:
                              for name, ds in protocol.evaluation.items()])
     return pd.DataFrame([{"domain": name, "n": len(ds), "positive_rate": float(np.mean(ds.labels == 1))}
                          for name, ds in protocol.evaluation.items()])
+
+
+def collect_comparison(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence[str]) -> ComparisonResult:
+    """A :class:`ComparisonResult` of stored runs only (nothing is trained): ``runs`` has ``run_id, method, seed,
+    collapsed`` (``method`` is the label the tables and statistics use); its ``config`` is left empty."""
+    return _collect(store, runs, baseline=baseline, methods=methods)
 
 
 def _collect(store: Any, runs: pd.DataFrame, *, baseline: str, methods: Sequence[str]) -> ComparisonResult:

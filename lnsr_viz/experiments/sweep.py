@@ -22,7 +22,9 @@ A sweep is described by a small YAML or TOML file::
 ``expand(config)`` turns it into a list of jobs (train size x method setting x seed), in a fixed order. A job whose
 configuration is stored is loaded, not retrained (resume); ``--shard i/n`` runs every n-th job starting at the i-th
 (1-based), so n processes or machines can share a grid, and ``merge_stores`` combines their run stores, refusing
-stores written by different code versions or on different data.
+stores written by different code versions or on different data. ``run_sweep(executor='ray')`` instead runs every job
+as a Ray task on a local instance or a cluster (:mod:`lnsr_viz.experiments.ray_executor`); both take their jobs from
+:func:`shard_jobs`, so they cannot disagree about what a grid contains.
 
 Selection protocol (no peeking): hyper-parameters are chosen on the in-domain **validation** split only, from the
 training histories; test and out-of-domain metrics are never read during selection (``select_settings`` takes only
@@ -47,7 +49,7 @@ from .runs import Job, build_protocol, check_model_fit, run_jobs
 
 __all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run_sweep", "merge_stores",
            "select_settings", "select_from_store", "sweep_history", "setting_order", "experiment_config", "shard_jobs",
-           "sweep_results", "SWEEP_KEYS"]
+           "sweep_results", "SWEEP_KEYS", "EXECUTORS"]
 
 #: The :class:`~lnsr_viz.experiments.config.ExperimentConfig` settings a sweep file may give at its top level (the
 #: ``train:`` and ``probe:`` sections hold the others a sweep sets; ``methods`` holds grids, not a list).
@@ -244,29 +246,53 @@ def shard_jobs(config: Mapping[str, Any], shard: str | None = None) -> list[Swee
     return [j for k, j in enumerate(jobs) if k % n == i - 1]
 
 
+#: The executors of :func:`run_sweep`: this process, or one Ray task per job (``lnsr_viz[ray]``).
+EXECUTORS = ("local", "ray")
+
+
 def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, shard: str | None = None,
-              progress: bool = True, verbose: bool = True, device: str | None = None) -> pd.DataFrame:
+              progress: bool = True, verbose: bool = True, device: str | None = None, executor: str = "local",
+              tracking: Mapping[str, Any] | None = None, **ray_options: Any) -> pd.DataFrame:
     """Run this shard's jobs of the grid (loading stored ones) and return one row per job.
 
     ``device`` (e.g. ``'cuda'``) is where the models train; it is a property of the machine, not of the study, so it
-    is not part of the run keys (it is recorded in each run's ``extra.json``).
+    is not part of the run keys (it is recorded in each run's ``extra.json``). ``executor='ray'`` runs every job as
+    a Ray task (:func:`lnsr_viz.experiments.ray_executor.run_jobs_ray`; ``ray_options``: ``address``,
+    ``cpus_per_run``, ``gpus_per_run``, ``max_retries``, ``before_job``); both executors run the jobs of
+    :func:`shard_jobs`. ``tracking`` (e.g. ``{'report_to': 'mlflow'}``) reports every trained run to TensorBoard /
+    MLflow; it is not part of any key.
     """
-    from ..utils.validation import check_device
+    from ..training.tracking import check_tracking
+    from ..utils.validation import check_choice, check_device
     from .store import RunStore
 
-    device = check_device(device, owner="run_sweep")
+    check_choice("executor", executor, EXECUTORS, owner="run_sweep")
+    if executor == "ray":
+        from .ray_executor import check_ray_request, run_jobs_ray
+
+        device = check_ray_request(device=device, **ray_options)  # Ray installed, resources sensible
+    elif ray_options:
+        raise ValueError(f"run_sweep: {sorted(ray_options)} are options of executor='ray'; the one-process "
+                         "executor takes none of them.")
+    else:
+        device = check_device(device, owner="run_sweep")
+    check_tracking(tracking, owner="run_sweep")
     store = RunStore(sweep_results(config, results))  # checks it can write there; creates nothing yet
     mine = shard_jobs(config, shard)
-    frames = []
     by_size: dict[int, list[Job]] = {}
     for sj in mine:
         by_size.setdefault(sj.train_size, []).append(sj.job)
+    experiments = {size: experiment_config(config, size) for size in by_size}
     for size, jobs in by_size.items():  # the model's limits (layers, positions), before any size is run
-        check_model_fit(experiment_config(config, size), jobs)
+        check_model_fit(experiments[size], jobs)
+    if executor == "ray":
+        return run_jobs_ray(mine, experiments, store=store, progress=progress, verbose=verbose, device=device,
+                            tracking=tracking, **ray_options)
+    frames = []
     for size, jobs in by_size.items():
-        experiment = experiment_config(config, size)
+        experiment = experiments[size]
         runs = run_jobs(jobs, experiment, protocol=build_protocol(experiment), store=store, progress=progress,
-                        verbose=verbose, device=device)
+                        verbose=verbose, device=device, tracking=tracking)
         frames.append(runs.assign(train_size=size))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

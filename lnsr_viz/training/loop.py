@@ -165,6 +165,15 @@ class FineTuner:
     precision : {'fp32', 'bf16'}, default='fp32'
         'bf16': bfloat16 autocast around the forward pass and loss of every step and around the evaluations;
         parameters and optimizer stay float32 (see the module docstring). Checked against the hardware in :meth:`fit`.
+    report_to : str, list of str or None, default=None
+        Report the run to ``'tensorboard'``, ``'mlflow'``, a list of them or ``'all'`` (the names of
+        ``TrainingArguments.report_to``): the step losses, every history row (validation metrics, the collapse
+        guard's numbers) at its step (:class:`~lnsr_viz.training.tracking.Tracker`, then ``tracker_``). None or
+        ``'none'`` reports nothing. Needs ``pip install 'lnsr_viz[tracking]'``; checked here, before any work.
+    logging_dir : str or path, optional
+        TensorBoard's folder (default ``runs``): the run writes into ``logging_dir/<run_name>``.
+    run_name : str, optional
+        The run's name in the tracking tools (default ``'<method>-seed<seed>'``).
 
     Attributes
     ----------
@@ -181,7 +190,8 @@ class FineTuner:
                  callbacks: Sequence[FineTunerCallback] = (), progress: bool = True,
                  precision: str = DEFAULT_PRECISION, max_steps: int | None = None, eval_every: int | None = None,
                  keep_best: bool = False, train_eval_size: int | None = None,
-                 group_by_length: bool = False) -> None:
+                 group_by_length: bool = False, report_to: str | Sequence[str] | None = None,
+                 logging_dir: str | None = None, run_name: str | None = None) -> None:
         owner = "FineTuner"
         self.method = method
         self.method_params = dict(method_params or {})
@@ -212,6 +222,16 @@ class FineTuner:
         self.group_by_length = check_bool("group_by_length", group_by_length, owner=owner)
         # Build the method now so a bad name or parameter fails before any work.
         self.method_ = get_method(method, **self.method_params)
+        from .tracking import Tracker, normalize_report_to
+
+        self.report_to = normalize_report_to(report_to, owner=owner)  # a missing package is refused here
+        self.logging_dir = logging_dir
+        self.run_name = run_name
+        self.tracker_ = None
+        if self.report_to:
+            self.tracker_ = Tracker(self.report_to, run_name=run_name or f"{self.method_.name}-seed{self.seed}",
+                                    logging_dir=logging_dir, params={"method": self.method_.name,
+                                    "method_params": self.method_.params(), "train": self._tracked_settings()})
 
     # ------------------------------------------------------------------ helpers
 
@@ -239,8 +259,15 @@ class FineTuner:
             scheduler.step()
         return scheduler
 
+    def _tracked_settings(self) -> dict[str, Any]:
+        """The training settings a tracker logs as parameters."""
+        names = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm", "max_length", "seed",
+                 "max_steps", "eval_every", "keep_best", "precision")
+        return {n: getattr(self, n) for n in names}
+
     def _emit(self, event: str, **kwargs: Any) -> None:
-        for cb in self.callbacks:
+        # the tracker comes last, so it sees the columns the other callbacks (the collapse guard) add to a record
+        for cb in [*self.callbacks, *([self.tracker_] if self.tracker_ is not None else [])]:
             getattr(cb, event)(self.state_, **kwargs)
 
     def _eval(self, model: nn.Module, tokenizer: Any, data: Any) -> tuple[float, float]:
@@ -449,6 +476,10 @@ class FineTuner:
                     model.train()
                     if self.state_.should_stop:
                         break
+        except BaseException:
+            if self.tracker_ is not None:
+                self.tracker_.close()
+            raise
         finally:
             bar.close()
             method.teardown(model)

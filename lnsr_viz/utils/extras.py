@@ -23,6 +23,10 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "anywidget": ("anywidget", "notebooks"),
     "accelerate": ("accelerate", "hf"),
     "jupytext": ("jupytext", "dev"),
+    "ray": ("ray", "ray"),
+    "mlflow": ("mlflow-skinny", "tracking"),
+    "sqlalchemy": ("sqlalchemy", "tracking"),
+    "tensorboard": ("tensorboard", "tracking"),
 }
 
 

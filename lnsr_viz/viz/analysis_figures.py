@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import textwrap
 from collections.abc import Sequence
 
@@ -29,7 +30,18 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..utils.validation import check_choice
-from .style import FALLBACK_COLORS, METHOD_COLORS, TEMPLATE, check_frame, ci_band, color_for, mean_ci, unique
+from .style import (
+    FALLBACK_COLORS,
+    METHOD_COLORS,
+    TEMPLATE,
+    check_frame,
+    ci_band,
+    color_for,
+    mean_ci,
+    readable,
+    unique,
+    wrap_text,
+)
 
 __all__ = [
     "plot_drift_heatmap",
@@ -117,7 +129,7 @@ def plot_drift_heatmap(
             desc = DRIFT_METRICS.get(m, (kind, m))[1]
             custom.append([[kind, f"{v:.6g}", desc] for v in raw])
         fig.add_trace(go.Heatmap(
-            z=z, x=layers, y=list(metrics), text=text, texttemplate="%{text}", customdata=custom,
+            z=z, x=layers, y=[readable(m) for m in metrics], text=text, texttemplate="%{text}", customdata=custom,
             colorscale="Viridis", zmin=0, zmax=1 if scale_within_metric else None, hoverongaps=False,
             showscale=i == 1, name=f"{b} vs {a}",
             colorbar={"title": {"text": "drift (share of the row's largest)" if scale_within_metric else "drift"}},
@@ -178,17 +190,20 @@ def plot_projection(
                            f"{html.escape(d)}</i>" for t, d in zip(part["text"], extra)],
                 hovertemplate=f"%{{hovertext}}<extra>{html.escape(str(model))}</extra>",
             ), row=1, col=j)
+    # Each panel's x axis gets a short title (long ones overlap their neighbour's at 700 px); the units go in the
+    # figure title's second line.
     if method == "pca":
         ratios = projection.attrs.get("explained_variance_ratio") or [math.nan, math.nan]
-        xt = f"PC 1 ({ratios[0]:.0%} of variance; hidden-state units)"
-        yt = f"PC 2 ({ratios[1]:.0%} of variance; hidden-state units)"
+        xt, yt = f"PC 1 ({ratios[0]:.0%} of variance)", f"PC 2 ({ratios[1]:.0%} of variance)"
+        units = "axes in hidden-state units"
     else:
-        xt, yt = "UMAP 1 (no units: only neighbourhoods are meaningful)", "UMAP 2 (no units)"
+        xt, yt = "UMAP 1", "UMAP 2"
+        units = "UMAP axes have no units: only neighbourhoods are meaningful"
     fig.update_xaxes(title_text=xt)
     fig.update_yaxes(title_text=yt, row=1, col=1)
     default = (f"Sentence representations at {layer or 'the chosen layer'} ({method.upper()} fitted jointly on "
-               f"{' and '.join(map(str, models))}), coloured by {shown}")
-    fig.update_layout(template=TEMPLATE, title={"text": title or default}, legend_title_text=shown,
+               f"{' and '.join(map(str, models))}), coloured by {readable(shown)}<br><sup>{units}</sup>")
+    fig.update_layout(template=TEMPLATE, title={"text": title or default}, legend_title_text=readable(shown),
                       hovermode="closest")
     return fig
 
@@ -258,13 +273,22 @@ def plot_theory_scatter(
             stat = (f"<br><sup>Pearson r = {r['pearson_r']:.2f} [{r.get('pearson_ci_low', math.nan):.2f}, "
                     f"{r.get('pearson_ci_high', math.nan):.2f}], Spearman ρ = {r['spearman_rho']:.2f} "
                     f"[{r.get('spearman_ci_low', math.nan):.2f}, {r.get('spearman_ci_high', math.nan):.2f}] "
-                    f"(95% bootstrap CIs, n = {int(r.get('n', len(df)))} runs)</sup>")
+                    f"(95% bootstrap CIs, n = {int(r.get('n', len(df)))} runs)"
+                    + ("; CI includes 0: no clear relation (within noise)"
+                       if _includes_zero(r.get("spearman_ci_low", math.nan), r.get("spearman_ci_high", math.nan))
+                       else "") + "</sup>")
     default = f"{_short(y)} vs {_short(x)} across {len(df)} stored runs" + stat
     fig.update_layout(template=TEMPLATE, title={"text": title or default},
-                      legend_title_text=None if numeric else color)
+                      legend_title_text=None if numeric else readable(color))
     fig.update_xaxes(title_text=_THEORY_LABELS.get(x, x))
     fig.update_yaxes(title_text=_THEORY_LABELS.get(y, y))
     return fig
+
+
+def _includes_zero(low: float, high: float) -> bool:
+    """Whether a CI includes 0 or is undefined (weak evidence of a relation)."""
+    lo, hi = float(low), float(high)
+    return not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0.0 <= hi
 
 
 def _short(column: str) -> str:
@@ -328,17 +352,36 @@ def plot_small_noise_identity(identity: pd.DataFrame, *, title: str | None = Non
 
 
 # ------------------------------------------------------------------------------------------------ attributions
+_LABEL_K = re.compile(r"^(?:LABEL_)?(\d+)$")
+
+
+def _class_name(name: object, target: object, class_names: Sequence[str] | None) -> str:
+    """A readable class name: the model's own name unless it is transformers' ``LABEL_k`` (or a bare id), which
+    becomes ``class_names[k]`` when given, else ``class k``."""
+    text = str(name)
+    match = _LABEL_K.match(text) or _LABEL_K.match(str(target))
+    if match is None or not (text.startswith("LABEL_") or text == str(target)):
+        return text
+    k = int(match.group(1))
+    if class_names is not None and 0 <= k < len(class_names):
+        return str(class_names[k])
+    return f"class {k}"
+
+
 def plot_attributions(
     attributions: pd.DataFrame,
     *,
     value: str = "attribution_norm",
+    class_names: Sequence[str] | None = None,
+    tokens_per_row: int | None = None,
     title: str | None = None,
 ) -> go.Figure:
-    """Token attributions as coloured tokens, one row per model (two models side by side, row above row).
+    """Token attributions as coloured words: one panel per model (one above the other), the sentence wrapped into
+    rows of tokens, each cell a token (its text shown) coloured by its attribution on a diverging scale centred at 0
+    (blue: pushes towards the explained class, red: against it).
 
-    Each cell is a token, coloured by its attribution on a diverging scale centred at 0 (blue: pushes towards the
-    explained class, red: against it), with the token as text. The row label says which class each model explains
-    and with what probability.
+    Each panel's title says which class the model explains and with what probability; hovering a cell gives the
+    token's position and both values.
 
     Parameters
     ----------
@@ -346,6 +389,11 @@ def plot_attributions(
         From :func:`lnsr_viz.analysis.attribution.token_attributions`.
     value : {'attribution_norm', 'attribution'}, default='attribution_norm'
         Normalised (share of the model's total absolute attribution, comparable across models) or raw.
+    class_names : sequence of str, optional
+        Names of the class ids (e.g. :data:`lnsr_viz.data.text.SENTIMENT_LABELS`), used where a model's config
+        names its classes only ``LABEL_k``; without it such a class shows as ``class k``.
+    tokens_per_row : int, optional
+        Tokens per row (default: as many as fit about 560 px at 7 px per character of the longest token, 4-12).
     title : str, optional
     """
     func = "plot_attributions"
@@ -354,30 +402,51 @@ def plot_attributions(
                       ["model", "position", "token", value, "target", "target_prob"])
     models = unique(df["model"])
     n_pos = int(df["position"].max()) + 1
-    z, text, labels, custom = [], [], [], []
+    longest = max((len(str(t)) for t in df["token"]), default=1)
+    per_row = int(tokens_per_row) if tokens_per_row else max(4, min(12, 560 // (7 * (longest + 1))))
+    if per_row < 1:
+        raise ValueError(f"{func}: tokens_per_row must be a positive integer. Got {tokens_per_row!r} instead.")
+    n_rows = math.ceil(n_pos / per_row)
+    panel_titles = []
     for model in models:
-        sub = df[df["model"] == model].set_index("position")
-        first = sub.iloc[0]
-        name = first["target_name"] if "target_name" in sub.columns else first["target"]
-        labels.append(f"{model} · class {name} (p = {float(first['target_prob']):.2f})")
-        z.append([float(sub[value].get(p, math.nan)) for p in range(n_pos)])
-        text.append([html.escape(str(sub["token"].get(p, ""))) for p in range(n_pos)])
-        custom.append([[float(sub["attribution"].get(p, math.nan)) if "attribution" in sub.columns else math.nan]
-                       for p in range(n_pos)])
-    limit = max((abs(v) for row in z for v in row if math.isfinite(v)), default=1.0) or 1.0
+        first = df[df["model"] == model].iloc[0]
+        name = _class_name(first["target_name"] if "target_name" in df.columns else first["target"],
+                           first["target"], class_names)
+        panel_titles.append(f"{html.escape(str(model))}: explains class “{html.escape(name)}” "
+                            f"(p = {float(first['target_prob']):.2f})")
+    fig = make_subplots(rows=len(models), cols=1, subplot_titles=panel_titles, vertical_spacing=0.12 /
+                        max(1, len(models) - 1) if len(models) > 1 else 0.0)
+    z_all = [float(v) for v in df[value] if math.isfinite(float(v))]
+    limit = max((abs(v) for v in z_all), default=1.0) or 1.0
     unit = "share of total |attribution|" if value == "attribution_norm" else "attribution (change of the output)"
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(n_pos)), y=labels, text=text, texttemplate="%{text}", customdata=custom,
-        colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit, xgap=2, ygap=6,
-        colorbar={"title": {"text": unit}},
-        hovertemplate="token <b>%{text}</b> (position %{x})<br>" + value + " = %{z:.3g}<br>raw attribution = "
-                      "%{customdata[0]:.3g}<extra>%{y}</extra>",
-    ))
+    row_labels = [f"tokens {r * per_row + 1}–{min(n_pos, (r + 1) * per_row)}" if r * per_row + 1 < n_pos
+                  else f"token {n_pos}" for r in range(n_rows)]
+    for i, model in enumerate(models, start=1):
+        sub = df[df["model"] == model].set_index("position")
+        z, text, custom = [], [], []
+        for r in range(n_rows):
+            cells = range(r * per_row, (r + 1) * per_row)
+            z.append([float(sub[value].get(p, math.nan)) if p < n_pos else math.nan for p in cells])
+            text.append([html.escape(str(sub["token"].get(p, ""))) if p < n_pos else "" for p in cells])
+            custom.append([[p, float(sub["attribution"].get(p, math.nan)) if "attribution" in sub.columns
+                            else math.nan] for p in cells])
+        fig.add_trace(go.Heatmap(
+            z=z, x=list(range(per_row)), y=row_labels, text=text, texttemplate="%{text}",
+            textfont={"size": 12}, customdata=custom, colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
+            xgap=2, ygap=4, showscale=i == 1, name=str(model),
+            colorbar={"title": {"text": unit, "side": "right"}, "len": 0.9},
+            hovertemplate="token <b>%{text}</b> (position %{customdata[0]})<br>" + value + " = %{z:.3g}<br>raw "
+                          "attribution = %{customdata[1]:.3g}<extra>" + html.escape(str(model)) + "</extra>",
+        ), row=i, col=1)
     sentence = str(df["text"].iloc[0]) if "text" in df.columns else ""
-    default = (f"Integrated-Gradients token attributions per model ({unit}): “{html.escape(sentence[:80])}”")
-    fig.update_layout(template=TEMPLATE, title={"text": title or default}, height=180 + 90 * len(models))
-    fig.update_xaxes(title_text="token position", dtick=1)
-    fig.update_yaxes(title_text="model · explained class", autorange="reversed")
+    # the whole sentence under the title, in small lines short enough for a 700 px figure (never cut)
+    quoted = [f"<sup>{line}</sup>" for line in _hover_text(f"“{sentence}”", 58).split("<br>")] if sentence else []
+    default = "<br>".join([f"Integrated-Gradients attributions ({unit})", *quoted])
+    fig.update_layout(template=TEMPLATE, title={"text": title or default},
+                      height=170 + len(models) * (40 + 36 * n_rows), margin={"t": 100 + 16 * len(quoted)})
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(autorange="reversed", showgrid=False, tickfont={"size": 10})
+    fig.update_annotations(font_size=12)
     return fig
 
 
@@ -431,10 +500,10 @@ def plot_drift_by_layer(
     direction = "1 = unchanged" if kind == "similarity" else "0 = unchanged"
     fig.update_layout(
         template=TEMPLATE,
-        title=title or f"Drift from the pre-trained model per layer: {metric} ({direction})",
+        title=title or f"Drift from the pre-trained model per layer: {readable(metric)} ({direction})",
         xaxis_title="layer (0 = embeddings)",
-        yaxis_title=f"{metric}: {textwrap.shorten(meaning, 60)}",
-        legend_title_text=color,
+        yaxis={"title": {"text": wrap_text(f"{readable(metric)}: {meaning}", 48)}, "automargin": True},  # never cut
+        legend_title_text=readable(color),
     )
     fig.update_xaxes(dtick=1)
     return fig

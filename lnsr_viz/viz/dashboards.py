@@ -51,12 +51,33 @@ _MESSAGE_STYLE = (
     "font-size: 13px; line-height: 1.45; color: #1f2328;"
 )
 _NOTE_STYLE = "color: #59636e; font-size: 12px; margin: 2px 0;"
-_NOISE_LABELS = {"gaussian": "Gaussian", "in_manifold": "in-manifold"}
+_BUSY_HTML = ("<div class='lnsr-viz-busy-on' style='color: #0072B2; font-size: 12px; margin: 2px 0;'>"
+              "&#9203; working: computing this setting...</div>")
+#: Characters per title line at the dashboards' width (about 700 px at plotly's 17 px title font).
+_TITLE_CHARS = 72
+
+
+def _room_for_subplot_titles(fig: go.Figure) -> None:
+    """A title of several lines over subplot titles: more room at the top, so the two never overlap."""
+    lines = (fig.layout.title.text or "").count("<br>")
+    if lines and len(fig.layout.annotations):
+        top = fig.layout.margin.t if fig.layout.margin.t is not None else 80
+        fig.update_layout(margin={"t": top + 16 * lines + 10})
+
+
+def _fit_colorbars(fig: go.Figure) -> None:
+    """Colour-bar titles on their side (a long horizontal one is clipped at the right edge of a 700 px figure)."""
+    for trace in fig.data:
+        bar = getattr(trace, "colorbar", None)
+        if bar is not None and bar.title is not None and bar.title.text:
+            trace.colorbar.title.side = "right"
 
 
 def _noise_options(names: Sequence[str]) -> list[tuple[str, str]]:
     """Dropdown options ``(readable label, raw name)`` of noise types (``in_manifold`` shows as in-manifold)."""
-    return [(_NOISE_LABELS.get(n, str(n)), n) for n in names]
+    from .style import readable
+
+    return [(readable(n), n) for n in names]
 
 
 def _metric_options(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -116,13 +137,15 @@ class Dashboard(_widgets().VBox):  # type: ignore[misc]
         self.figure = _figure_widget()
         self.figure.update_layout(height=height)
         self.message = w.HTML(value="")
+        self.busy = w.HTML(value="")
+        self.busy.add_class("lnsr-viz-busy")
         self.note = w.HTML(value=f"<div style='{_NOTE_STYLE}'>{html.escape(note)}</div>" if note else "")
         self.error: str | None = None
         self.n_renders = 0
         self._height = height
         rows = rows or [list(self.controls)]
         boxes = [w.HBox([self.controls[name] for name in row]) for row in rows]
-        self.children = (*boxes, self.message, self.note, self.figure)
+        self.children = (*boxes, self.busy, self.message, self.note, self.figure)
         # Stable CSS hooks for the browser test and for users' own styling.
         self.add_class("lnsr-viz-dashboard")
         self.add_class(f"lnsr-viz-{type(self).__name__.lower()}")
@@ -145,7 +168,16 @@ class Dashboard(_widgets().VBox):  # type: ignore[misc]
         return self.controls[name].value
 
     def refresh(self) -> bool:
-        """Redraw from the current controls; on bad input show the message instead. Returns True if redrawn."""
+        """Redraw from the current controls; on bad input show the message instead. Returns True if redrawn.
+
+        While it works, :attr:`busy` shows a "working" line (sent to the browser before the work starts)."""
+        self.busy.value = _BUSY_HTML
+        try:
+            return self._redraw()
+        finally:
+            self.busy.value = ""
+
+    def _redraw(self) -> bool:
         try:
             fig = self.make_figure()
         except (ValueError, TypeError, KeyError, IndexError) as err:  # bad input: a message, not a traceback
@@ -157,8 +189,10 @@ class Dashboard(_widgets().VBox):  # type: ignore[misc]
         self.clear_message()
         from .style import wrap_title
 
-        fig = wrap_title(fig)
-        fig.update_layout(height=self._height)
+        fig = wrap_title(fig, width=_TITLE_CHARS)
+        _room_for_subplot_titles(fig)
+        fig.update_layout(height=max(self._height, fig.layout.height or 0))  # a figure that needs more keeps it
+        _fit_colorbars(fig)
         # `update(..., overwrite=True)` replaces the traces and the layout of the *same* FigureWidget (updated in
         # place, never re-created, so the output area does not flicker). On the Python side the new layout replaces
         # the old one, but the browser only receives a `Plotly.relayout` of the new layout's properties, which
@@ -271,12 +305,18 @@ class NoiseExplorer(Dashboard):
         Noise seed: the same setting always gives the same curve.
     max_scale : float, default=0.5
         Upper end of the scale slider.
+    prefetch : bool, default=False
+        After each redraw, compute the neighbouring settings (:meth:`neighbours`) in a background thread while the
+        user looks, so the next move is usually answered from the memo (:meth:`ProbeSession.prefetch`). Off by
+        default: the background probe attaches its noise hooks to the shared model, so another cell that runs the
+        same model while it works would pass through them; turn it on in a notebook that only explores. On a
+        2-core machine it also competes with the redraws for the CPU (make bench: bench_explorer).
     """
 
     def __init__(self, models: Mapping[str, Any], texts: Sequence[str], *, injection_layer: int = 0,
                  noise: str = "gaussian", scale: float = 0.05, scale_kind: str = "relative",
                  metric: str = "change_rel", n_draws: int = 4, max_length: int = 64, seed: int = 0,
-                 max_scale: float = 0.5) -> None:
+                 max_scale: float = 0.5, prefetch: bool = False) -> None:
         super().__init__()
         from ..core.inputs import texts_of
         from ..core.noise import NOISE_TYPES
@@ -289,6 +329,7 @@ class NoiseExplorer(Dashboard):
         self.n_draws = int(n_draws)
         self.max_length = int(max_length)
         self.seed = int(seed)
+        self.prefetch = bool(prefetch)
         # One ProbeSession per model (lnsr_viz.viz.runtime): tokenised once, clean pass cached, profiles memoised,
         # and shared with any other explorer over the same model and sentences.
         self._sessions: dict[str, Any] = {}
@@ -347,10 +388,36 @@ class NoiseExplorer(Dashboard):
 
         profile = self.probe()
         self.profile_ = profile
+        session = self._sessions[self.value("model")]
+        how = ("stored" if session.last_memoised and self.last_seconds == 0 else
+               "precomputed in the background" if session.last_memoised else "clean pass cached")
         self.set_note(f"{len(self.texts)} sentences x {self.n_draws} noise draws; this update took "
-                      f"{self.last_seconds:.2f} s ({'memoised' if self.last_seconds == 0 else 'clean pass cached'}).")
-        return plot_stability_curves(profile, metric=self.value("metric"),
-                                     injection_layer=int(self.value("injection_layer")), color="model")
+                      f"{self.last_seconds:.2f} s ({how}).")
+        fig = plot_stability_curves(profile, metric=self.value("metric"),
+                                    injection_layer=int(self.value("injection_layer")), color="model")
+        if self.prefetch:  # starts once the user has paused for half a second
+            session.prefetch(self.neighbours(), idle_s=0.5)
+        return fig
+
+    def neighbours(self, *, max_settings: int = 6) -> list[dict[str, Any]]:
+        """The settings a user is likely to move to next, nearest first, at most ``max_settings``: the injection
+        layers one and two either side, the other noise types and scale kind at this layer, the scale 0.05 either
+        side. Few on purpose: on 2 busy cores a long background queue slows the foreground's redraws."""
+        from ..core.noise import NOISE_TYPES
+
+        k, noise = int(self.value("injection_layer")), self.value("noise")
+        scale, kind = float(self.value("scale")), self.value("scale_kind")
+        base = {"injection_layer": k, "noise": noise, "scale": scale, "scale_kind": kind, "n_draws": self.n_draws,
+                "seed": self.seed}
+        n_layers = self._sessions[self.value("model")].n_layers
+        layers = [j for j in (k + 1, k - 1, k + 2, k - 2) if 0 <= j <= n_layers]
+        out = [{**base, "injection_layer": j} for j in layers[:2]]
+        out += [{**base, "noise": other} for other in NOISE_TYPES if other != noise]
+        out += [{**base, "injection_layer": j} for j in layers[2:]]
+        out += [{**base, "scale_kind": other} for other in ("relative", "absolute") if other != kind]
+        top = float(self.controls["scale"].max)
+        out += [{**base, "scale": round(v, 10)} for v in (scale + 0.05, scale - 0.05) if 0 < v <= top]
+        return out[:max_settings]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -470,7 +537,7 @@ class TrainingCurvesDashboard(Dashboard):
             "view": _dropdown(list(self.VIEWS), "view"),
             "methods": _select_multiple(_unique(self.history["method"]), "methods"),
         }
-        self._setup(controls, rows=[["view", "methods"]], height=460)
+        self._setup(controls, rows=[["view", "methods"]], height=640)  # two rows of panels
 
     def make_figure(self) -> go.Figure:
         from .figures import plot_generalisation_gap, plot_training_curves
@@ -588,10 +655,12 @@ class ProjectionDashboard(Dashboard):
                 self.projections[int(layer)] = part
                 names[int(layer)] = str(part["layer_name"].iloc[0]) if "layer_name" in part.columns else str(layer)
         first = next(iter(self.projections.values()))
-        colors = [c for c in ("label", "domain", "domain_kind") if c in first.columns]
+        from .style import readable
+
+        colors = [(readable(c), c) for c in ("label", "domain", "domain_kind") if c in first.columns]
         layers = [(names[k], k) for k in sorted(self.projections)]
         controls = {
-            "color": _dropdown(colors or ["model"], "colour by"),
+            "color": _dropdown(colors or [("model", "model")], "colour by"),
             "layer": _dropdown(layers, "layer", layers[-1][1]),
         }
         self._setup(controls, rows=[["color", "layer"]], height=520)
@@ -627,10 +696,13 @@ class TheoryDashboard(Dashboard):
         self.correlations = correlations
         present = [q for q in self.QUANTITIES if q in self.runs.columns]
         measured = [q for q in present if self.runs[q].notna().any()] or present
+        from .style import readable
+
+        options = [(readable(q), q) for q in measured]
         controls = {
-            "x": _dropdown(measured, "x", x),
-            "y": _dropdown(measured, "y", y),
-            "color": _dropdown(["method", *measured], "colour by"),
+            "x": _dropdown(options, "x", x),
+            "y": _dropdown(options, "y", y),
+            "color": _dropdown([("method", "method"), *options], "colour by"),
         }
         self._setup(controls, rows=[["x", "y", "color"]])
 
@@ -659,11 +731,20 @@ class AttributionDashboard(Dashboard):
         Row labels of the two models.
     n_steps : int, default=32
         Integration steps (fewer is faster; the convergence delta in the table says how exact it is).
+    class_names : sequence of str or None, default=lnsr_viz.data.text.SENTIMENT_LABELS
+        Names of the class ids, shown where a model's config names its classes only ``LABEL_k`` (the packaged
+        data's ``negative`` / ``positive``); None shows such a class as ``class k``.
     """
 
     def __init__(self, model_a: Any, model_b: Any, sentences: Sequence[str], *, tokenizer: Any = None,
-                 names: Sequence[str] | None = None, n_steps: int = 32, max_length: int = 64) -> None:
+                 names: Sequence[str] | None = None, n_steps: int = 32, max_length: int = 64,
+                 class_names: Sequence[str] | None | str = "sentiment") -> None:
         super().__init__()
+        if isinstance(class_names, str):
+            from ..data.text import SENTIMENT_LABELS
+
+            class_names = SENTIMENT_LABELS
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
         self.model_a, self.model_b, self.tokenizer = model_a, model_b, tokenizer
         self.names = names
         self.n_steps, self.max_length = int(n_steps), int(max_length)
@@ -678,7 +759,7 @@ class AttributionDashboard(Dashboard):
             "value": _dropdown([("share of total |attribution|", "attribution_norm"),
                                 ("raw attribution", "attribution")], "show"),
         }
-        self._setup(controls, rows=[["sentence", "value"]], height=380)
+        self._setup(controls, rows=[["sentence", "value"]], height=420)
 
     def attributions(self, sentence: str) -> pd.DataFrame:
         """Token attributions of ``sentence`` under both models (memoised)."""
@@ -694,5 +775,5 @@ class AttributionDashboard(Dashboard):
         from .analysis_figures import plot_attributions
 
         self.attributions_ = self.attributions(self.value("sentence"))
-        return plot_attributions(self.attributions_, value=self.value("value"))
+        return plot_attributions(self.attributions_, value=self.value("value"), class_names=self.class_names)
 

@@ -46,10 +46,14 @@ from .style import (
     color_for,
     format_cell,
     format_number,
+    is_weak_evidence,
+    legend_below,
     mean_ci,
     metric_label,
+    readable,
     select_rows,
     unique,
+    wrap_text,
 )
 
 __all__ = [
@@ -182,13 +186,13 @@ def plot_stability_curves(
     fig.add_vline(x=k, line_dash="dot", line_color="#888888", annotation_text=f"noise injected (k={k})")
     kind = f" {scale_kind}" if scale_kind else ""
     default_title = (
-        f"How {noise_v} noise (scale {format_number(scale_v)}{kind}) injected at layer {k} propagates: "
+        f"How {readable(noise_v)} noise (scale {format_number(scale_v)}{kind}) injected at layer {k} propagates: "
         f"{'relative' if metric == 'change_rel' else 'L2'} change at each higher layer, mean with 95% CI"
     )
     fig.update_layout(
         template=TEMPLATE,
         title={"text": title or default_title},
-        legend_title_text=color,
+        legend_title_text=readable(color),
         hovermode="closest",
     )
     fig.update_xaxes(title_text=LAYER_AXIS, dtick=1)
@@ -411,17 +415,34 @@ def _run_keys(df: pd.DataFrame) -> list[str]:
     return ["seed", "run_id"] if "run_id" in df.columns else ["seed"]
 
 
+_DASH_WORDS = {"solid": "solid", "dash": "dashed", "dot": "dotted", "dashdot": "dash-dot", "longdash": "long dash",
+               "longdashdot": "long dash-dot"}
+
+
+def _is_regulariser(column: str) -> bool:
+    """History columns of the regulariser (its term or its weighted share), drawn on their own axis."""
+    return str(column).startswith("train_reg")
+
+
+def _dash_key(dashes: dict[str, str], shown: Sequence[str]) -> str:
+    """'total loss: solid, task loss: dashed' for the curves ``shown`` (their readable names)."""
+    return ", ".join(f"{readable(m)}: {_DASH_WORDS[dashes[m]]}" for m in shown)
+
+
 def plot_training_curves(
     history: pd.DataFrame,
     *,
     metrics: Sequence[str] = ("train_loss", "train_task_loss", "train_reg_loss"),
     title: str | None = None,
 ) -> go.Figure:
-    """Training losses (left) and train vs validation accuracy (right) per epoch.
+    """Training losses, the regulariser's own panel, and train vs validation accuracy per epoch.
 
-    Colour = method, dash = which curve. Each seed is a thin, faint line; the mean over seeds
-    of each method is a thick line (the only one in the legend; clicking it hides its seeds too).
-    Curves that are all-NaN for a method (e.g. ``train_reg_loss`` of ``vanilla``) are skipped.
+    Colour = method, dash = which curve (each panel's title says which dash is which curve). Each seed is a thin,
+    faint line; the mean over seeds of each method is a thick line. The legend has one entry per method, under the
+    plot (clicking it hides all that method's curves). The regulariser's columns of ``metrics`` (``train_reg_*``:
+    its term or its weighted share, often 100x smaller than the task loss) get their own panel and axis, so they are
+    not a flat line at 0 beside the task loss. Curves that are all-NaN for a method (e.g. ``train_reg_loss`` of
+    ``vanilla``) are skipped.
 
     Parameters
     ----------
@@ -429,7 +450,7 @@ def plot_training_curves(
         History table: ``method, seed, epoch``, the ``metrics`` columns, ``train_accuracy``,
         ``val_accuracy`` (``run_id`` optional).
     metrics : sequence of str
-        The loss columns for the left panel.
+        The loss columns (the regulariser's in a panel of their own).
     title : str, optional
     """
     func = "plot_training_curves"
@@ -440,24 +461,39 @@ def plot_training_curves(
     metrics = list(metrics)
     acc = ["train_accuracy", "val_accuracy"]
     df = check_frame(history, "history", func, list(dict.fromkeys(["method", "seed", "epoch", *metrics, *acc])))
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=("training losses per epoch", "accuracy: train (dashed) vs validation (solid)"),
-        horizontal_spacing=0.1,
-    )
-    panels = [
-        (1, metrics, {m: _DASHES[i % len(_DASHES)] for i, m in enumerate(metrics)}),
-        (2, acc, {"train_accuracy": "dash", "val_accuracy": "solid"}),
-    ]
+    drawn = [m for m in metrics if df[m].notna().any()]
+    losses = [m for m in drawn if not _is_regulariser(m)] or [m for m in metrics if not _is_regulariser(m)]
+    reg = [m for m in drawn if _is_regulariser(m)]
+    dashes = {m: _DASHES[i % len(_DASHES)] for i, m in enumerate(losses)}
+    dashes.update({m: _DASHES[i % len(_DASHES)] for i, m in enumerate(reg)})
+    acc_dashes = {"train_accuracy": "dash", "val_accuracy": "solid"}
+    # two lines at most per subplot title, so neighbouring titles never overlap at a dashboard's 700 px
+    loss_title = wrap_text(f"losses ({_dash_key(dashes, losses)})" if losses else "losses", 34)
+    acc_title = wrap_text(f"accuracy ({_dash_key(acc_dashes, ['val_accuracy', 'train_accuracy'])})", 34)
+    if reg:
+        reg_title = wrap_text(f"{readable(reg[0])} (own scale)" if len(reg) == 1
+                              else f"regulariser (own scale; {_dash_key(dashes, reg)})", 34)
+        fig = make_subplots(rows=2, cols=2, specs=[[{}, {}], [{"colspan": 2}, None]],
+                            subplot_titles=(loss_title, reg_title, acc_title), horizontal_spacing=0.12,
+                            vertical_spacing=0.2)
+        cells = {"loss": (1, 1), "reg": (1, 2), "acc": (2, 1)}
+    else:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=(loss_title, acc_title), horizontal_spacing=0.12)
+        cells = {"loss": (1, 1), "acc": (1, 2)}
+    panels = [("loss", losses, dashes), ("reg", reg, dashes), ("acc", acc, acc_dashes)]
     for method in unique(df["method"]):
         mcolor = color_for(method)
+        group = str(method)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=group, legendgroup=group,
+                                 line={"color": mcolor, "width": 2.5}, hoverinfo="skip"))
         mdf = df.loc[df["method"] == method].sort_values("epoch", kind="stable")
-        for col, cols, dashes in panels:
+        for panel, cols, panel_dashes in panels:
+            if not cols:
+                continue
+            row, col = cells[panel]
             for m in cols:
                 if mdf[m].isna().all():
                     continue
-                group = f"{method}|{m}"
                 for key, run in mdf.groupby(_run_keys(mdf), sort=True):
                     seed = key[0] if isinstance(key, tuple) else key
                     fig.add_trace(
@@ -469,12 +505,13 @@ def plot_training_curves(
                             legendgroup=group,
                             showlegend=False,
                             opacity=0.35,
-                            line={"color": mcolor, "width": 1, "dash": dashes[m]},
+                            line={"color": mcolor, "width": 1, "dash": panel_dashes[m]},
                             hovertemplate=(
-                                f"<b>{method}</b> seed {seed}<br>epoch %{{x}}<br>{m} = %{{y:.4g}}<extra></extra>"
+                                f"<b>{method}</b> seed {seed}<br>epoch %{{x}}<br>{readable(m)} = %{{y:.4g}}"
+                                "<extra></extra>"
                             ),
                         ),
-                        row=1,
+                        row=row,
                         col=col,
                     )
                 mean = mdf.groupby("epoch", sort=True)[m].agg(["mean", "count"])
@@ -485,26 +522,33 @@ def plot_training_curves(
                         mode="lines+markers",
                         name=f"{method} · {m}",
                         legendgroup=group,
-                        line={"color": mcolor, "width": 3, "dash": dashes[m]},
+                        showlegend=False,
+                        line={"color": mcolor, "width": 3, "dash": panel_dashes[m]},
                         marker={"size": 5},
                         customdata=mean["count"],
                         hovertemplate=(
                             f"<b>{method}</b> mean over %{{customdata}} seeds<br>epoch %{{x}}<br>"
-                            f"{m} = %{{y:.4g}}<extra></extra>"
+                            f"{readable(m)} = %{{y:.4g}}<extra></extra>"
                         ),
                     ),
-                    row=1,
+                    row=row,
                     col=col,
                 )
     fig.update_layout(
         template=TEMPLATE,
         title={"text": title or "Training curves per method: thin lines = seeds, thick = mean over seeds"},
-        legend_title_text="method · curve",
         hovermode="closest",
+        height=640 if reg else 460,
     )
+    legend_below(fig, title="method")
     fig.update_xaxes(title_text="epoch", dtick=1)
-    fig.update_yaxes(title_text="loss (per-example mean over the epoch, nats)", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy (fraction correct)", row=1, col=2)
+    fig.update_yaxes(title_text="loss (nats per example)", row=1, col=1)
+    if reg:
+        unit = "nats per example" if reg == ["train_reg_contribution"] else "loss units"
+        fig.update_yaxes(title_text=f"{readable(reg[0]) if len(reg) == 1 else 'regulariser'} ({unit})", row=1, col=2)
+    arow, acol = cells["acc"]
+    fig.update_yaxes(title_text="accuracy (fraction correct)", row=arow, col=acol)
+    fig.update_annotations(font_size=12)
     return fig
 
 
@@ -577,6 +621,14 @@ _PAIRED_COLUMNS = (
 )
 
 
+def _stated_p(row: Any) -> float:
+    """The p-value a paired row's verdict rests on: the corrected one when present, else permutation, else sign."""
+    for col in ("p_adj", "p_permutation", "p_sign"):
+        if col in row and row[col] is not None and np.isfinite(float(row[col])):
+            return float(row[col])
+    return float("nan")
+
+
 def plot_paired_differences(
     paired: pd.DataFrame,
     *,
@@ -587,9 +639,10 @@ def plot_paired_differences(
     """Paired differences (method - baseline over matched seeds) per domain, with 95 % CIs.
 
     One horizontal marker + CI bar per domain (in-domain on top) and comparison, a vertical
-    zero line, the verdict and p-values in the hover. When the CI crosses zero the marker is
-    hollow and annotated "within noise": the data do not distinguish the method from its
-    baseline there. Colours are the method's (:func:`color_for`).
+    zero line, the verdict and p-values in the hover. When the CI crosses zero, or the stated test's p-value
+    (``p_adj`` when the table has it, else ``p_permutation``, else ``p_sign``) is 0.05 or more, the marker is
+    hollow and annotated "within noise" (:func:`lnsr_viz.viz.style.is_weak_evidence`): the data do not
+    distinguish the method from its baseline there. Colours are the method's (:func:`color_for`).
 
     Parameters
     ----------
@@ -618,7 +671,8 @@ def plot_paired_differences(
         for i, domain in enumerate(domains):
             for _, r in sub.loc[sub["domain"] == domain].iterrows():
                 lo, hi, d = float(r["ci_low"]), float(r["ci_high"]), float(r["mean_diff"])
-                within = not (lo > 0 or hi < 0)  # NaN bounds count as "within noise"
+                # weak evidence (hollow, "within noise"): the CI includes 0 or the stated test's p is >= 0.05
+                within = is_weak_evidence(lo, hi, _stated_p(r))
                 y = (n_dom - 1 - i) - off
                 gr = groups[within]
                 gr["x"].append(d)
@@ -649,7 +703,8 @@ def plot_paired_differences(
         for within, gr in groups.items():
             if not gr["x"]:
                 continue
-            label = f"{method} − {baseline}" + (": within noise (CI crosses 0)" if within else ": CI excludes 0")
+            label = f"{method} − {baseline}" + (": no clear difference (CI includes 0 or p ≥ 0.05)" if within
+                                                 else ": clear difference (CI excludes 0, p < 0.05)")
             fig.add_trace(
                 go.Scatter(
                     x=gr["x"],
@@ -686,11 +741,12 @@ def plot_paired_differences(
     fig.update_layout(
         template=TEMPLATE,
         title={
-            "text": title or f"Paired difference in {metric_v} vs baseline per domain (95% CI; hollow = within noise)"
+            "text": title or f"Paired difference in {readable(metric_v)} vs baseline per domain (95% CI; hollow = "
+                             "within noise: CI includes 0 or p ≥ 0.05)"
         },
-        legend_title_text="comparison",
         hovermode="closest",
     )
+    legend_below(fig, title="comparison")  # long entries: under the plot, not beside it
     fig.update_xaxes(title_text=f"difference in {metric_label(metric_v)}: method − baseline")
     fig.update_yaxes(
         title_text="evaluation domain (in-domain on top)",

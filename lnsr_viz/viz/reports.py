@@ -12,6 +12,8 @@ builder                        what it shows
 :func:`probe_report`           a stability profile (``python -m lnsr_viz probe --html``)
 :func:`write_study`            the study's markdown write-up (``docs/study.md``, from ``templates/study.md.j2``),
                                its static SVG figure and its tidy CSV tables
+:func:`write_track_record`     the track record of diagnose's findings beside WeightWatcher (``docs/diagnose.md``,
+                               from ``templates/track_record.md.j2``) and its tidy tables
 =============================  ==============================================================================
 
 Each HTML builder returns the report; ``.save(path)`` writes it atomically. Nothing here computes a statistic: the
@@ -30,9 +32,11 @@ from typing import Any
 
 import pandas as pd
 
-from .report import Report, template_environment
+from .report import Report, md_number, template_environment
+from .style import format_number, is_weak_evidence, readable
 
-__all__ = ["comparison_report", "diagnosis_report", "probe_report", "write_study", "DEFAULT_COMPARISON_TITLE"]
+__all__ = ["comparison_report", "diagnosis_report", "probe_report", "write_study", "write_track_record",
+           "DEFAULT_COMPARISON_TITLE"]
 
 #: The comparison report's title unless one is given.
 DEFAULT_COMPARISON_TITLE = "lnsr_viz: fine-tuning with and without LNSR"
@@ -45,6 +49,70 @@ def _machine() -> dict[str, Any]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or
             platform.machine(), "cores": os.cpu_count(), "torch threads": torch.get_num_threads()}
+
+
+#: How the comparison report words a paired difference: stated once, under the verdicts and the paired table.
+_EVIDENCE_RULE = ("A difference counts as clear only when its 95% CI excludes 0 *and* the permutation test's p is "
+                  "below 0.05; otherwise it is *no clear difference (within noise)*, drawn as a hollow marker. With "
+                  "n paired seeds no exact test can go below p = 2 / 2^n (0.25 with 3 seeds, 0.0625 with 5), so a "
+                  "comparison over 5 seeds or fewer is never called clear.")
+
+
+def _stated_p(row: Mapping[str, Any]) -> float:
+    """The p-value the evidence rests on: the permutation test's, else the sign test's."""
+    for col in ("p_adj", "p_permutation", "p_sign"):
+        value = row.get(col)
+        if value is not None and math.isfinite(float(value)):
+            return float(value)
+    return math.nan
+
+
+def _direction(row: Mapping[str, Any]) -> str:
+    """'lnsr better' / 'lnsr worse' (or 'higher' / 'lower' for a metric with no better side)."""
+    from ..analysis.stats import HIGHER_IS_BETTER, LOWER_IS_BETTER
+
+    diff, metric, method = float(row["mean_diff"]), str(row["metric"]), str(row["method"])
+    if metric in HIGHER_IS_BETTER or metric in LOWER_IS_BETTER:
+        better = diff < 0 if metric in LOWER_IS_BETTER else diff > 0
+        return f"{method} {'better' if better else 'worse'}"
+    return f"{method} {'higher' if diff > 0 else 'lower'}"
+
+
+def _evidence_label(row: Mapping[str, Any]) -> str:
+    """The paired table's short evidence cell: 'within noise' or 'clear: lnsr better'."""
+    if int(row.get("n_pairs", 0) or 0) < 2:
+        return "not comparable (fewer than 2 paired seeds)"
+    if is_weak_evidence(row["ci_low"], row["ci_high"], _stated_p(row)):
+        return "within noise"
+    return f"clear: {_direction(row)}"
+
+
+def _headline(row: Mapping[str, Any]) -> str:
+    """One verdict line: weak evidence (CI includes 0 or p >= 0.05) is 'no clear difference (within noise)' with
+    its numbers; a clear difference keeps the statistics module's sentence."""
+    n = int(row.get("n_pairs", 0) or 0)
+    if n < 2 or not is_weak_evidence(row["ci_low"], row["ci_high"], _stated_p(row)):
+        return str(row["verdict"])
+    p = _stated_p(row)
+    p_text = f"p = {p:.2g}" if math.isfinite(p) else "no p-value"
+    return (f"no clear difference between {row['method']} and {row['baseline']} (within noise): "
+            f"{row['method']} − {row['baseline']} = {float(row['mean_diff']):+.3g} (95% CI "
+            f"{float(row['ci_low']):+.3g} to {float(row['ci_high']):+.3g}), {p_text} over {n} seeds")
+
+
+def _lnsr_setting_note(cfg: Mapping[str, Any]) -> str:
+    """Why LNSR's weight here may differ from the one the study chose: these runs' setting was fixed in advance."""
+    if "lnsr" not in cfg.get("methods", ()):
+        return ""
+    params = dict(cfg.get("method_params", {}).get("lnsr", {}))
+    shown = ", ".join(f"{k} = {format_number(v)}" for k, v in params.items() if k in ("lam", "noise", "scale",
+                                                                                    "injection_layer"))
+    return (f"LNSR ran with {shown or 'its defaults'} (all its parameters are in the settings table at the bottom). "
+            "This setting was fixed before any run (the demo's is `ExperimentConfig.demo()` with LNSR's default "
+            "parameters), never tuned on these results. The study (`docs/study-v2.md`) instead chooses LNSR's "
+            "weight per training-set size on validation accuracy from a grid fixed in advance (its 'chosen setting' "
+            "table), so the weight it chose can differ from the one used here: the two answer different questions "
+            "(a setting fixed a priori vs the best setting on validation data).")
 
 
 def comparison_report(result: Any, *, title: str = DEFAULT_COMPARISON_TITLE) -> Report:
@@ -74,8 +142,12 @@ def comparison_report(result: Any, *, title: str = DEFAULT_COMPARISON_TITLE) -> 
                      heading="Warning: collapsed runs")
     if len(result.paired):
         verdicts = result.paired[result.paired["metric"].isin(headline)]
-        lines = "\n".join(f"- **{r.domain}, {r.metric}**: {r.verdict}" for r in verdicts.itertuples())
-        rep.add_text(lines, heading="Verdicts in plain words")
+        lines = "\n".join(f"- **{r['domain']}, {readable(r['metric'])}**: {_headline(r)}"
+                          for r in verdicts.to_dict("records"))
+        rep.add_text(lines + "\n\n" + _EVIDENCE_RULE, heading="Verdicts in plain words")
+    lnsr_note = _lnsr_setting_note(cfg)
+    if lnsr_note:
+        rep.add_text(lnsr_note, heading="LNSR's setting in these runs")
     if len(result.profile):
         prof = result.profile
         rep.add_figure(plots.plot_stability_curves(prof, metric="change_rel", injection_layer=0, color="model"),
@@ -145,9 +217,12 @@ def comparison_report(result: Any, *, title: str = DEFAULT_COMPARISON_TITLE) -> 
                        heading=f"Paired differences ({headline[0]})",
                        caption="Method minus baseline, seed by seed; the bar is the 95% CI of the mean difference. "
                                "Hollow markers: the CI includes zero (within noise).")
-        rep.add_table(result.paired[["method", "baseline", "domain", "metric", "n_pairs", "mean_diff", "ci_low",
-                                     "ci_high", "p_sign", "p_permutation", "verdict"]],
-                      heading="Paired comparison table")
+        table = result.paired[["method", "baseline", "domain", "metric", "n_pairs", "mean_diff", "ci_low",
+                               "ci_high", "p_sign", "p_permutation"]].copy()
+        table["evidence"] = [_evidence_label(r) for r in result.paired.to_dict("records")]
+        rep.add_table(table, heading="Paired comparison table",
+                      caption="mean_diff: method minus baseline, seed by seed; ci_low / ci_high: its 95% CI; p_sign / "
+                              "p_permutation: the exact sign and sign-flip permutation tests. " + _EVIDENCE_RULE)
     if len(result.summary):
         rep.add_table(result.summary, heading="Mean, sd and 95% CI over seeds",
                       caption="nll and ece: lower is better; the others: higher is better.")
@@ -185,6 +260,20 @@ def diagnosis_report(diag: Any) -> Report:
                   heading="The numbers behind each finding",
                   caption="Every verdict compares a measured value with a stated threshold; descriptive findings "
                           "have none.")
+    records = [dict(f.evidence["track_record"], title=f.title) for f in diag.findings
+               if isinstance(f.evidence.get("track_record"), Mapping)]
+    if records:
+        rep.add_table(pd.DataFrame([{"finding": r["title"], "verdict": r.get("verdict"), "models": r.get("n"),
+                                     "ROC AUC": r.get("auc"), "AUC 95% CI low": r.get("auc_ci_low"),
+                                     "AUC 95% CI high": r.get("auc_ci_high"), "rho": r.get("rho"),
+                                     "rho 95% CI low": r.get("rho_ci_low"), "rho 95% CI high": r.get("rho_ci_high"),
+                                     "outcome": r.get("outcome"), "population": r.get("population")}
+                                    for r in records]),
+                      heading="Track record of each finding",
+                      caption="How well each finding's number separated over-fitted models (ROC AUC) and ranked the "
+                              "outcome it claims to predict (Spearman rho) on a population of stored runs "
+                              "(docs/diagnose.md). A warning whose record does not beat chance is worded as "
+                              "descriptive.")
     if len(diag.metrics):
         wide = diag.metrics.pivot_table(index="metric", columns="split", values="value", sort=False).reset_index()
         rep.add_table(wide, heading="Accuracy, loss and calibration by split",
@@ -385,3 +474,133 @@ def write_study(store: str | os.PathLike[str] | Any, out: str | os.PathLike[str]
                              figure=figure, tables=tables)
     context.update(_evidence_context(res, config=dict(config or {}), curves_figure=curves_figure))
     return atomic_write_text(out, env.get_template("study.md.j2").render(context))
+
+
+# ------------------------------------------------------------------------------------------------ track record
+def _ci_cell(value: float, low: float, high: float, spec: str) -> str:
+    """'0.94 [0.82, 1.00]' with ``spec``; an en dash for NaN."""
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+def _track_lines(tab: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The write-up's summary lines and its lnsr_viz-vs-WeightWatcher lines, read off the track-record table."""
+    from ..experiments.track_record import OUTCOMES
+
+    def said(r: Any) -> str:
+        return (f"`{r.predictor}` (rho {r.rho:+.2f} [{r.rho_ci_low:+.2f}, {r.rho_ci_high:+.2f}] with the "
+                f"{OUTCOMES[r.outcome]}, ROC AUC {r.auc:.2f} [{r.auc_ci_low:.2f}, {r.auc_ci_high:.2f}])")
+
+    summary = []
+    for verdict, text in (("predictive", "Predicts over-fitting as it claims"),
+                          ("opposite", "Points the opposite way from its claim"),
+                          ("associated", "Associated with over-fitting (no claimed direction)")):
+        rows = [said(r) for r in tab[tab["verdict"] == verdict].itertuples()]
+        if rows:
+            summary.append(f"{text}: " + "; ".join(rows) + ".")
+    chance = [f"`{r.predictor}`" for r in tab[tab["verdict"] == "chance"].itertuples()]
+    if chance:
+        summary.append("Not better than chance on this population: " + ", ".join(chance) + ".")
+    half = [said(r) for r in tab[(tab["verdict"] == "chance") & tab["direction"].notna()].itertuples()
+            if r.rho_side == r.direction]
+    if half:
+        summary.append("Of these, some rank their claimed outcome beyond chance but do not separate over-fitted "
+                       "from other models, so their verdict stays chance: " + "; ".join(half) + ".")
+    ranked = [f"`{r.predictor}` ({r.rho:+.2f}, Holm p {md_number(r.rho_p_holm, 2)})" for r in tab.itertuples()
+              if math.isfinite(r.rho_p_holm) and r.rho_p_holm < 0.05]
+    summary.append("Rank correlations with their claimed outcome that survive the Holm correction: "
+                   + (", ".join(ranked) if ranked else "none") + ".")
+    others = [f"`{r.predictor}` with the {OUTCOMES[r.other_outcome]} ({r.rho_other:+.2f} [{r.rho_other_ci_low:+.2f}, "
+              f"{r.rho_other_ci_high:+.2f}], Holm p {md_number(r.rho_other_p_holm, 2)})" for r in tab.itertuples()
+              if math.isfinite(r.rho_other_p_holm) and r.rho_other_p_holm < 0.05]
+    summary.append("Rank correlations with the *other* outcome (not the one the number claims) that survive the Holm "
+                   "correction: " + (", ".join(others) if others else "none") + ".")
+    versus = []
+    for source, name in (("lnsr_viz", "lnsr_viz's findings"), ("weightwatcher", "WeightWatcher's metrics")):
+        part = tab[(tab["source"] == source) & tab["auc"].notna()]
+        if not len(part):
+            versus.append(f"{name}: none could be measured.")
+            continue
+        best = part.loc[(part["auc"] - 0.5).abs().idxmax()]
+        n_ok = int((part["verdict"] == "predictive").sum())
+        versus.append(f"{name}: {n_ok} of {len(part)} predictive; the one farthest from chance in separating "
+                      f"over-fitted models is `{best['predictor']}` (ROC AUC {best['auc']:.2f} "
+                      f"[{best['auc_ci_low']:.2f}, {best['auc_ci_high']:.2f}]).")
+    return summary, versus
+
+
+def _track_context(tr: Any, *, stores: list[str], out: Path, n_boot: int, seed: int, preliminary: bool
+                   ) -> dict[str, Any]:
+    """What ``track_record.md.j2`` shows, read off a :class:`~lnsr_viz.experiments.track_record.TrackRecord`."""
+    from ..experiments.track_record import OUTCOMES, finding_table
+
+    pop = tr.population.table
+    known = pop[pop["run_id"].isin(set(pop["run_id"]) - set(tr.missing))]
+    tab = tr.table.copy()
+    claims = {1: "more over-fitting", -1: "less over-fitting"}
+    tab["claim"] = [claims.get(d, "(no claimed sign)") if d == d and d is not None else "(no claimed sign)"
+                    for d in tab["direction"]]
+    tab["outcome_text"] = tab["outcome"].map(OUTCOMES)
+    tab["rho_cell"] = [_ci_cell(r.rho, r.rho_ci_low, r.rho_ci_high, "+.2f") for r in tab.itertuples()]
+    tab["auc_cell"] = [_ci_cell(r.auc, r.auc_ci_low, r.auc_ci_high, ".2f") for r in tab.itertuples()]
+    tab["other_cell"] = [f"{OUTCOMES[r.other_outcome]}: " + _ci_cell(r.rho_other, r.rho_other_ci_low,
+                                                                      r.rho_other_ci_high, "+.2f")
+                         for r in tab.itertuples()]
+    summary, versus = _track_lines(tr.table)
+    ft = finding_table(tr, population="")
+    finding_rows = [{"finding": r.finding, "verdict": r.verdict,
+                     "effect": ("descriptive by design (it never warns); it now carries its track record."
+                                if r.finding == "drift" else
+                                {"predictive": "keeps its verdict, with its track record.",
+                                 "chance": "a warning from it is worded as descriptive.",
+                                 "opposite": "a warning from it is corrected."}[r.verdict])}
+                    for r in ft.itertuples()]
+    th = tr.thresholds
+    better = th[(th["chosen_balanced_accuracy_check"] > th["diagnose_balanced_accuracy_check"] + 0.1)
+                & th["predictor"].isin(ft.loc[ft["verdict"] == "predictive", "finding"])]
+    decision = ("No finding's chosen cut beats diagnose's own rule by more than 0.1 balanced accuracy on the check "
+                "part while its track record is predictive, so diagnose's thresholds are kept.") if not len(better) \
+        else ("On the check part the chosen cut beats diagnose's rule by more than 0.1 balanced accuracy for "
+              + ", ".join(f"`{p}`" for p in better["predictor"]) + "; the thresholds are kept for now (one "
+              "protocol, a small check part) and the cut is reported here for the next population.")
+    train_acc = known["train_accuracy"].dropna()
+    return {
+        "tr": tr, "stores": stores, "out_name": out.as_posix(), "preliminary": preliminary, "summary": summary,
+        "versus": versus, "main": tab, "thresholds": th, "threshold_decision": decision,
+        "finding_rows": finding_rows, "n_boot": n_boot, "seed": seed, "n_tests": 3 * len(tab),
+        "store_counts": known.groupby("store").size().reset_index(name="n").to_dict("records"),
+        "setting_counts": known.groupby("setting").size().reset_index(name="n").to_dict("records"),
+        "sizes": sorted(int(s) for s in known["train_size"].dropna().unique()),
+        "steps": sorted(int(s) for s in known["max_steps"].dropna().unique()),
+        "protocols": max(1, len(known.groupby(["store", "max_steps"], dropna=False))),
+        "problems": tr.population.problems.to_dict("records"),
+        "ood": ["amazon", "tweets", "nyt"], "overfit_drop": tr.population.overfit_drop,
+        "n_over": int(known["over_fitted"].sum()), "n_selection": int((known["part"] == "selection").sum()),
+        "n_check": int((known["part"] == "check").sum()),
+        "train_acc_median": float(train_acc.median()) if len(train_acc) else math.nan,
+        "train_acc_range": (f"{train_acc.min():.2f}" if train_acc.min() == train_acc.max()
+                            else f"{train_acc.min():.2f} to {train_acc.max():.2f}") if len(train_acc) else "–",
+    }
+
+
+def write_track_record(tr: Any, out: str | os.PathLike[str] = "docs/diagnose.md", *,
+                       tables: str | os.PathLike[str] | None = None, n_boot: int = 2000, seed: int = 0,
+                       preliminary: bool = False) -> Path:
+    """Write the track-record write-up (``docs/diagnose.md``, from ``templates/track_record.md.j2``) of a
+    :class:`~lnsr_viz.experiments.track_record.TrackRecord`, and with ``tables`` its tidy CSV tables
+    (``population``, ``track_record``, ``thresholds``, ``problems``); return the markdown path."""
+    from ..utils.io import atomic_write_csv, atomic_write_text
+
+    out = Path(out)
+    if tables is not None:
+        tables = Path(tables)
+        tables.mkdir(parents=True, exist_ok=True)
+        for name, frame in (("population", tr.population.table), ("track_record", tr.table),
+                            ("thresholds", tr.thresholds), ("problems", tr.population.problems)):
+            atomic_write_csv(tables / f"{name}.csv", frame)
+    context = _track_context(tr, stores=list(tr.population.stores), out=out, n_boot=n_boot, seed=seed,
+                             preliminary=preliminary)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(out, template_environment(markdown=True).get_template("track_record.md.j2")
+                             .render(context))

@@ -18,8 +18,10 @@ results, ``docs/study.md``) say where they looked when the file is not there.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import time
 import weakref
 from collections import OrderedDict
@@ -178,7 +180,7 @@ def stored_checkpoints(*, name: str = "demo", quick: bool | None = None) -> pd.D
     """The fine-tuned checkpoints kept in ``results_dir(name)``: ``run_id, method, seed, path`` (one row each).
 
     Runs are stored with a checkpoint when :func:`~lnsr_viz.experiments.runs.compare` ran with
-    ``save_checkpoints=True`` (notebook 02 does). Empty when there are none.
+    ``save_checkpoints`` (``make demo`` keeps each method's first seed). Empty when there are none.
     """
     from ..experiments.store import RunStore
 
@@ -202,9 +204,8 @@ def check_checkpoint(path: str | os.PathLike[str] | None, *, variable: str = "CH
     deep inside transformers.
     """
     how = (f"Set {variable} in the first code cell (or the environment variable LNSR_VIZ_{variable}) to a folder "
-           "holding config.json and the model weights (any model saved with save_pretrained()), e.g. one that "
-           f"notebook 02 stored under {results_dir('demo')}/runs/<run_id>/checkpoint. Runs first made by `make demo` "
-           "keep no checkpoints: to get some, set LNSR_VIZ_RESULTS to a fresh folder and run notebook 02.")
+           "holding config.json and the model weights (any model saved with save_pretrained()), e.g. the one "
+           f"`make demo` keeps under {results_dir('demo')}/runs/<run_id>/checkpoint (each method's first seed).")
     if path is None or str(path).strip() == "":
         raise FileNotFoundError(f"{variable} is not set. {how}")
     folder = Path(path).expanduser()
@@ -346,101 +347,231 @@ def probe_profiles(model: Any, texts: Sequence[str], *, tokenizer: Any = None, l
 # the live explorers' caches: tokenisation, clean pass and profiles, kept here so the dashboards only wire
 
 
+def _batch_key(inputs: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """A content key of a tokenised batch (its ids and mask), or None when it has no ``input_ids``."""
+    import hashlib
+
+    ids = inputs.get("input_ids")
+    if ids is None:
+        return None
+    digest = hashlib.sha1()
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        tensor = inputs.get(name)
+        if tensor is not None:
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return (tuple(ids.shape), str(ids.device), digest.hexdigest())
+
+
 def _capture_class() -> type:
     from ..core.adapter import ModelAdapter
 
     class _CachedCaptureAdapter(ModelAdapter):
-        """A ModelAdapter that remembers the clean capture of one fixed batch (see :func:`cached_capture_adapter`)."""
+        """A ModelAdapter that remembers the clean captures of a few batches (see :func:`cached_capture_adapter`)."""
 
-        def __init__(self, model: Any) -> None:
+        def __init__(self, model: Any, max_batches: int = 16) -> None:
             super().__init__(model)
-            self._cached_ids: Any = None
-            self._cached_capture: Any = None
+            self._captures: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+            self._max_batches = int(max_batches)
             self.clean_passes = 0
 
-        def capture(self, inputs: Mapping[str, Any], *, record_rng: bool = False, stop_at: int | None = None) -> Any:
-            ids = inputs.get("input_ids")
-            if not record_rng and stop_at is None and ids is not None and ids is self._cached_ids:
-                return self._cached_capture
-            cap = super().capture(inputs, record_rng=record_rng, stop_at=stop_at)
+        def capture(self, inputs: Mapping[str, Any], *, record_rng: bool = False, stop_at: int | None = None,
+                    **kwargs: Any) -> Any:
+            plain = not record_rng and stop_at is None and not kwargs
+            key = _batch_key(inputs) if plain else None
+            if key is not None and key in self._captures:
+                self._captures.move_to_end(key)
+                return self._captures[key]
+            cap = super().capture(inputs, record_rng=record_rng, stop_at=stop_at, **kwargs)
             self.clean_passes += 1
-            if not record_rng and stop_at is None:
-                self._cached_ids, self._cached_capture = ids, cap
+            if key is not None:
+                self._captures[key] = cap
+                while len(self._captures) > self._max_batches:
+                    self._captures.popitem(last=False)
             return cap
 
     return _CachedCaptureAdapter
 
 
-def cached_capture_adapter(model: Any) -> Any:
-    """A :class:`~lnsr_viz.core.adapter.ModelAdapter` that remembers the clean capture of one fixed batch.
+def cached_capture_adapter(model: Any, *, max_batches: int = 16) -> Any:
+    """A :class:`~lnsr_viz.core.adapter.ModelAdapter` that remembers the clean captures of a few fixed batches.
 
     An explorer probes the same few sentences again and again; only the noise changes. The probe asks the adapter
-    for the clean pass every time, so reusing it saves one full forward pass per control change. The cache is used
-    only when the probe passes the very tensors that were tokenized for it (identity check), never otherwise;
-    ``clean_passes`` counts the real clean passes.
+    for the clean pass every time, so reusing it saves one full forward pass per batch and control change. A
+    capture is reused only for a batch with the very same token ids and mask (a content hash), for at most
+    ``max_batches`` batches (least recently used out); ``clean_passes`` counts the real clean passes. The model's
+    weights must not change while the adapter is in use.
     """
-    return _capture_class()(model)
+    return _capture_class()(model, max_batches=max_batches)
 
 
 class ProbeSession:
     """One model on one fixed set of sentences, probed again and again with different noise settings.
 
-    Tokenises the sentences once, keeps the clean forward pass (a :func:`cached_capture_adapter`) and memoises every
-    profile it has computed per (injection layer, noise, scale, scale kind, draws, seed), least recently used
-    first out beyond ``max_profiles``. Build it with :func:`probe_session`, which also shares one session between
-    explorers over the same model and sentences.
+    Tokenises the sentences once (as one padded batch by default; with ``bucket_size`` in batches of that many
+    sentences sorted by token count, which replays fewer padding tokens but, measured on 2 CPU cores with MiniLM and
+    32 movie sentences, was not faster: small batches use the cores less well), keeps their clean forward passes
+    (a :func:`cached_capture_adapter`) and memoises every profile it has computed per (injection
+    layer, noise, scale, scale kind, draws, seed), least recently used first out beyond ``max_profiles``.
+    :meth:`prefetch` computes settings in a background thread while the user looks at the figure (one probe at a
+    time; a request for a setting being prefetched waits for it instead of starting again). Build it with
+    :func:`probe_session`, which also shares one session between explorers over the same model and sentences.
 
     Attributes
     ----------
-    model, tokenizer, adapter, inputs
-        The model, its tokenizer, the caching adapter and the tokenised sentences.
+    model, tokenizer, adapter
+        The model, its tokenizer and the caching adapter.
+    probe_texts : list of str
+        The sentences in the order probed (as given, or sorted by token count with a ``bucket_size``); profiles are
+        means over them, so the order changes no value, only which noise draw meets which sentence.
     last_seconds : float
-        Seconds the last :meth:`profile` call spent probing (0.0 when it was memoised).
+        Seconds the last :meth:`profile` call spent probing or waiting for a prefetch (0.0 when it was memoised).
     last_memoised : bool
-        Whether the last :meth:`profile` call was answered from the memo.
+        Whether the last :meth:`profile` call was answered from the memo (a finished prefetch counts).
+    n_prefetched : int
+        Profiles computed in the background so far.
     """
 
     def __init__(self, model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int = 64,
-                 max_profiles: int = 256) -> None:
-        from ..core.inputs import texts_of, tokenize
+                 max_profiles: int = 256, bucket_size: int | None = None) -> None:
+        import threading
+
+        from ..core.inputs import texts_of
 
         self.model, self.tokenizer = model, tokenizer
         self.texts = texts_of(list(texts), owner="ProbeSession")
         self.max_length = int(max_length)
         self.max_profiles = int(max_profiles)
-        self.adapter = cached_capture_adapter(model)
-        self.inputs = tokenize(tokenizer, self.texts, max_length=self.max_length, model=model)
+        self.bucket_size = len(self.texts) if bucket_size is None else max(1, int(bucket_size))
+        self.probe_texts = list(self.texts)
+        if self.bucket_size < len(self.texts):
+            lengths = [len(ids) for ids in tokenizer(list(self.texts), truncation=True,
+                                                      max_length=self.max_length)["input_ids"]]
+            self.probe_texts = [self.texts[i] for i in sorted(range(len(self.texts)), key=lambda i: lengths[i])]
+        n_batches = -(-len(self.texts) // self.bucket_size)
+        self.adapter = cached_capture_adapter(model, max_batches=max(16, n_batches))
         self._profiles: OrderedDict[tuple[Any, ...], pd.DataFrame] = OrderedDict()
         self.last_seconds = float("nan")
         self.last_memoised = False
+        self.n_prefetched = 0
+        self._lock = threading.RLock()  # one probe at a time (the model is shared)
+        self._state = threading.Condition()
+        self._queue: list[tuple[Any, ...]] = []
+        self._running: tuple[Any, ...] | None = None
+        self._last_request = 0.0
+        self._worker: threading.Thread | None = None
 
     @property
     def n_layers(self) -> int:
         """Number of blocks L of the model (layers 0..L)."""
         return int(self.adapter.n_layers)
 
+    @staticmethod
+    def key(*, injection_layer: int, noise: str = "gaussian", scale: float = 0.05, scale_kind: str = "relative",
+            n_draws: int = 4, seed: int = 0) -> tuple[Any, ...]:
+        """The memo key of one setting."""
+        return (int(injection_layer), str(noise), round(float(scale), 10), str(scale_kind), int(n_draws), int(seed))
+
+    def is_memoised(self, **setting: Any) -> bool:
+        """Whether the profile of ``setting`` (the keywords of :meth:`profile`) is already computed."""
+        return self.key(**setting) in self._profiles
+
     def profile(self, *, injection_layer: int, noise: str = "gaussian", scale: float = 0.05,
                 scale_kind: str = "relative", n_draws: int = 4, seed: int = 0, label: str = "model") -> pd.DataFrame:
         """The stability profile for one injection layer and noise setting (memoised; a copy per label)."""
-        from ..core.probe import StabilityProbe
-
-        k = int(injection_layer)
-        key = (k, noise, round(float(scale), 10), scale_kind, int(n_draws), int(seed))
+        key = self.key(injection_layer=injection_layer, noise=noise, scale=scale, scale_kind=scale_kind,
+                       n_draws=n_draws, seed=seed)
+        t0 = time.perf_counter()
+        with self._state:
+            self._last_request = t0
+            if key in self._queue:
+                self._queue.remove(key)
+            while self._running == key:  # being prefetched: wait for it rather than compute it twice
+                self._state.wait(0.05)
         if key in self._profiles:
             self._profiles.move_to_end(key)
-            self.last_seconds, self.last_memoised = 0.0, True
+            waited = time.perf_counter() - t0
+            self.last_seconds, self.last_memoised = (waited if waited > 1e-3 else 0.0), True
             return self._relabel(self._profiles[key], label)
-        n = len(self.texts)
-        probe = StabilityProbe(noise, scale=float(scale), scale_kind=scale_kind, injection_layers=[k],
-                               n_draws=int(n_draws), batch_size=n, max_rows=max(256, int(n_draws) * n),
-                               max_length=self.max_length, seed=int(seed), progress=False)
-        t0 = time.perf_counter()
-        profile = probe.run(self.adapter, self.inputs, label=label)
+        profile = self._compute(key, label)
         self.last_seconds, self.last_memoised = time.perf_counter() - t0, False
-        self._profiles[key] = profile
-        while len(self._profiles) > self.max_profiles:
-            self._profiles.popitem(last=False)
+        with self._state:
+            self._last_request = time.perf_counter()
         return profile
+
+    def _compute(self, key: tuple[Any, ...], label: str) -> pd.DataFrame:
+        from ..core.probe import StabilityProbe
+
+        k, noise, scale, scale_kind, n_draws, seed = key
+        with self._lock:
+            if key in self._profiles:
+                return self._relabel(self._profiles[key], label)
+            probe = StabilityProbe(noise, scale=float(scale), scale_kind=scale_kind, injection_layers=[k],
+                                   n_draws=n_draws, batch_size=self.bucket_size,
+                                   max_rows=max(256, n_draws * self.bucket_size), max_length=self.max_length,
+                                   seed=seed, progress=False)
+            profile = probe.run(self.adapter, self.probe_texts, tokenizer=self.tokenizer, label=label)
+            self._profiles[key] = profile
+            while len(self._profiles) > self.max_profiles:
+                self._profiles.popitem(last=False)
+        return profile
+
+    # -- background precomputation ---------------------------------------------------------------------------
+    def prefetch(self, settings: Sequence[Mapping[str, Any]], *, idle_s: float = 0.25) -> int:
+        """Compute ``settings`` (keyword dicts of :meth:`profile`) in a background thread, in order, replacing any
+        queue; each starts once no :meth:`profile` request came for ``idle_s`` seconds. Returns how many were
+        queued (settings already memoised are skipped)."""
+        import threading
+
+        keys = [self.key(**{k: v for k, v in st.items() if k != "label"}) for st in settings]
+        keys = [k for k in dict.fromkeys(keys) if k not in self._profiles and 0 <= k[0] <= self.n_layers]
+        with self._state:
+            self._queue = keys
+            self._idle_s = float(idle_s)
+            if keys and (self._worker is None or not self._worker.is_alive()):
+                self._worker = threading.Thread(target=self._work, name="lnsr-viz-prefetch", daemon=True)
+                _PREFETCHING.add(self)
+                self._worker.start()
+            self._state.notify_all()
+        return len(keys)
+
+    def cancel_prefetch(self) -> None:
+        """Drop the settings still queued (one being computed finishes)."""
+        with self._state:
+            self._queue = []
+
+    def wait_prefetch(self, timeout: float = 60.0) -> bool:
+        """Block until the queue is done (for benchmarks and tests); False on timeout."""
+        end = time.perf_counter() + timeout
+        with self._state:
+            while self._queue or self._running is not None:
+                if time.perf_counter() > end:
+                    return False
+                self._state.wait(0.05)
+        return True
+
+    def _work(self) -> None:
+        while True:
+            with self._state:
+                if not self._queue:
+                    return
+                quiet = time.perf_counter() - self._last_request
+                if quiet < self._idle_s:
+                    self._state.wait(self._idle_s - quiet)
+                    continue
+                key = self._queue.pop(0)
+                if key in self._profiles:
+                    continue
+                self._running = key
+            try:
+                self._compute(key, "model")
+                self.n_prefetched += 1
+            except Exception:  # noqa: BLE001 - a failed prefetch is simply recomputed (and reported) on request
+                pass
+            finally:
+                with self._state:
+                    self._running = None
+                    self._state.notify_all()
 
     @staticmethod
     def _relabel(profile: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -452,6 +583,22 @@ class ProbeSession:
 
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], ProbeSession]] = weakref.WeakKeyDictionary()
+#: Sessions that started a prefetch thread: at interpreter exit their queues are dropped and the probe in flight is
+#: waited for, so no thread is inside torch while the interpreter shuts down.
+_PREFETCHING: weakref.WeakSet[ProbeSession] = weakref.WeakSet()
+
+
+def _stop_prefetching() -> None:
+    for session in list(_PREFETCHING):
+        session.cancel_prefetch()
+        worker = session._worker
+        if worker is not None and worker.is_alive():
+            worker.join(timeout=60)
+
+
+import atexit  # noqa: E402  (registered next to what it stops)
+
+atexit.register(_stop_prefetching)
 
 
 def probe_session(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int = 64) -> ProbeSession:
@@ -591,15 +738,29 @@ def study_config(name: str = "study") -> Path:
     return project_root() / "configs" / f"{name}.yaml"
 
 
+_IMAGE_MIME = {".svg": "image/svg+xml", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+_IMAGE_LINK = re.compile(r"(!\[[^\]]*\])\(([^)\s:]+)\)")  # ![alt](relative/path), never a URL or data URI
+
+
 def study_markdown(name: str = "study") -> str | None:
-    """The committed write-up ``<project>/docs/<name>.md`` with its figure links made relative to ``notebooks/``.
+    """The committed write-up ``<project>/docs/<name>.md`` with its figures embedded (data URIs), so they show
+    wherever the lab is rooted (``make lab`` serves only ``notebooks/``); a missing figure is named in its place.
 
     None when the file is not there (run ``python -m lnsr_viz study configs/study.yaml`` to write it).
     """
     doc = project_root() / "docs" / f"{name}.md"
     if not doc.is_file():
         return None
-    return doc.read_text(encoding="utf-8").replace(f"]({name}-", f"](../docs/{name}-")
+
+    def embed(link: re.Match[str]) -> str:
+        path = doc.parent / link.group(2)
+        mime = _IMAGE_MIME.get(path.suffix.lower())
+        if mime is None or not path.is_file():
+            return (f"*(figure `docs/{link.group(2)}` is missing: rebuild the write-up with "
+                    f"`python -m lnsr_viz study configs/{name}.yaml`)*")
+        return f"{link.group(1)}(data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')})"
+
+    return _IMAGE_LINK.sub(embed, doc.read_text(encoding="utf-8"))
 
 
 #: Columns of the study's runs table offered as scatter axes (in this order, where present).

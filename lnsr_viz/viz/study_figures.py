@@ -23,7 +23,7 @@ from ..utils.io import atomic_write_text
 from .style import TEMPLATE, color_for
 
 __all__ = ["SETTING_PALETTE", "setting_colors", "plot_sensitivity_vs_ood", "write_sensitivity_svg",
-           "plot_learning_curves", "write_learning_curves_svg"]
+           "plot_learning_curves", "write_learning_curves_svg", "claims_view"]
 
 #: Distinct colours for a study's settings (Okabe-Ito, then Paul Tol's muted set); vanilla keeps its usual blue.
 SETTING_PALETTE = ("#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#882255", "#117733", "#999933",
@@ -225,3 +225,35 @@ def write_learning_curves_svg(curves: pd.DataFrame, path: str | Path, *, methods
         fig.savefig(buf, format="svg", metadata={"Date": None})
     plt.close(fig)
     return atomic_write_text(Path(path), buf.getvalue())
+
+
+def claims_view(claims: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
+    """The study's claims table as a reader needs it at notebook width: the verdict first, then the claim, the
+    effect with its CI in one cell, p and the setting; the long ``statement`` and the raw means left out.
+
+    ``claims`` is :func:`lnsr_viz.experiments.study.study_claims`'s ``claims`` table (``claim, verdict, effect,
+    ci_low, ci_high``; ``train_size, setting, role, p_value, statement`` used when present).
+    """
+    from .style import check_frame, format_number
+
+    df = check_frame(claims, "claims", "claims_view", ["claim", "verdict", "effect", "ci_low", "ci_high"])
+
+    def effect(r: pd.Series) -> str:
+        value = float(r["effect"])
+        if not math.isfinite(value):
+            return "–"
+        lo, hi = float(r["ci_low"]), float(r["ci_high"])
+        ci = f" [{lo:+.{digits}f}, {hi:+.{digits}f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+        return f"{value:+.{digits}f}{ci}"
+
+    out = pd.DataFrame({"verdict": df["verdict"].astype(str), "claim": df["claim"].astype(str)})
+    if "statement" in df.columns:
+        out["claim"] = [f"({c}) {s}" for c, s in zip(df["claim"], df["statement"])]
+    for col in ("train_size", "setting", "role"):
+        if col in df.columns:
+            out[col.replace("_", " ")] = df[col].to_numpy()
+    out["effect [95% CI]"] = [effect(r) for _, r in df.iterrows()]
+    if "p_value" in df.columns:
+        out["p"] = [format_number(round(float(p), digits)) if math.isfinite(float(p)) else "–"
+                    for p in df["p_value"]]
+    return out.reset_index(drop=True)

@@ -5,7 +5,11 @@ One home for the helpers that :mod:`~lnsr_viz.viz.figures`, :mod:`~lnsr_viz.viz.
 so no module reaches into another's private names:
 
 * the look: :data:`TEMPLATE`, one colour per method or model label (:data:`METHOD_COLORS`,
-  :data:`FALLBACK_COLORS`, :func:`color_for`), axis titles with units (:func:`metric_label`), :func:`wrap_title`;
+  :data:`FALLBACK_COLORS`, :func:`color_for`), axis titles with units (:func:`metric_label`), readable names of
+  raw column and setting names (:data:`READABLE_NAMES`, :func:`readable`), :func:`wrap_title`, :func:`wrap_text`,
+  the legend below the plot (:func:`legend_below`);
+* how strong a paired difference is (:func:`is_weak_evidence`): weak evidence is drawn hollow and worded
+  "within noise" everywhere;
 * the checks: :func:`check_frame` (a non-empty DataFrame with the columns a figure needs; the message lists what
   was expected and what came) and :func:`select_rows` (one value of a column, or insist there is only one);
 * shared pieces of figures: :func:`ci_band` (a filled CI band), :func:`unique`, :func:`format_cell`,
@@ -28,7 +32,8 @@ import plotly.graph_objects as go
 __all__ = [
     "TEMPLATE", "METHOD_COLORS", "FALLBACK_COLORS", "METRIC_LABELS", "STABILITY_METRICS", "LAYER_AXIS", "PRODUCERS",
     "color_for", "rgba", "metric_label", "check_frame", "unique", "select_rows", "mean_ci", "aggregate_layers",
-    "ci_band", "format_number", "format_cell", "wrap_title",
+    "ci_band", "format_number", "format_cell", "wrap_title", "READABLE_NAMES", "readable", "wrap_text",
+    "legend_below", "is_weak_evidence", "ALPHA",
 ]
 
 TEMPLATE = "plotly_white"
@@ -87,6 +92,50 @@ METRIC_LABELS: dict[str, str] = {
     "gap": "generalisation gap: train − validation accuracy (fraction)",
 }
 
+#: The readable name of each raw column, metric or setting name shown to a reader (dropdowns, titles, legends).
+READABLE_NAMES: dict[str, str] = {
+    "in_manifold": "in-manifold",
+    "gaussian": "Gaussian",
+    "uniform": "uniform",
+    "roc_auc": "ROC AUC",
+    "ece": "ECE",
+    "nll": "NLL",
+    "macro_f1": "macro-F1",
+    "f1": "F1",
+    "exact_match": "exact match",
+    "accuracy": "accuracy",
+    "change_rel": "relative change",
+    "change_l2": "L2 change",
+    "train_loss": "total loss",
+    "train_task_loss": "task loss",
+    "train_reg_loss": "regulariser term",
+    "train_reg_contribution": "regulariser's share",
+    "train_accuracy": "train accuracy",
+    "val_accuracy": "validation accuracy",
+    "gap": "generalisation gap",
+    "label_name": "label",
+    "domain_kind": "domain kind",
+    "noise_sensitivity": "noise sensitivity",
+    "jacobian_fro2": "Jacobian norm",
+    "hessian_trace": "Hessian trace",
+    "generalisation_gap": "generalisation gap",
+    "ood_gap": "OOD gap",
+    "cka": "CKA",
+    "cka_debiased": "debiased CKA",
+    "cosine_drift_token": "cosine drift (tokens)",
+    "cosine_drift_sentence": "cosine drift (sentences)",
+    "weight_distance": "weight distance",
+    "weight_distance_rel": "relative weight distance",
+    "top_sensitivity": "top-layer noise sensitivity",
+    "ood_accuracy": "out-of-domain accuracy",
+    "ood_roc_auc": "out-of-domain ROC AUC",
+    "reg_to_task_ratio": "regulariser / task loss",
+    "repr_effective_rank": "effective rank of representations",
+}
+
+#: The significance level below which a (corrected) p-value counts as a clear difference.
+ALPHA = 0.05
+
 #: The two change measures of a stability profile.
 STABILITY_METRICS = ("change_rel", "change_l2")
 
@@ -136,6 +185,39 @@ def rgba(hex_color: str, alpha: float) -> str:
 def metric_label(metric: str) -> str:
     """The axis title of ``metric`` (:data:`METRIC_LABELS`), or the name itself."""
     return METRIC_LABELS.get(metric, metric)
+
+
+def readable(name: Any) -> str:
+    """The readable name of a raw column / metric / setting name (:data:`READABLE_NAMES`), else the name with
+    spaces for underscores (``in_manifold`` -> ``in-manifold``, ``roc_auc`` -> ``ROC AUC``)."""
+    text = str(name)
+    return READABLE_NAMES.get(text, READABLE_NAMES.get(text.lower(), text.replace("_", " ")))
+
+
+def wrap_text(text: str, width: int) -> str:
+    """``text`` broken with ``<br>`` into lines of at most ``width`` characters (words kept whole; nothing cut)."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(str(text), width, break_long_words=False)) or str(text)
+
+
+def legend_below(fig: go.Figure, *, title: str | None = None) -> go.Figure:
+    """Put ``fig``'s legend in rows under the plot (horizontal), so a long legend never takes the plot's width."""
+    fig.update_layout(legend={"orientation": "h", "yanchor": "top", "y": -0.18, "xanchor": "left", "x": 0,
+                              **({"title": {"text": title}} if title is not None else {})})
+    bottom = fig.layout.margin.b if fig.layout.margin.b is not None else 60
+    fig.update_layout(margin={"b": max(bottom, 110)})
+    return fig
+
+
+def is_weak_evidence(ci_low: float, ci_high: float, p: float | None = None, *, alpha: float = ALPHA) -> bool:
+    """True when a difference is weak evidence: its CI includes 0 (or is undefined) or its (corrected) p-value is
+    ``alpha`` or more (a NaN / missing p does not count). Such a difference is drawn hollow and worded
+    "no clear difference (within noise)"."""
+    lo, hi = float(ci_low), float(ci_high)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0.0 <= hi:
+        return True
+    return p is not None and math.isfinite(float(p)) and float(p) >= alpha
 
 
 def wrap_title(fig: go.Figure, *, width: int = 90) -> go.Figure:

@@ -1,0 +1,131 @@
+"""Predictive validity of a number: does it rank and separate the models it claims to describe?
+
+:func:`association` measures one predictor against one continuous outcome and one binary label over a population
+of models: Spearman's rank correlation with the outcome (``scipy.stats.spearmanr``) and the ROC AUC of the label
+(``sklearn.metrics.roc_auc_score``; the p-value is the two-sided Mann-Whitney U test's, since AUC = U / (n1 n0)),
+each with a percentile bootstrap 95% interval over models (:func:`lnsr_viz.analysis.stats.bootstrap_ci`, rows
+resampled together, seeded). :func:`rank_auc` is the same AUC computed from ranks (ties counted half), the fast form
+the bootstrap uses. :func:`chance_verdict` turns the intervals into a verdict: ``predictive`` (both intervals exclude
+chance in the claimed direction), ``opposite`` (one excludes chance in the other direction) or ``chance``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats as _st
+
+__all__ = ["Association", "association", "rank_auc", "chance_verdict", "interval_side"]
+
+
+@dataclass(frozen=True)
+class Association:
+    """How one predictor relates to an outcome (Spearman) and to a binary label (ROC AUC) over ``n`` models."""
+
+    n: int
+    n_positive: int
+    rho: float
+    rho_ci_low: float
+    rho_ci_high: float
+    rho_p: float
+    auc: float
+    auc_ci_low: float
+    auc_ci_high: float
+    auc_p: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (one row of a track-record table)."""
+        return asdict(self)
+
+
+def rank_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """ROC AUC of ``labels`` (0/1) ranked by ``scores`` from the Mann-Whitney U statistic (ties count 1/2).
+
+    Equal to ``sklearn.metrics.roc_auc_score(labels, scores)``; NaN when one class is absent.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    n1 = int(y.sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    ranks = _st.rankdata(s)
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(np.corrcoef(_st.rankdata(x), _st.rankdata(y))[0, 1])
+
+
+def association(predictor: Sequence[float] | np.ndarray, outcome: Sequence[float] | np.ndarray,
+                label: Sequence[int] | np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                confidence: float = 0.95) -> Association:
+    """Spearman rho of ``predictor`` with ``outcome`` and ROC AUC of ``label`` by ``predictor``, with bootstrap CIs.
+
+    Rows where any of the three is missing are dropped first. AUC above 0.5 means larger predictor values go with
+    ``label == 1``. With fewer than 3 rows, or one class only, the affected numbers are NaN.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from .stats import bootstrap_ci
+
+    x = np.asarray(predictor, dtype=np.float64)
+    out = np.asarray(outcome, dtype=np.float64)
+    lab = np.asarray(label, dtype=np.float64)
+    if not x.shape == out.shape == lab.shape or x.ndim != 1:
+        raise ValueError(f"association: predictor, outcome and label must be 1-D of one length; got shapes "
+                         f"{x.shape}, {out.shape}, {lab.shape}.")
+    ok = np.isfinite(x) & np.isfinite(out) & np.isfinite(lab)
+    x, out, lab = x[ok], out[ok], lab[ok]
+    if np.any((lab != 0) & (lab != 1)):
+        raise ValueError("association: label must hold 0/1 (or True/False) values.")
+    n, n_pos = int(x.size), int(lab.sum())
+    nan = math.nan
+    rho = rho_p = auc = auc_p = nan
+    rho_ci = auc_ci = (nan, nan)
+    if n >= 3:
+        if np.ptp(x) > 0 and np.ptp(out) > 0:
+            res = _st.spearmanr(x, out)
+            rho, rho_p = float(res.statistic), float(res.pvalue)
+            pairs = np.column_stack([x, out])
+            rho_ci = bootstrap_ci(pairs, n_boot=n_boot, seed=seed, confidence=confidence,
+                                  statistic=lambda a: _spearman(a[:, 0], a[:, 1]))
+        if 0 < n_pos < n:
+            auc = float(roc_auc_score(lab.astype(int), x))
+            auc_p = float(_st.mannwhitneyu(x[lab == 1], x[lab == 0], alternative="two-sided").pvalue)
+            pairs = np.column_stack([x, lab])
+            auc_ci = bootstrap_ci(pairs, n_boot=n_boot, seed=seed, confidence=confidence,
+                                  statistic=lambda a: rank_auc(a[:, 0], a[:, 1]))
+    return Association(n, n_pos, rho, rho_ci[0], rho_ci[1], rho_p, auc, auc_ci[0], auc_ci[1], auc_p)
+
+
+def interval_side(low: float, high: float, centre: float) -> int:
+    """+1 when the interval ``[low, high]`` lies above ``centre``, -1 when below, 0 when it includes it (or is NaN)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return 0
+    return 1 if low > centre else (-1 if high < centre else 0)
+
+
+def chance_verdict(assoc: Association, direction: int | None) -> str:
+    """``predictive``, ``opposite`` or ``chance`` for a predictor claimed to rise with the outcome (``direction=1``)
+    or to fall with it (``-1``); ``direction=None`` (no claimed direction) gives ``associated`` or ``chance``.
+
+    Predictive: the rho interval excludes 0 and the AUC interval excludes 0.5, both on the claimed side. Opposite:
+    either interval excludes chance on the other side. Otherwise (an interval that includes chance, or NaN):
+    chance.
+    """
+    sides = (interval_side(assoc.rho_ci_low, assoc.rho_ci_high, 0.0),
+             interval_side(assoc.auc_ci_low, assoc.auc_ci_high, 0.5))
+    if direction is None:
+        return "associated" if all(s != 0 for s in sides) and sides[0] == sides[1] else "chance"
+    if any(s == -direction for s in sides):
+        return "opposite"
+    if all(s == direction for s in sides):
+        return "predictive"
+    return "chance"

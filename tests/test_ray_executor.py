@@ -16,18 +16,12 @@ from lnsr_viz.cli import main
 from lnsr_viz.experiments.ray_executor import SweepFailed, check_address, check_resources, runs_at_once
 from lnsr_viz.experiments.store import RunStore
 from lnsr_viz.experiments.sweep import expand, run_sweep, shard_jobs, validate_config
-from lnsr_viz.testing import tiny_model, toy_sentences
+from lnsr_viz.testing import save_tiny_setup
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray_sweep")
-    model, tok = tiny_model("bert", seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    texts, labels = toy_sentences(80, seed=0)
-    pd.DataFrame({"text": texts, "label": labels}).to_csv(root / "in.csv", index=False)
-    return root
+    return save_tiny_setup(tmp_path_factory.mktemp("ray_sweep"))
 
 
 def _config(root):

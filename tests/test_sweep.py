@@ -15,18 +15,12 @@ from lnsr_viz.experiments.sweep import (
     select_settings,
     validate_config,
 )
-from lnsr_viz.testing import tiny_model, toy_sentences
+from lnsr_viz.testing import save_tiny_setup, toy_sentences
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    model, tok = tiny_model("bert", seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    texts, labels = toy_sentences(80, seed=0)
-    pd.DataFrame({"text": texts, "label": labels}).to_csv(root / "in.csv", index=False)
-    return root
+    return save_tiny_setup(tmp_path_factory.mktemp("sweep"))
 
 
 def _config(root, **over):

@@ -9,7 +9,7 @@ import pytest
 
 from lnsr_viz.experiments.store import RunStore
 from lnsr_viz.experiments.sweep import run_sweep, validate_config
-from lnsr_viz.testing import tiny_model, toy_sentences
+from lnsr_viz.testing import save_tiny_setup, tiny_model, toy_sentences
 from lnsr_viz.training.loop import FineTuner
 
 pytest.importorskip("mlflow")
@@ -18,13 +18,7 @@ pytest.importorskip("tensorboard")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tracking")
-    model, tok = tiny_model("bert", seed=0)
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    texts, labels = toy_sentences(80, seed=0)
-    pd.DataFrame({"text": texts, "label": labels}).to_csv(root / "in.csv", index=False)
-    return root
+    return save_tiny_setup(tmp_path_factory.mktemp("tracking"))
 
 
 def _config(root):

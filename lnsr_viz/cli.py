@@ -260,7 +260,30 @@ def _add_compare_options(p: argparse.ArgumentParser, defaults: Any) -> None:
     p.add_argument("--save-checkpoints", action="store_true", help="also store each fine-tuned model")
     p.add_argument("--device", default=None,
                    help="where to train: cpu (default), cuda, cuda:N; recorded with each run, not part of its key")
+    _add_tracking_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_tracking_options(p: argparse.ArgumentParser) -> None:
+    """``--report-to`` and ``--logging-dir`` (compare, demo, sweep): report trained runs, as the HF Trainer does."""
+    p.add_argument("--report-to", default=None,
+                   help="report every trained run to tensorboard, mlflow, both (tensorboard,mlflow) or all (pip "
+                        "install 'lnsr_viz[tracking]'); MLflow uses MLFLOW_TRACKING_URI, else ./mlflow.db")
+    p.add_argument("--logging-dir", default=None, help="TensorBoard's folder for --report-to (default runs/)")
+
+
+def _tracking(args: argparse.Namespace, owner: str) -> dict[str, Any] | None:
+    """The tracking options of ``args`` (None when --report-to is not given), checked before any work."""
+    if args.report_to is None:
+        if args.logging_dir is not None:
+            raise ValueError("--logging-dir is TensorBoard's folder: it needs --report-to tensorboard.")
+        return None
+    from .training.tracking import check_tracking
+
+    tracking = {"report_to": args.report_to.split(",") if "," in args.report_to else args.report_to,
+                "logging_dir": args.logging_dir}
+    check_tracking(tracking, owner=f"{owner} --report-to")
+    return tracking
 
 
 def _methods_epilog() -> str:
@@ -361,10 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray: GPUs per run (0); a fraction packs runs onto a GPU, 0.25 = four per GPU")
     p.add_argument("--max-retries", type=int, default=None,
                    help="ray: retries of a run that fails or whose worker dies (2), then it is reported by name")
-    p.add_argument("--report-to", default=None,
-                   help="report every trained run to tensorboard, mlflow, both (tensorboard,mlflow) or all (pip "
-                        "install 'lnsr_viz[tracking]'); MLflow uses MLFLOW_TRACKING_URI, else ./mlflow.db")
-    p.add_argument("--logging-dir", default=None, help="TensorBoard's folder for --report-to (default runs/)")
+    _add_tracking_options(p)
 
     p = sub.add_parser("study", help="write the study's write-up (claims a-d) from a sweep's run store",
                        description="Choose each method's setting on validation accuracy only, test the four LNSR "
@@ -496,13 +516,14 @@ def _run_compare(args: argparse.Namespace) -> int:
         args.out = str(Path(args.results) / "report.html")
     _check_output(args.out, "--out", created=args.results)  # RESULTS is made with the first run
     _check_output(args.results, "--results", folder=True)
+    tracking = _tracking(args, args.command) or {}
     t0 = time.perf_counter()
     qa = args.task == "qa"
     keep = args.save_checkpoints  # the demo keeps its first seed's models for the notebooks (not part of the keys)
     if not keep and args.command == "demo" and not args.no_checkpoints:
         keep = (min(args.seeds),)
     result = compare(config=_experiment(args), save_checkpoints=keep, progress=not args.quiet,
-                     device=args.device)
+                     device=args.device, **tracking)
     if keep and not isinstance(keep, bool):  # runs stored earlier without a model keep none: say which
         from .experiments.store import RunStore
 
@@ -582,15 +603,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     elif ray_options:
         flags = ", ".join("--" + k.replace("_", "-") for k in ray_options)
         raise ValueError(f"{flags} only apply with --executor ray; add --executor ray or drop them.")
-    tracking = None
-    if args.report_to is not None:
-        from .training.tracking import check_tracking
-
-        tracking = {"report_to": args.report_to.split(",") if "," in args.report_to else args.report_to,
-                    "logging_dir": args.logging_dir}
-        check_tracking(tracking, owner="sweep --report-to")
-    elif args.logging_dir is not None:
-        raise ValueError("--logging-dir is TensorBoard's folder: it needs --report-to tensorboard.")
+    tracking = _tracking(args, "sweep")  # None: the sweep file's tracking section, if any
     config = load_sweep_config(args.config)
     i, n = parse_shard(args.shard)
     jobs = shard_jobs(config, args.shard)

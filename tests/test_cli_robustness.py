@@ -91,6 +91,8 @@ def _one_error_line(err: str) -> str:
     ([], "not_a_model", r"has no 'model_type', so .* is not a transformers model folder"),
     ([], "unknown_type", r"names model_type 'no-such-family', which transformers .* does not know"),
     ([], "three_classes", r"head with 3 classes, but the training data have 2"),
+    (["--logging-dir", "tb"], "model", r"--logging-dir is TensorBoard's folder: it needs --report-to tensorboard"),
+    (["--report-to", "wandb"], "model", r"'report_to' parameter of compare --report-to names \['wandb'\]"),
 ])
 def test_refused_compare_does_no_work_and_leaves_no_folder(tiny, tmp_path, work, capsys, extra, model, message):
     results = tmp_path / "results"

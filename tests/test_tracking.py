@@ -102,3 +102,51 @@ def test_logged_values_equal_the_run_store(tiny, tmp_path, monkeypatch):
         np.testing.assert_allclose([s.value for s in scalars], history[column], rtol=1e-6, err_msg=column)
     assert len(events.Scalars("train/loss")) == int(run.extra["steps"])
     assert "stability_profile/text_summary" in events.Tags()["tensors"]
+
+
+def _tensorboard_runs(folder):
+    """Every run folder under ``folder`` that holds a TensorBoard event file."""
+    return sorted({p.parent.name for p in folder.rglob("events.out.tfevents.*")})
+
+
+@pytest.mark.slow
+def test_compare_and_a_sweep_files_tracking_section_report_each_trained_run_once(tiny, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lnsr_viz.experiments.runs import compare
+
+    monkeypatch.chdir(tmp_path)
+    settings = dict(model=str(tiny / "model"), data=str(tiny / "in.csv"), ood=(), train_size=16, val_size=8,
+                    eval_size=12, probe_n=4, probe_draws=1, epochs=1, batch_size=8, lr=1e-3, progress=False,
+                    verbose=False)
+    result = compare(["vanilla"], [1], results=tmp_path / "cmp", report_to="tensorboard",
+                     logging_dir=str(tmp_path / "tb"), **settings)
+    run_id = result.runs.loc[result.runs["method"] == "vanilla", "run_id"].iloc[0]
+    (name,) = _tensorboard_runs(tmp_path / "tb")
+    assert run_id in name
+    events = EventAccumulator(str(tmp_path / "tb" / name), size_guidance={"scalars": 0})
+    events.Reload()
+    history = RunStore(tmp_path / "cmp", read_only=True).load(run_id).history
+    np.testing.assert_allclose([s.value for s in events.Scalars("val_accuracy")], history["val_accuracy"], rtol=1e-6)
+    # a stored run is loaded, not reported again; a plain compare writes no tracking files at all
+    compare(["vanilla"], [1], results=tmp_path / "cmp", report_to="tensorboard", logging_dir=str(tmp_path / "tb"),
+            **settings)
+    assert _tensorboard_runs(tmp_path / "tb") == [name]
+    with pytest.raises(ValueError, match="logging_dir is TensorBoard's folder"):
+        compare(["vanilla"], [1], results=tmp_path / "x", logging_dir="tb", **settings)
+    assert not (tmp_path / "x").exists()
+
+    # the sweep file's tracking section (what --report-to would give), not part of any run key
+    config = _config(tiny)
+    with_section = validate_config({**config, "tracking": {"report_to": "tensorboard",
+                                                           "logging_dir": str(tmp_path / "tb2")}})
+    runs = run_sweep(with_section, results=tmp_path / "sw", progress=False, verbose=False)
+    assert list(runs["run_id"]) == list(run_sweep(config, results=tmp_path / "sw", progress=False,
+                                                  verbose=False)["run_id"])
+    trained = runs.loc[runs["method"] != "pretrained", "run_id"].iloc[0]
+    (name2,) = _tensorboard_runs(tmp_path / "tb2")
+    assert trained in name2
+    with pytest.raises(ValueError, match="'tracking' must be a mapping"):
+        validate_config({**config, "tracking": "mlflow"})
+    with pytest.raises(ValueError, match=r"report_to' parameter of .*tracking names \['wandb'\]"):
+        validate_config({**config, "tracking": {"report_to": "wandb"}})

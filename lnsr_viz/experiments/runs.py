@@ -658,13 +658,14 @@ def run_jobs(jobs: Sequence[Job], config: ExperimentConfig, *, protocol: Protoco
 
 
 #: ``compare``'s own keywords: how it runs, not what it runs (none is part of a run's key).
-RUN_OPTIONS = ("save_checkpoints", "progress", "verbose", "device")
+RUN_OPTIONS = ("save_checkpoints", "progress", "verbose", "device", "report_to", "logging_dir")
 
 
 def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, *,
             config: ExperimentConfig | None = None, save_checkpoints: bool | Sequence[int] = False,
             progress: bool = True,
-            verbose: bool = True, device: str | None = None, **settings: Any) -> ComparisonResult:
+            verbose: bool = True, device: str | None = None, report_to: str | Sequence[str] | None = None,
+            logging_dir: str | Path | None = None, **settings: Any) -> ComparisonResult:
     """Fine-tune each method with each seed, evaluate in / out of domain, probe, and compare over seeds.
 
     Parameters
@@ -686,9 +687,14 @@ def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = 
         Progress bars; one status line per run step.
     device : str, optional
         Where to train and evaluate (``'cuda'``, ``'cuda:1'``, ...); default: the CPU. Not part of the run key.
+    report_to, logging_dir : optional
+        Report every run it trains to ``'tensorboard'``, ``'mlflow'``, both (a list) or ``'all'``, as the Hugging
+        Face ``Trainer`` does (``pip install 'lnsr_viz[tracking]'``); ``logging_dir`` is TensorBoard's folder.
+        Never by default; not part of the run key (a stored run is loaded, not reported again).
 
     Every setting is checked before any data or model is loaded.
     """
+    from ..training.tracking import check_tracking
     from ..utils.validation import check_device
     from .store import RunStore
 
@@ -697,6 +703,10 @@ def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = 
     given = {k: v for k, v in (("methods", methods), ("seeds", seeds)) if v is not None}
     config = (config if config is not None else ExperimentConfig()).replace(**given, **settings)
     device = check_device(device, owner="compare")
+    if logging_dir is not None and not report_to:
+        raise ValueError("compare: logging_dir is TensorBoard's folder; it needs report_to='tensorboard'.")
+    tracking = {"report_to": report_to, "logging_dir": logging_dir} if report_to else None
+    check_tracking(tracking, owner="compare")  # a missing package is refused before any work
     from ..utils.precision import require_precision
 
     require_precision(config.precision, device or "cpu", owner="compare")  # bf16 hardware, before any work
@@ -706,7 +716,7 @@ def compare(methods: Sequence[str] | None = None, seeds: Sequence[int] | None = 
     check_model_fit(config, jobs)  # the model's limits, before the data are loaded
     protocol = build_protocol(config)
     runs = run_jobs(jobs, config, protocol=protocol, store=store, save_checkpoints=save_checkpoints,
-                    progress=progress, verbose=verbose, device=device)
+                    progress=progress, verbose=verbose, device=device, tracking=tracking)
     result = _collect(store, runs, baseline=config.baseline, methods=list(config.methods))
     result.config = comparison_config(config, protocol)
     result.label_balance = label_balance(protocol)

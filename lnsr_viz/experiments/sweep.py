@@ -10,6 +10,7 @@ A sweep is described by a small YAML or TOML file::
     train: {epochs: 4, batch_size: 32, lr: 5.0e-5, max_length: 64}
     eval_size: 600
     analysis: true                # store every run's own analysis (lnsr_viz.experiments.run_analysis)
+    tracking: {report_to: mlflow} # optional: report every trained run (not part of any key; --report-to overrides)
     methods:
       vanilla: {}
       lnsr:                       # every list is a grid axis; scalars are fixed
@@ -56,7 +57,9 @@ __all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run
 SWEEP_SETTINGS = ("model", "data", "ood", "seeds", "eval_size", "val_size", "split_seed", "neutral_band", "analysis",
                   "results")
 #: Every key of a sweep file.
-SWEEP_KEYS = {*SWEEP_SETTINGS, "train_sizes", "methods", "train", "probe", "name"}
+SWEEP_KEYS = {*SWEEP_SETTINGS, "train_sizes", "methods", "train", "probe", "name", "tracking"}
+#: Keys of a sweep file that say how its runs are made or reported, not what they are (no part of a run's key).
+NOT_KEYED = ("train_sizes", "methods", "name", "tracking")
 
 
 def load_sweep_config(path: str | Path) -> dict[str, Any]:
@@ -97,6 +100,14 @@ def validate_config(config: dict[str, Any], *, source: str = "sweep config") -> 
     unknown = set(config) - SWEEP_KEYS
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(SWEEP_KEYS)}.")
+    if "tracking" in config:
+        from ..training.tracking import check_tracking
+
+        if not isinstance(config["tracking"], Mapping):
+            raise ValueError(f"{source}: 'tracking' must be a mapping such as {{report_to: mlflow}} or "
+                             f"{{report_to: tensorboard, logging_dir: runs}}; got {config['tracking']!r}.")
+        config["tracking"] = dict(config["tracking"])
+        check_tracking(config["tracking"], owner=f"{source}'s tracking")
     methods = config.get("methods")
     if not isinstance(methods, Mapping) or not methods:
         raise ValueError(f"{source}: 'methods' must map at least one method name to its parameters, e.g. "
@@ -139,7 +150,7 @@ def experiment_config(config: Mapping[str, Any], train_size: int, *, source: str
 
     Its ``methods`` are the sweep's method names (each job carries its own parameters); a refusal names ``source``.
     """
-    values = {k: v for k, v in config.items() if k not in ("train_sizes", "methods", "name")}
+    values = {k: v for k, v in config.items() if k not in NOT_KEYED}
     values["train"] = per_size(values.get("train") or {}, train_size, source=source)
     try:
         return ExperimentConfig.from_dict({**values, "methods": list(config["methods"]), "train_size": train_size},
@@ -260,7 +271,7 @@ def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, s
     a Ray task (:func:`lnsr_viz.experiments.ray_executor.run_jobs_ray`; ``ray_options``: ``address``,
     ``cpus_per_run``, ``gpus_per_run``, ``max_retries``, ``before_job``); both executors run the jobs of
     :func:`shard_jobs`. ``tracking`` (e.g. ``{'report_to': 'mlflow'}``) reports every trained run to TensorBoard /
-    MLflow; it is not part of any key.
+    MLflow; default: the sweep file's ``tracking:`` section, if any. It is not part of any key.
     """
     from ..training.tracking import check_tracking
     from ..utils.validation import check_choice, check_device
@@ -276,6 +287,8 @@ def run_sweep(config: Mapping[str, Any], *, results: str | Path | None = None, s
                          "executor takes none of them.")
     else:
         device = check_device(device, owner="run_sweep")
+    if tracking is None:
+        tracking = config.get("tracking") or None
     check_tracking(tracking, owner="run_sweep")
     store = RunStore(sweep_results(config, results))  # checks it can write there; creates nothing yet
     mine = shard_jobs(config, shard)

@@ -26,8 +26,9 @@
 #
 # **Time on a laptop CPU:** on a fresh clone, seconds: with no checkpoint it reads a committed run's stored
 # diagnosis (`results/study-v2`: findings, stability, drift, attributions and representations stored with the run).
-# With a checkpoint (yours, or the LNSR model `make demo` keeps) it diagnoses live: about 2 minutes on two cores
-# (MiniLM, 500 training and 600 held-out movie snippets, UMAP of 400 sentences). About 10 s in the quick setting.
+# With a checkpoint (yours, or the LNSR model `make demo` keeps) it diagnoses live: about a minute on two cores
+# (MiniLM, 500 training and 600 held-out movie snippets, a projection of 400 sentences). About 10 s in the quick
+# setting.
 #
 # **Your own model:** set `CHECKPOINT` below (or the environment variable `LNSR_VIZ_CHECKPOINT`) to a folder with
 # `config.json` and the weights (anything saved with `save_pretrained`), and `DATA` to labelled data: a CSV path with
@@ -109,12 +110,12 @@ drift
 # %% [markdown]
 # ## 4 · Where the sentences sit: a joint projection of base and model
 #
-# The sentence representations (mean over real tokens) of both models are projected together (UMAP in the full
-# setting, PCA in the quick one), so the two panels share one coordinate system. Colour by label to see whether
-# fine-tuning separated the classes, or by domain to see where out-of-domain sentences land. Hover a point to read
-# its sentence. A stored run kept its top layer's representations of 32 sentences per domain (projected with PCA
-# here; `evidence_projections(evidence, method="umap")` for UMAP); a live diagnosis projects the embedding output
-# and the last layer.
+# The sentence representations (mean over real tokens) of both models are projected together (PCA: linear,
+# deterministic, distance-faithful along its axes), so the two panels share one coordinate system. Colour by label
+# to see whether fine-tuning separated the classes, or by domain to see where out-of-domain sentences land. Hover a
+# point to read its sentence. A stored run kept its top layer's representations of 32 sentences per domain; a live
+# diagnosis projects the embedding output and the last layer of 100 sentences per set. For UMAP (neighbourhoods
+# rather than distances) write `evidence_projections(evidence, method="umap")`: about 30 s more on two cores.
 
 # %%
 projections = evidence_projections(evidence)   # one joint projection per layer

@@ -344,3 +344,32 @@ def test_bh_adjust_nan_passed_through_and_not_counted():
 def test_adjust_refuses_p_outside_unit_interval_or_infinite(adjust, bad):
     with pytest.raises(ValueError, match=r"\[0, 1\]|finite"):
         adjust(bad)
+
+
+def test_vectorised_rank_statistics_match_scipy_sklearn_and_the_looped_bootstrap():
+    from scipy import stats as st
+    from sklearn.metrics import roc_auc_score
+
+    from lnsr_viz.analysis.stats import bootstrap_ci, rank_correlation
+    from lnsr_viz.analysis.validity import rank_auc, rank_auc_rows
+
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=(7, 30)), 1)  # ties on purpose
+    y = np.round(x + rng.normal(size=(7, 30)), 1)
+    label = (y > 0.3).astype(float)
+    pairs = np.stack([x, y], axis=-1)
+    np.testing.assert_allclose(rank_correlation(pairs), [st.spearmanr(a, b).statistic for a, b in zip(x, y)],
+                               rtol=1e-12)
+    np.testing.assert_allclose(rank_auc_rows(np.stack([x, label], axis=-1)),
+                               [roc_auc_score(lab, a) for a, lab in zip(x, label)], rtol=1e-12)
+    assert np.isnan(rank_correlation(np.column_stack([np.ones(5), np.arange(5)])))
+    assert np.isnan(rank_auc_rows(np.column_stack([np.arange(5), np.zeros(5)])))
+    # the same resamples, so the same interval as one Python call per resample
+    one = pairs[0]
+    looped = bootstrap_ci(one, statistic=lambda a: st.spearmanr(a[:, 0], a[:, 1]).statistic, n_boot=500, seed=4)
+    fast = bootstrap_ci(one, statistic=rank_correlation, vectorized=True, n_boot=500, seed=4)
+    np.testing.assert_allclose(fast, looped, rtol=1e-12)
+    auc_pairs = np.column_stack([x[1], label[1]])
+    np.testing.assert_allclose(
+        bootstrap_ci(auc_pairs, statistic=rank_auc_rows, vectorized=True, n_boot=500, seed=4),
+        bootstrap_ci(auc_pairs, statistic=lambda a: rank_auc(a[:, 0], a[:, 1]), n_boot=500, seed=4), rtol=1e-12)

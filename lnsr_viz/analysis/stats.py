@@ -38,6 +38,7 @@ from ..utils.intervals import TInterval, t_interval
 from ..utils.validation import check_number, check_positive_int
 
 __all__ = [
+    "rank_correlation",
     "LOWER_IS_BETTER",
     "HIGHER_IS_BETTER",
     "TInterval",
@@ -177,13 +178,30 @@ def paired_permutation_test(
     return (1.0 + count) / (1.0 + n_permutations)
 
 
+def rank_correlation(pairs: np.ndarray) -> np.ndarray | float:
+    """Spearman's rho of the two columns of ``pairs`` (shape ``(..., n, 2)``), one per leading index.
+
+    Average ranks for ties, as ``scipy.stats.spearmanr``; NaN where a column is constant. The vectorised statistic
+    :func:`bootstrap_ci` takes (``vectorized=True``) for a correlation's interval.
+    """
+    a = np.asarray(pairs, dtype=np.float64)
+    ranks = _st.rankdata(a, axis=-2)
+    centred = ranks - ranks.mean(axis=-2, keepdims=True)
+    cov = np.sum(centred[..., 0] * centred[..., 1], axis=-1)
+    scale = np.sqrt(np.sum(centred[..., 0] ** 2, axis=-1) * np.sum(centred[..., 1] ** 2, axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(scale > 0, cov / np.where(scale > 0, scale, 1.0), np.nan)
+    return float(rho) if rho.ndim == 0 else rho
+
+
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
     *,
     confidence: float = 0.95,
     n_boot: int = 10000,
     seed: int = 0,
-    statistic: Callable[[np.ndarray], float] | None = None,
+    statistic: Callable[[np.ndarray], Any] | None = None,
+    vectorized: bool = False,
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval.
 
@@ -199,6 +217,10 @@ def bootstrap_ci(
         Seed of ``numpy.random.default_rng``; the same seed gives the same interval.
     statistic : callable, optional
         Maps a resample (same ndim as ``values``) to a float. Default: the mean (1-D ``values`` only).
+    vectorized : bool, default=False
+        ``statistic`` takes a stack of resamples, shape ``(..., n)`` or ``(..., n, k)``, and returns one value per
+        resample, shape ``(...)`` (e.g. :func:`rank_correlation`): every resample in one call instead of one Python
+        call each, tens of times faster; the resamples, hence the interval, are the same as with ``False``.
 
     Returns
     -------
@@ -228,6 +250,9 @@ def bootstrap_ci(
         warnings.simplefilter("ignore", _st.DegenerateDataWarning)
         if statistic is None:
             res = _st.bootstrap((x,), np.mean, vectorized=True, **common)
+        elif vectorized:  # row numbers of shape (..., n): x[i] is the stack of resamples
+            res = _st.bootstrap((np.arange(n),), lambda i, axis=-1: np.asarray(
+                statistic(x[np.asarray(i, dtype=np.intp)]), dtype=np.float64), vectorized=True, **common)
         else:  # resample row numbers, so that rows of 2-D values stay together
             res = _st.bootstrap((np.arange(n),), lambda i: float(statistic(x[np.asarray(i, dtype=np.intp)])),
                                 vectorized=False, **common)

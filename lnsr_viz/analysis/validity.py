@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["Association", "association", "rank_auc", "chance_verdict", "interval_side"]
+__all__ = ["Association", "association", "rank_auc", "rank_auc_rows", "chance_verdict", "interval_side"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,18 @@ def rank_auc(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.nd
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return math.nan
-    return float(np.corrcoef(_st.rankdata(x), _st.rankdata(y))[0, 1])
+def rank_auc_rows(pairs: np.ndarray) -> np.ndarray | float:
+    """:func:`rank_auc` of ``pairs[..., :, 1]`` (0/1 labels) ranked by ``pairs[..., :, 0]``, one per leading index
+    (shape ``(..., n, 2)``): the vectorised statistic of the AUC's bootstrap interval; NaN where a class is absent."""
+    a = np.asarray(pairs, dtype=np.float64)
+    y = a[..., 1] > 0.5
+    n1 = y.sum(axis=-1)
+    n0 = y.shape[-1] - n1
+    ranks = _st.rankdata(a[..., 0], axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.where((n1 > 0) & (n0 > 0),
+                       (np.sum(ranks * y, axis=-1) - n1 * (n1 + 1) / 2.0) / np.maximum(n1 * n0, 1), np.nan)
+    return float(auc) if auc.ndim == 0 else auc
 
 
 def association(predictor: Sequence[float] | np.ndarray, outcome: Sequence[float] | np.ndarray,
@@ -73,7 +81,7 @@ def association(predictor: Sequence[float] | np.ndarray, outcome: Sequence[float
     """
     from sklearn.metrics import roc_auc_score
 
-    from .stats import bootstrap_ci
+    from .stats import bootstrap_ci, rank_correlation
 
     x = np.asarray(predictor, dtype=np.float64)
     out = np.asarray(outcome, dtype=np.float64)
@@ -95,13 +103,13 @@ def association(predictor: Sequence[float] | np.ndarray, outcome: Sequence[float
             rho, rho_p = float(res.statistic), float(res.pvalue)
             pairs = np.column_stack([x, out])
             rho_ci = bootstrap_ci(pairs, n_boot=n_boot, seed=seed, confidence=confidence,
-                                  statistic=lambda a: _spearman(a[:, 0], a[:, 1]))
+                                  statistic=rank_correlation, vectorized=True)
         if 0 < n_pos < n:
             auc = float(roc_auc_score(lab.astype(int), x))
             auc_p = float(_st.mannwhitneyu(x[lab == 1], x[lab == 0], alternative="two-sided").pvalue)
             pairs = np.column_stack([x, lab])
             auc_ci = bootstrap_ci(pairs, n_boot=n_boot, seed=seed, confidence=confidence,
-                                  statistic=lambda a: rank_auc(a[:, 0], a[:, 1]))
+                                  statistic=rank_auc_rows, vectorized=True)
     return Association(n, n_pos, rho, rho_ci[0], rho_ci[1], rho_p, auc, auc_ci[0], auc_ci[1], auc_p)
 
 

@@ -35,14 +35,6 @@ RELATION_COLUMNS = ("train_size", "measure", "outcome", "n_runs", "rho", "ci_low
                     "verdict")
 
 
-def _spearman(a: np.ndarray) -> float:
-    from scipy import stats
-
-    if np.ptp(a[:, 0]) == 0 or np.ptp(a[:, 1]) == 0:
-        return math.nan
-    return float(stats.spearmanr(a[:, 0], a[:, 1]).statistic)
-
-
 def relation_table(runs: pd.DataFrame, *, measures: Mapping[str, str] | Sequence[str] | None = None,
                    outcomes: Mapping[str, str] | Sequence[str] | None = None, alpha: float = 0.05,
                    n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -54,7 +46,7 @@ def relation_table(runs: pd.DataFrame, *, measures: Mapping[str, str] | Sequence
     """
     from scipy import stats
 
-    from ..analysis.stats import bootstrap_ci, holm_adjust
+    from ..analysis.stats import bootstrap_ci, holm_adjust, rank_correlation
 
     if not isinstance(runs, pd.DataFrame) or "train_size" not in runs:
         raise ValueError("relation_table expects the run table of study_runs (with a train_size column).")
@@ -74,7 +66,8 @@ def relation_table(runs: pd.DataFrame, *, measures: Mapping[str, str] | Sequence
                                        "ci_high": math.nan, "p": math.nan}
                 if len(pair) >= 3 and np.ptp(pair[:, 0]) > 0 and np.ptp(pair[:, 1]) > 0:
                     res = stats.spearmanr(pair[:, 0], pair[:, 1])
-                    low, high = bootstrap_ci(pair, statistic=_spearman, n_boot=n_boot, seed=seed)
+                    low, high = bootstrap_ci(pair, statistic=rank_correlation, vectorized=True, n_boot=n_boot,
+                                             seed=seed)
                     row.update(rho=float(res.statistic), p=float(res.pvalue), ci_low=low, ci_high=high)
                 family.append(row)
         adjusted = holm_adjust([r["p"] for r in family]) if family else []

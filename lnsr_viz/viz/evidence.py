@@ -555,7 +555,8 @@ def plot_stored_attributions(attributions: pd.DataFrame, *, sentence: int = 0,
 def evidence_projections(evidence: DiagnosisEvidence, *, quick: bool | None = None,
                          method: str | None = None) -> list[pd.DataFrame]:
     """The joint projections notebook 04 shows: live (embedding output and last layer of base and model) or from the
-    stored top-layer representations (PCA unless ``method='umap'``)."""
+    stored top-layer representations; PCA unless ``method='umap'`` (UMAP's first call in a kernel spends about
+    30 s on 2 CPU cores compiling and fitting, which would double the notebook's time)."""
     from ..data.models import load_model
     from .runtime import diagnosis_projections
 
@@ -570,7 +571,7 @@ def evidence_projections(evidence: DiagnosisEvidence, *, quick: bool | None = No
     base = load_model(evidence.diagnosis.settings["base_model"])
     return diagnosis_projections(base, model, evidence.data["held_out"], evidence.ood, in_domain=evidence.in_domain,
                                  n_per_set=24 if quick else 100, layers=(0, -1),
-                                 method=method or ("pca" if quick else "umap"), max_length=64)
+                                 method=method or "pca", max_length=64)
 
 
 def attribution_dashboard(evidence: DiagnosisEvidence, *, quick: bool | None = None) -> Any:

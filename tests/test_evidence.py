@@ -260,3 +260,19 @@ def test_training_missing_methods_refuses_unknown_names_before_any_work(monkeypa
     with pytest.raises(ValueError, match=r"choose methods from .*unknown \['nosuch'\].*unknown \[123\]"):
         ev.train_missing_methods(["nosuch"], [123], results=tmp_path / "mine")
     assert not (tmp_path / "mine").exists()
+
+
+def test_covered_size_skips_a_size_still_being_filled_in():
+    from lnsr_viz.viz.evidence import covered_size
+
+    rows = [(100, m, s) for m in ("vanilla", "lnsr", "smart") for s in (1, 2, 3)]
+    rows += [(500, "vanilla", 1), (500, "lnsr", 1), (500, "pretrained", None)]
+    table = pd.DataFrame(rows, columns=["train_size", "method", "seed"])
+    assert covered_size(table) == 100  # one seed of two methods at 500 is not the comparison
+    table = pd.concat([table, pd.DataFrame([(500, m, s) for m in ("vanilla", "lnsr", "smart") for s in (2, 3)]
+                                           + [(500, "smart", 1)], columns=["train_size", "method", "seed"])])
+    assert covered_size(table) == 500  # now every method has 3 seeds there
+    few = pd.DataFrame([(100, "vanilla", 1), (500, "vanilla", 1), (500, "lnsr", 1)],
+                       columns=["train_size", "method", "seed"])
+    assert covered_size(few) == 500  # nothing has 3 seeds: the size with the most runs
+    assert covered_size(few.iloc[:0]) is None

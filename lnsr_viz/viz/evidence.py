@@ -419,9 +419,33 @@ def _base_run(store: Any, listing: pd.DataFrame, run: Any) -> Any:
     return None
 
 
+#: Seeds every method needs at a training size before the notebooks show that size by default.
+MIN_SEEDS_SHOWN = 3
+
+
+def covered_size(table: pd.DataFrame, *, size: str = "train_size", method: str = "method", seed: str = "seed",
+                 min_seeds: int = MIN_SEEDS_SHOWN) -> int | None:
+    """The largest training size at which every method the table holds (at any size) has at least ``min_seeds``
+    seeds; else the size with the most runs (None for an empty table). A study being filled in size by size has a
+    first few runs at its next size: showing those alone would pass one seed of two methods off as the comparison."""
+    if table is None or not len(table):
+        return None
+    rows = table[table[method] != "pretrained"] if method in table else table
+    if not len(rows):
+        return None
+    methods = set(rows[method])
+    seeds = rows.groupby([size, method])[seed].nunique()
+    full = [int(sz) for sz, part in seeds.groupby(level=0)
+            if set(part.index.get_level_values(1)) >= methods and int(part.min()) >= min_seeds]
+    if full:
+        return max(full)
+    counts = rows.groupby(size).size()
+    return int(counts.idxmax())
+
+
 def _pick_stored_run(check: StoreCheck, method: str) -> tuple[Any, Any, str]:
     """The committed run to show: ``method``'s chosen setting (tables/chosen.csv, else the first), seed 1 (else the
-    lowest), at the largest training size with such runs."""
+    lowest), at the training size :func:`covered_size` picks for the store (else the largest with such runs)."""
     store = _quiet_store(check.path)
     listing = check.runs.copy()
     if "label" not in listing:
@@ -431,7 +455,8 @@ def _pick_stored_run(check: StoreCheck, method: str) -> tuple[Any, Any, str]:
         [r for r in listing["run_id"] if (check.path / "runs" / r / "tables" / "diagnosis.csv").is_file()])]
     if rows.empty:
         raise LookupError(f"{check.path} holds no {method!r} run with a stored diagnosis.")
-    size = rows["data.train_size"].max()
+    covered = covered_size(listing[listing["method"] != "pretrained"], size="data.train_size")
+    size = covered if covered in set(rows["data.train_size"]) else rows["data.train_size"].max()
     rows = rows[rows["data.train_size"] == size]
     chosen_path = check.path / "tables" / "chosen.csv"
     if chosen_path.is_file():
@@ -621,7 +646,8 @@ def methods_evidence(store: str | os.PathLike[str] | None = None, config: str | 
 
     ``study``: :func:`~lnsr_viz.experiments.study.load_study` of the store (the all-methods table with the step
     costs of ``make bench``); ``result``: a :class:`~lnsr_viz.experiments.runs.ComparisonResult` of each method's
-    chosen setting at ``train_size`` (default: the largest size with vanilla runs), labelled by setting;
+    chosen setting at ``train_size`` (default: :func:`covered_size`, the largest size at which every method has
+    :data:`MIN_SEEDS_SHOWN` seeds), labelled by setting;
     ``coverage``: runs stored and planned per method and size (the sweep file's grid); ``missing``: the settings and
     sizes with fewer runs than planned, with an estimate of their training time (measured seconds per step of the
     stored runs, times the planned steps, plus the measured per-run analysis cost; for a method with no stored run,
@@ -641,7 +667,7 @@ def methods_evidence(store: str | os.PathLike[str] | None = None, config: str | 
     st = _quiet_store(path)
     study = load_study(st, config if sweep is not None else None)
     runs = study.runs
-    size = int(train_size if train_size is not None else runs.loc[runs["method"] == "vanilla", "train_size"].max())
+    size = int(train_size if train_size is not None else covered_size(runs))
     chosen = study.chosen[study.chosen["train_size"] == size]
     picks = {"vanilla": "vanilla", **{r.method: r.chosen for r in chosen.itertuples() if r.method != "vanilla"}}
     shown = runs[(runs["train_size"] == size) & runs["setting"].isin(list(picks.values()))]
@@ -700,7 +726,13 @@ def methods_evidence(store: str | os.PathLike[str] | None = None, config: str | 
     absent_sizes = sorted(set(coverage["train_size"]) - set(runs["train_size"]))
     total = float(np.nansum(missing["estimated_hours"])) if len(missing) else 0.0
     note = (f"{len(runs)} fine-tuned runs stored in {path} ({', '.join(sorted(set(runs['method'])))}); showing each "
-            f"method's chosen setting at {size} training examples. ")
+            f"method's chosen setting at {size} training examples")
+    partial = sorted(int(z) for z in set(runs["train_size"]) if int(z) > size)
+    if train_size is None and partial:
+        note += (f" (the largest size at which every method has at least {MIN_SEEDS_SHOWN} seeds; the runs at "
+                 f"{', '.join(map(str, partial))} examples are a size still being filled in: methods_evidence("
+                 f"train_size={partial[-1]}) shows them)")
+    note += ". "
     if len(missing):
         note += (f"Not yet in the store: {len(missing)} setting x size cells ({int(missing['missing_runs'].sum())} "
                  f"runs), among them the methods {', '.join(absent_methods) or 'none'} entirely and the sizes "
@@ -768,7 +800,7 @@ def comparison_drift(evidence: ComparisonEvidence, *, study: str = "study-v2") -
         if same:
             keep.append(run_id)
     table = table[table["run_id"].isin(keep)]
-    size = table["data.train_size"].max() if len(table) else None
+    size = covered_size(table.drop_duplicates("run_id"), size="data.train_size") if len(table) else None
     table = table[table["data.train_size"] == size]
     note = (f"The runs shown were stored before runs kept their drift, so this is the stored drift of the same "
             f"methods and parameters in the committed study v2 ({path}, {size} training examples, a step-budget "

@@ -26,7 +26,8 @@
 #
 # **Time on a laptop CPU:** seconds to a minute; nothing is trained. The notebook reads the committed study v2
 # (`results/study-v2`: every method under one step-budget protocol, 5 seeds, its settings fixed in advance) and
-# shows each method's chosen setting (best mean validation accuracy) at the largest training size stored so far.
+# shows each method's chosen setting (best mean validation accuracy) at the largest training size at which every
+# method has at least 3 stored seeds (`methods_evidence(train_size=...)` picks another).
 # The first cell says which methods and sizes are not in the store yet and how long training them would take;
 # `TRAIN = True` trains the ones you name (hours on a CPU). The quick setting reads the same store.
 

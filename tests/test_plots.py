@@ -633,3 +633,24 @@ def test_metric_by_domain_marks_collapsed_runs():
     assert sum("COLLAPSED" in c[2] for c in dots.customdata) == 2
     clean = plot_metric_by_domain(pd.DataFrame(rows).drop(columns="collapsed"), in_domain="movie")
     assert not [t for t in clean.data if t.name == "collapsed run"]
+
+
+def test_step_budget_histories_are_drawn_against_the_step_not_a_repeated_epoch():
+    from lnsr_viz.viz.figures import history_axis, plot_generalisation_gap, plot_training_curves
+
+    # a step-budget run at 500 examples: evaluations every 20 steps, 32 steps per epoch (epochs repeat)
+    steps = np.arange(20, 201, 20)
+    rows = [{"method": m, "seed": s, "step": int(st), "epoch": int(np.ceil(st / 32)), "gap": 0.01 * i + s,
+             "train_loss": 1.0, "train_task_loss": 1.0, "train_reg_loss": np.nan, "train_accuracy": 0.8,
+             "val_accuracy": 0.7} for m in ("vanilla", "lnsr") for s in (1, 2) for i, st in enumerate(steps)]
+    df = pd.DataFrame(rows)
+    assert history_axis(df) == "step"
+    fig = plot_generalisation_gap(df)
+    line = next(t for t in fig.data if t.name == "vanilla")
+    assert list(line.x) == list(steps)  # one point per evaluation, each the mean of the 2 seeds at that step
+    np.testing.assert_allclose(line.y, [0.01 * i + 1.5 for i in range(len(steps))])
+    assert fig.layout.xaxis.title.text == "optimizer step" and "evaluation step" in fig.layout.title.text
+    assert plot_training_curves(df).layout.xaxis.title.text == "optimizer step"
+    per_epoch = df[df["step"] % 40 == 0].assign(epoch=lambda d: d["step"] // 40)  # one row per epoch 1..5
+    assert history_axis(per_epoch) == "epoch" and history_axis(per_epoch.drop(columns="step")) == "epoch"
+    assert plot_generalisation_gap(per_epoch).layout.xaxis.title.text == "epoch"

@@ -57,6 +57,7 @@ from .style import (
 )
 
 __all__ = [
+    "history_axis",
     "FALLBACK_COLORS",  # re-exported from lnsr_viz.viz.style, the home of the shared look
     "METHOD_COLORS",
     "TEMPLATE",
@@ -415,6 +416,25 @@ def _run_keys(df: pd.DataFrame) -> list[str]:
     return ["seed", "run_id"] if "run_id" in df.columns else ["seed"]
 
 
+def _history_xaxis(xcol: str) -> dict[str, Any]:
+    """The x-axis settings of a history figure drawn against ``xcol`` (:func:`history_axis`)."""
+    return {"title_text": "epoch", "dtick": 1} if xcol == "epoch" else {"title_text": "optimizer step"}
+
+
+def history_axis(history: pd.DataFrame) -> str:
+    """The x column of a training history: ``epoch`` when every run has one row per epoch (1, 2, ..., n), else
+    ``step`` (a step-budget protocol evaluates every k steps, so a run has several rows in one epoch, or skips
+    epochs: grouping by epoch would average different evaluations as if they were seeds)."""
+    if "step" not in history.columns or history["step"].isna().any():
+        return "epoch"
+    keys = [k for k in ("method", *_run_keys(history)) if k in history.columns]
+    for _, run in history.groupby(keys, sort=False):
+        epochs = run["epoch"].to_numpy()
+        if not np.array_equal(np.sort(epochs), np.arange(1, len(epochs) + 1)):
+            return "step"
+    return "epoch"
+
+
 _DASH_WORDS = {"solid": "solid", "dash": "dashed", "dot": "dotted", "dashdot": "dash-dot", "longdash": "long dash",
                "longdashdot": "long dash-dot"}
 
@@ -461,6 +481,7 @@ def plot_training_curves(
     metrics = list(metrics)
     acc = ["train_accuracy", "val_accuracy"]
     df = check_frame(history, "history", func, list(dict.fromkeys(["method", "seed", "epoch", *metrics, *acc])))
+    xcol = history_axis(df)
     drawn = [m for m in metrics if df[m].notna().any()]
     losses = [m for m in drawn if not _is_regulariser(m)] or [m for m in metrics if not _is_regulariser(m)]
     reg = [m for m in drawn if _is_regulariser(m)]
@@ -486,7 +507,7 @@ def plot_training_curves(
         group = str(method)
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=group, legendgroup=group,
                                  line={"color": mcolor, "width": 2.5}, hoverinfo="skip"))
-        mdf = df.loc[df["method"] == method].sort_values("epoch", kind="stable")
+        mdf = df.loc[df["method"] == method].sort_values(xcol, kind="stable")
         for panel, cols, panel_dashes in panels:
             if not cols:
                 continue
@@ -498,7 +519,7 @@ def plot_training_curves(
                     seed = key[0] if isinstance(key, tuple) else key
                     fig.add_trace(
                         go.Scatter(
-                            x=run["epoch"],
+                            x=run[xcol],
                             y=run[m],
                             mode="lines",
                             name=f"{method} seed {seed} · {m}",
@@ -507,14 +528,14 @@ def plot_training_curves(
                             opacity=0.35,
                             line={"color": mcolor, "width": 1, "dash": panel_dashes[m]},
                             hovertemplate=(
-                                f"<b>{method}</b> seed {seed}<br>epoch %{{x}}<br>{readable(m)} = %{{y:.4g}}"
+                                f"<b>{method}</b> seed {seed}<br>{xcol} %{{x}}<br>{readable(m)} = %{{y:.4g}}"
                                 "<extra></extra>"
                             ),
                         ),
                         row=row,
                         col=col,
                     )
-                mean = mdf.groupby("epoch", sort=True)[m].agg(["mean", "count"])
+                mean = mdf.groupby(xcol, sort=True)[m].agg(["mean", "count"])
                 fig.add_trace(
                     go.Scatter(
                         x=mean.index.tolist(),
@@ -527,7 +548,7 @@ def plot_training_curves(
                         marker={"size": 5},
                         customdata=mean["count"],
                         hovertemplate=(
-                            f"<b>{method}</b> mean over %{{customdata}} seeds<br>epoch %{{x}}<br>"
+                            f"<b>{method}</b> mean over %{{customdata}} seeds<br>{xcol} %{{x}}<br>"
                             f"{readable(m)} = %{{y:.4g}}<extra></extra>"
                         ),
                     ),
@@ -541,7 +562,7 @@ def plot_training_curves(
         height=640 if reg else 460,
     )
     legend_below(fig, title="method")
-    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_xaxes(**_history_xaxis(xcol))
     fig.update_yaxes(title_text="loss (nats per example)", row=1, col=1)
     if reg:
         unit = "nats per example" if reg == ["train_reg_contribution"] else "loss units"
@@ -553,7 +574,8 @@ def plot_training_curves(
 
 
 def plot_generalisation_gap(history: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """Generalisation gap (train - validation accuracy) per epoch: mean over seeds ± 95 % CI.
+    """Generalisation gap (train - validation accuracy) per epoch (per evaluation step for step-budget histories,
+    :func:`history_axis`): mean over seeds ± 95 % CI.
 
     One line per method (its colour from :func:`color_for`) with a Student-t band over seeds
     (no band where fewer than 2 seeds), and a zero line: above it the model fits the training
@@ -567,10 +589,11 @@ def plot_generalisation_gap(history: pd.DataFrame, *, title: str | None = None) 
     """
     func = "plot_generalisation_gap"
     df = check_frame(history, "history", func, ["method", "seed", "epoch", "gap"])
+    xcol = history_axis(df)
     fig = go.Figure()
     for method in unique(df["method"]):
         mcolor = color_for(method)
-        rows = [(e, *mean_ci(g["gap"])) for e, g in df.loc[df["method"] == method].groupby("epoch", sort=True)]
+        rows = [(e, *mean_ci(g["gap"])) for e, g in df.loc[df["method"] == method].groupby(xcol, sort=True)]
         epochs = [r[0].item() if isinstance(r[0], np.generic) else r[0] for r in rows]
         mean, low, high, n = ([r[i] for r in rows] for i in range(1, 5))
         band = ci_band(epochs, low, high, color=mcolor, name=f"{method} 95% CI", group=str(method))
@@ -586,7 +609,7 @@ def plot_generalisation_gap(history: pd.DataFrame, *, title: str | None = None) 
                 line={"color": mcolor, "width": 2.5},
                 customdata=[list(t) for t in zip(low, high, n)],
                 hovertemplate=(
-                    f"<b>{method}</b><br>epoch %{{x}}<br>mean gap = %{{y:.4g}}<br>"
+                    f"<b>{method}</b><br>{xcol} %{{x}}<br>mean gap = %{{y:.4g}}<br>"
                     "95% t-interval over %{customdata[2]} seeds: [%{customdata[0]:.4g}, %{customdata[1]:.4g}]"
                     "<extra></extra>"
                 ),
@@ -595,10 +618,11 @@ def plot_generalisation_gap(history: pd.DataFrame, *, title: str | None = None) 
     fig.add_hline(y=0, line_color="#888888", line_dash="dot")
     fig.update_layout(
         template=TEMPLATE,
-        title={"text": title or "Generalisation gap (train − validation accuracy) per epoch: mean ± 95% CI over seeds"},
+        title={"text": title or f"Generalisation gap (train − validation accuracy) per "
+                            f"{'epoch' if xcol == 'epoch' else 'evaluation step'}: mean ± 95% CI over seeds"},
         legend_title_text="method",
     )
-    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_xaxes(**_history_xaxis(xcol))
     fig.update_yaxes(title_text=metric_label("gap"))
     return fig
 

@@ -200,7 +200,7 @@ def test_projection_dashboard_labels_follow_every_control():
 def test_theory_dashboard_labels_follow_every_control():
     def expect(dash, got):
         x, y = dash.value("x"), dash.value("y")
-        assert got["title"].startswith(f"{y.replace('_', ' ').replace('fro2', 'norm²')} vs")
+        assert got["title"].startswith(f"{readable(y)} vs {readable(x)} across")  # the names the dropdowns show
         assert readable(x).split()[0].lower() in got["axes"]["xaxis"].lower()
         assert readable(y).split()[0].lower() in got["axes"]["yaxis"].lower()
         if dash.value("color") == "method":

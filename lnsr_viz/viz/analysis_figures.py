@@ -292,7 +292,8 @@ def _includes_zero(low: float, high: float) -> bool:
 
 
 def _short(column: str) -> str:
-    return column.replace("_", " ").replace("fro2", "norm²")
+    """The name a title uses for a column: the readable name its dropdown shows."""
+    return readable(column)
 
 
 def plot_small_noise_identity(identity: pd.DataFrame, *, title: str | None = None) -> go.Figure:

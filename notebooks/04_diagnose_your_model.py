@@ -150,8 +150,11 @@ print(report_path)
 # numbers behind each finding and WeightWatcher's metrics of its weights, next to what happened to the model. The
 # track record puts them side by side: Spearman's rho with the outcome each number claims to predict and ROC AUC
 # for "over-fitted" (a held-out accuracy drop of at least 0.35) vs not, with bootstrap 95% CIs and Holm-adjusted
-# p-values. `diagnose` words a warning whose record does not beat chance as descriptive. The full write-up is
-# `docs/diagnose.md` (`python -m lnsr_viz track-record results/study-v2`).
+# p-values. The population mixes training-set sizes, and the size moves both the outcome and most numbers, so the
+# rho and AUC are measured *within* each size and combined (`record.within`); the pooled ones are in the `pooled_*`
+# columns, and each size on its own in `record.by_group`. `diagnose` words a warning whose record does not beat
+# chance as descriptive. The full write-up is `docs/diagnose.md` (`python -m lnsr_viz track-record
+# results/study-v2 results/diagnose-population`).
 
 # %%
 from lnsr_viz.experiments.track_record import population_table, track_record  # noqa: E402 (this section's own)
@@ -163,5 +166,7 @@ if (study_dir("study-v2").parent / "diagnose-population" / "runs").is_dir():   #
 record = track_record(population_table(track_stores), n_boot=200 if QUICK else 2000)
 print(f"{record.n_models} models from {', '.join(str(s) for s in track_stores)}")
 assert record.n_models >= 20
+print(f"measured within each {record.within}" if record.within else "pooled over every model")
 record.table[["predictor", "source", "outcome", "n", "rho", "rho_ci_low", "rho_ci_high", "auc", "auc_ci_low",
-              "auc_ci_high", "auc_p_holm", "verdict"]].round(3)
+              "auc_ci_high", "auc_p_holm", "verdict"]
+             + (["pooled_verdict"] if record.within else [])].round(3)

@@ -22,12 +22,19 @@ import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from lnsr_viz.analysis.validity import Association, association, chance_verdict, rank_auc
+from lnsr_viz.analysis.validity import (
+    Association,
+    association,
+    chance_verdict,
+    rank_auc,
+    stratified_association,
+)
 from lnsr_viz.data.text import TextDataset
 from lnsr_viz.experiments.diagnose import diagnose
 from lnsr_viz.experiments.store import RunStore
 from lnsr_viz.experiments.track_record import (
     FINDING_CLAIMS,
+    OVERFIT_DROP,
     WW_METRICS,
     Population,
     finding_table,
@@ -35,6 +42,7 @@ from lnsr_viz.experiments.track_record import (
     population_table,
     split_of,
     track_record,
+    track_record_sentence,
     weightwatcher_summaries,
     weightwatcher_summary,
 )
@@ -59,6 +67,65 @@ def test_rank_auc_and_association_match_hand_computed_values():
     # rows with a missing value are dropped first
     b = association([1, 2, 3, 4, 5, np.nan], [2, 1, 4, 3, 5, 9], [0, 0, 1, 0, 1, 1], n_boot=200)
     assert (b.n, b.rho, b.auc) == (5, a.rho, a.auc)
+
+
+def test_stratified_association_matches_hand_computed_values():
+    # group a: rho 0.8 (as above), positives {3, 5} vs {1, 2, 4}: U = 5 of 6 pairs
+    # group b: x = (1, 2, 3, 4, 5), outcome reversed: rho -1; positives {1} vs {2, 3, 4, 5}: U = 0 of 4 pairs
+    x = [1, 2, 3, 4, 5] + [1, 2, 3, 4, 5]
+    out = [2, 1, 4, 3, 5] + [5, 4, 3, 2, 1]
+    lab = [0, 0, 1, 0, 1] + [1, 0, 0, 0, 0]
+    s = stratified_association(x, out, lab, ["a"] * 5 + ["b"] * 5, n_boot=200)
+    assert s.n == 10 and s.n_positive == 3
+    assert s.auc == pytest.approx((5 + 0) / (6 + 4))  # only pairs inside a group count
+    # Fisher's z weighted by n - 3 = 2 each: tanh((atanh(0.8) + atanh(-1 + eps)) / 2); here the -1 dominates
+    z_b = np.arctanh(-1 + 1e-12)
+    assert s.rho == pytest.approx(np.tanh((np.arctanh(0.8) * 2 + z_b * 2) / 4))
+    # the AUC's p-value: the stratified U's normal approximation = scipy's asymptotic test on one group
+    one = stratified_association([1, 2, 2, 3, 3, 3, 4, 8], [1, 2, 3, 4, 5, 6, 7, 8], [0, 1, 0, 1, 1, 0, 0, 1],
+                                 ["g"] * 8, n_boot=100)
+    pos, neg = [2, 3, 3, 8], [1, 2, 3, 4]
+    assert one.auc_p == pytest.approx(stats.mannwhitneyu(pos, neg, method="asymptotic",
+                                                         use_continuity=False).pvalue)
+    # with one group the point estimates are association's
+    a = association([1, 2, 3, 4, 5], [2, 1, 4, 3, 5], [0, 0, 1, 0, 1], n_boot=200)
+    b = stratified_association([1, 2, 3, 4, 5], [2, 1, 4, 3, 5], [0, 0, 1, 0, 1], [7] * 5, n_boot=200)
+    assert (b.rho, b.auc) == pytest.approx((a.rho, a.auc))
+    assert b.rho_ci_low <= b.rho <= b.rho_ci_high and b.auc_ci_low <= b.auc <= b.auc_ci_high
+    with pytest.raises(ValueError, match="one length"):
+        stratified_association([1, 2], [1, 2], [0, 1], [0])
+
+
+def test_a_number_that_only_tells_the_sizes_apart_is_not_predictive():
+    # Two sizes: at 100 every model over-fits more than at 500, and the number is the size plus noise. Pooled it
+    # separates over-fitted models perfectly; within each size it is noise, and the verdict must say so.
+    rng = np.random.default_rng(3)
+    n = 30
+    size = np.repeat([100, 500], n)
+    drop = np.where(size == 100, 0.38, 0.20) + rng.normal(0, 0.02, 2 * n)
+    pop = _population(2 * n).table
+    pop["train_size"] = size
+    pop["heldout_drop"] = drop
+    pop["over_fitted"] = (drop >= OVERFIT_DROP).astype(float)
+    pop["loss_gap"] = np.where(size == 100, 1.0, 0.2) + rng.normal(0, 0.05, 2 * n)   # the size, plus noise
+    pop["generalisation_gap"] = drop + rng.normal(0, 0.002, 2 * n)                 # truly predictive
+    tr = track_record(Population(pop, pd.DataFrame(columns=["store", "run_id", "problem"])), n_boot=300)
+    row = tr.table.set_index("predictor")
+    assert tr.within == "train_size"
+    assert row.loc["loss_gap", "pooled_verdict"] == "predictive" and row.loc["loss_gap", "verdict"] == "chance"
+    assert row.loc["generalisation_gap", "verdict"] == "predictive"
+    groups = tr.by_group[tr.by_group["predictor"] == "loss_gap"].set_index("train_size")
+    assert list(groups["n"]) == [n, n]
+    ft = finding_table(tr, population="synthetic")
+    assert (ft["within"] == "train_size").all()
+    assert "(synthetic), compared within each training-set size, this number" in track_record_sentence(ft.iloc[0])
+    # pooling on request gives the pooled numbers as the verdict
+    pooled = track_record(Population(pop, pd.DataFrame(columns=["store", "run_id", "problem"])), n_boot=300,
+                          within=None)
+    assert pooled.within is None and pooled.by_group.empty
+    assert pooled.table.set_index("predictor").loc["loss_gap", "verdict"] == "predictive"
+    with pytest.raises(ValueError, match="not a column of the population"):
+        track_record(Population(pop, pd.DataFrame()), within="model_size")
 
 
 def _assoc(rho_ci, auc_ci):

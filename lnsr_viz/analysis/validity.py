@@ -7,6 +7,13 @@ each with a percentile bootstrap 95% interval over models (:func:`lnsr_viz.analy
 resampled together, seeded). :func:`rank_auc` is the same AUC computed from ranks (ties counted half), the fast form
 the bootstrap uses. :func:`chance_verdict` turns the intervals into a verdict: ``predictive`` (both intervals exclude
 chance in the claimed direction), ``opposite`` (one excludes chance in the other direction) or ``chance``.
+
+:func:`stratified_association` is the same measure *within* groups (e.g. training-set sizes), for a population
+where the group itself drives both the predictor and the outcome: Spearman's rho inside each group, combined by
+Fisher's z weighted by n - 3 (the fixed-effect meta-analytic mean); ROC AUC from the pairs inside each group only
+(the sum of the groups' Mann-Whitney U over the sum of their n1 n0, so a group with one class adds nothing); the
+p-values from the combined z and from the stratified U's normal approximation (tie-corrected); the intervals from a
+bootstrap that resamples models within each group.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["Association", "association", "rank_auc", "rank_auc_rows", "chance_verdict", "interval_side"]
+__all__ = ["Association", "association", "stratified_association", "rank_auc", "rank_auc_rows", "chance_verdict",
+           "interval_side"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,108 @@ def association(predictor: Sequence[float] | np.ndarray, outcome: Sequence[float
             auc_ci = bootstrap_ci(pairs, n_boot=n_boot, seed=seed, confidence=confidence,
                                   statistic=rank_auc_rows, vectorized=True)
     return Association(n, n_pos, rho, rho_ci[0], rho_ci[1], rho_p, auc, auc_ci[0], auc_ci[1], auc_p)
+
+
+#: Fewest models a group needs for its rank correlation to enter :func:`stratified_association` (Fisher's z weight
+#: is n - 3).
+MIN_STRATUM = 4
+
+
+def _mann_whitney_u(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """U of the positives (ties half), n1 n0, and U's null variance (tie-corrected), per leading index."""
+    n = x.shape[-1]
+    ranks = _st.rankdata(x, axis=-1)
+    n1 = y.sum(axis=-1)
+    pairs = n1 * (n - n1)
+    u = np.sum(ranks * y, axis=-1) - n1 * (n1 + 1) / 2.0
+    ties = np.zeros(x.shape[:-1])
+    if n > 1:
+        srt = np.sort(x, axis=-1)
+        # sum over tie groups of t^3 - t, from run lengths of the sorted values
+        new = np.concatenate([np.ones(x.shape[:-1] + (1,), bool), np.diff(srt, axis=-1) != 0], axis=-1)
+        group = np.cumsum(new, axis=-1)
+        for k in range(1, n + 1):
+            t = np.sum(group == k, axis=-1).astype(np.float64)
+            ties = ties + t ** 3 - t
+        var = pairs / 12.0 * ((n + 1) - ties / (n * (n - 1)))
+    else:
+        var = np.zeros(x.shape[:-1])
+    return u, pairs.astype(np.float64), var
+
+
+def _within(xs: list[np.ndarray], outs: list[np.ndarray], labs: list[np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Combined rho and AUC (and their z statistics) over groups; arrays of shape ``(...)`` (one per resample)."""
+    from .stats import rank_correlation
+
+    z_sum = w_sum = u_sum = pair_sum = var_sum = 0.0
+    for x, out, lab in zip(xs, outs, labs, strict=True):
+        n = x.shape[-1]
+        if n >= MIN_STRATUM:
+            r = rank_correlation(np.stack([x, out], axis=-1))
+            r = np.clip(np.asarray(r, dtype=np.float64), -1 + 1e-12, 1 - 1e-12)
+            ok = np.isfinite(r)
+            z_sum = z_sum + np.where(ok, np.arctanh(np.where(ok, r, 0.0)) * (n - 3), 0.0)
+            w_sum = w_sum + np.where(ok, n - 3.0, 0.0)
+        u, pairs, var = _mann_whitney_u(x, lab)
+        u_sum, pair_sum, var_sum = u_sum + u, pair_sum + pairs, var_sum + var
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.asarray(w_sum, dtype=np.float64)
+        rho = np.where(w > 0, np.tanh(z_sum / np.where(w > 0, w, 1.0)), np.nan)
+        z_rho = np.where(w > 0, z_sum / np.sqrt(np.where(w > 0, w, 1.0)), np.nan)
+        pairs = np.asarray(pair_sum, dtype=np.float64)
+        auc = np.where(pairs > 0, u_sum / np.where(pairs > 0, pairs, 1.0), np.nan)
+        var = np.asarray(var_sum, dtype=np.float64)
+        z_auc = np.where(var > 0, (u_sum - pairs / 2.0) / np.sqrt(np.where(var > 0, var, 1.0)), np.nan)
+    return rho, auc, z_rho, z_auc
+
+
+def stratified_association(predictor: Sequence[float] | np.ndarray, outcome: Sequence[float] | np.ndarray,
+                           label: Sequence[int] | np.ndarray, groups: Sequence[Any] | np.ndarray, *,
+                           n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Association:
+    """:func:`association` within ``groups``: rank correlation and ROC AUC computed inside each group and combined
+    (see the module docstring), so that a difference *between* groups (e.g. training-set sizes that differ in both
+    the predictor and the outcome) cannot pass for predictive value.
+
+    With one group the point estimates equal :func:`association`'s (rho, AUC); groups with fewer than
+    :data:`MIN_STRATUM` models add no rank correlation; a group with one class adds no pairs to the AUC.
+    """
+    from ..utils.validation import check_number, check_positive_int
+
+    confidence = float(check_number("confidence", confidence, owner="stratified_association", low=0.0, high=1.0,
+                                    low_closed=False, high_closed=False))
+    n_boot = check_positive_int("n_boot", n_boot, owner="stratified_association")
+    x = np.asarray(predictor, dtype=np.float64)
+    out = np.asarray(outcome, dtype=np.float64)
+    lab = np.asarray(label, dtype=np.float64)
+    g = np.asarray(groups, dtype=object)
+    if not x.shape == out.shape == lab.shape == g.shape or x.ndim != 1:
+        raise ValueError(f"stratified_association: predictor, outcome, label and groups must be 1-D of one length; "
+                         f"got shapes {x.shape}, {out.shape}, {lab.shape}, {g.shape}.")
+    ok = np.isfinite(x) & np.isfinite(out) & np.isfinite(lab) & np.array([v is not None and v == v for v in g])
+    x, out, lab, g = x[ok], out[ok], lab[ok], g[ok]
+    if np.any((lab != 0) & (lab != 1)):
+        raise ValueError("stratified_association: label must hold 0/1 (or True/False) values.")
+    keys = list(dict.fromkeys(g.tolist()))
+    idx = [np.flatnonzero(g == k) for k in keys]
+    rho, auc, z_rho, z_auc = (float(v) for v in _within([x[i] for i in idx], [out[i] for i in idx],
+                                                         [lab[i] for i in idx]))
+    rho_p = float(2 * _st.norm.sf(abs(z_rho))) if math.isfinite(z_rho) else math.nan
+    auc_p = float(2 * _st.norm.sf(abs(z_auc))) if math.isfinite(z_auc) else math.nan
+    rng = np.random.default_rng(seed)
+    draws = [i[rng.integers(0, i.size, size=(n_boot, i.size))] for i in idx]  # models resampled within groups
+    b_rho, b_auc, _, _ = _within([x[d] for d in draws], [out[d] for d in draws], [lab[d] for d in draws])
+    tail = (1 - confidence) / 2 * 100
+
+    def ci(boot: np.ndarray, point: float) -> tuple[float, float]:
+        finite = boot[np.isfinite(boot)]
+        if not math.isfinite(point) or finite.size == 0:
+            return math.nan, math.nan
+        return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
+
+    rho_ci, auc_ci = ci(np.atleast_1d(b_rho), rho), ci(np.atleast_1d(b_auc), auc)
+    return Association(int(x.size), int(lab.sum()), rho, rho_ci[0], rho_ci[1], rho_p, auc, auc_ci[0], auc_ci[1],
+                       auc_p)
 
 
 def interval_side(low: float, high: float, centre: float) -> int:

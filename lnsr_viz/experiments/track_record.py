@@ -17,7 +17,11 @@ actually happened to the model (``metrics.csv``). This module puts them side by 
 
 * :func:`track_record`: for every finding and every WeightWatcher metric, Spearman's rho with the outcome it claims
   to predict and ROC AUC for over-fitted vs not, with bootstrap 95% CIs and Holm-adjusted p-values over the whole
-  table (:mod:`lnsr_viz.analysis.validity`), a verdict (``predictive``, ``opposite``, ``chance``), and thresholds
+  table (:mod:`lnsr_viz.analysis.validity`), a verdict (``predictive``, ``opposite``, ``chance``). When the
+  population mixes training-set sizes these are measured *within* each size and combined
+  (:func:`~lnsr_viz.analysis.validity.stratified_association`): a larger training set lowers the held-out drop and
+  moves most numbers too, so pooled across sizes a number can look predictive by telling the sizes apart; the
+  pooled numbers are kept beside them (``pooled_*``) and each size's own in ``by_group``. Then thresholds
   chosen on the ``selection`` part (Youden's J) checked on the ``check`` part beside ``diagnose``'s own rule. It
   refuses fewer than :data:`MIN_MODELS` models with known outcomes, names the models whose outcomes are missing and
   the models WeightWatcher could not analyse, and goes on with the rest.
@@ -67,6 +71,8 @@ FINDING_CLAIMS: dict[str, dict[str, Any]] = {
 WW_METRICS: dict[str, int | None] = {"alpha": 1, "alpha_weighted": 1, "log_alpha_norm": 1, "log_norm": 1,
                                      "log_spectral_norm": 1, "stable_rank": None}
 OUTCOMES = {"heldout_drop": "held-out accuracy drop", "ood_drop": "out-of-domain drop"}
+#: Words for the columns a track record can be measured within.
+WITHIN_NAMES = {"train_size": "training-set size", "max_steps": "step budget", "store": "run store"}
 #: The track-record table shipped with the package (read by ``diagnose`` by default).
 PACKAGED_TRACK_RECORD = "track_record.csv"
 
@@ -249,6 +255,11 @@ class TrackRecord:
     #: the models left out because an outcome is missing (run ids)
     missing: list[str] = field(default_factory=list)
     n_models: int = 0
+    #: the column the main table's numbers were measured within (``"train_size"``), or None when pooled (the
+    #: population has one value of it, or ``within=None`` was asked for)
+    within: str | None = None
+    #: one row per value of ``within`` and predictor: the same measures on that group alone (empty when pooled)
+    by_group: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _predictors() -> list[dict[str, Any]]:
@@ -305,8 +316,12 @@ def _threshold_rows(table: pd.DataFrame, predictors: list[dict[str, Any]]) -> pd
 
 
 def track_record(population: Population | pd.DataFrame, *, min_models: int = MIN_MODELS, n_boot: int = 2000,
-                 seed: int = 0, confidence: float = 0.95) -> TrackRecord:
+                 seed: int = 0, confidence: float = 0.95, within: str | None = "train_size") -> TrackRecord:
     """Each finding's and each WeightWatcher metric's track record on a population (see the module docstring).
+
+    ``within``: a column of the population (default the training-set size); when it holds more than one value the
+    rank correlations and AUCs are measured within each value and combined, and the verdicts follow those; the
+    pooled ones are kept as ``pooled_*`` columns. ``None`` pools every model.
 
     Raises
     ------
@@ -315,7 +330,7 @@ def track_record(population: Population | pd.DataFrame, *, min_models: int = MIN
         are needed).
     """
     from ..analysis.stats import holm_adjust
-    from ..analysis.validity import association, chance_verdict, interval_side
+    from ..analysis.validity import association, chance_verdict, interval_side, stratified_association
     from ..utils.validation import check_positive_int
 
     min_models = check_positive_int("min_models", min_models, owner="track_record")
@@ -337,27 +352,50 @@ def track_record(population: Population | pd.DataFrame, *, min_models: int = MIN
                                                 if missing else "") +
                          f". Add {min_models - len(known)} or more runs made with analysis: true (e.g. python -m "
                          "lnsr_viz sweep configs/diagnose-population.yaml) and pass their store too.")
+    if within is not None and within not in known:
+        raise ValueError(f"track_record: within={within!r} is not a column of the population table; pass one of its "
+                         f"columns (e.g. 'train_size') or within=None to pool every model.")
+    groups = None
+    if within is not None and known[within].nunique(dropna=True) > 1:
+        if known[within].isna().any():
+            raise ValueError(f"track_record: {int(known[within].isna().sum())} model(s) have no {within!r}; "
+                             f"measure within a column every model has, or pass within=None.")
+        groups = known[within].to_numpy()
     predictors = [p for p in _predictors() if p["column"] in known]
-    rows = []
+    kw = {"n_boot": n_boot, "seed": seed, "confidence": confidence}
+
+    def measure(frame: pd.DataFrame, column: str, outcome: str, grouped: np.ndarray | None) -> Any:
+        if grouped is None:
+            return association(frame[column], frame[outcome], frame["over_fitted"], **kw)
+        return stratified_association(frame[column], frame[outcome], frame["over_fitted"], grouped, **kw)
+
+    rows, by_group = [], []
     for p in predictors:
+        head = {k: p[k] for k in ("predictor", "source", "outcome", "direction")}
         other = "ood_drop" if p["outcome"] == "heldout_drop" else "heldout_drop"
-        a = association(known[p["column"]], known[p["outcome"]], known["over_fitted"], n_boot=n_boot, seed=seed,
-                        confidence=confidence)
-        b = association(known[p["column"]], known[other], known["over_fitted"], n_boot=n_boot, seed=seed,
-                        confidence=confidence)
-        rows.append({**{k: p[k] for k in ("predictor", "source", "outcome", "direction")}, **a.to_dict(),
-                     "verdict": chance_verdict(a, p["direction"]),
-                     "rho_side": interval_side(a.rho_ci_low, a.rho_ci_high, 0.0),
-                     "auc_side": interval_side(a.auc_ci_low, a.auc_ci_high, 0.5), "other_outcome": other,
-                     "rho_other": b.rho,
-                     "rho_other_ci_low": b.rho_ci_low, "rho_other_ci_high": b.rho_ci_high, "rho_other_p": b.rho_p})
+        a = measure(known, p["column"], p["outcome"], groups)
+        b = measure(known, p["column"], other, groups)
+        row = {**head, **a.to_dict(), "verdict": chance_verdict(a, p["direction"]),
+               "rho_side": interval_side(a.rho_ci_low, a.rho_ci_high, 0.0),
+               "auc_side": interval_side(a.auc_ci_low, a.auc_ci_high, 0.5), "other_outcome": other,
+               "rho_other": b.rho,
+               "rho_other_ci_low": b.rho_ci_low, "rho_other_ci_high": b.rho_ci_high, "rho_other_p": b.rho_p}
+        if groups is not None:
+            pooled = measure(known, p["column"], p["outcome"], None)
+            row.update({f"pooled_{k}": v for k, v in pooled.to_dict().items() if k not in ("n", "n_positive")})
+            row["pooled_verdict"] = chance_verdict(pooled, p["direction"])
+            for value, frame in known.groupby(within, sort=True):
+                g = measure(frame, p["column"], p["outcome"], None)
+                by_group.append({within: value, **head, **g.to_dict(), "verdict": chance_verdict(g, p["direction"])})
+        rows.append(row)
     out = pd.DataFrame(rows)
     flat = np.concatenate([out["rho_p"], out["auc_p"], out["rho_other_p"]]).astype(float)
     adjusted = holm_adjust(flat)
     k = len(out)
     out["rho_p_holm"], out["auc_p_holm"] = adjusted[:k], adjusted[k:2 * k]
     out["rho_other_p_holm"] = adjusted[2 * k:]
-    return TrackRecord(out, _threshold_rows(known, predictors), pop, missing, len(known))
+    return TrackRecord(out, _threshold_rows(known, predictors), pop, missing, len(known),
+                       within if groups is not None else None, pd.DataFrame(by_group))
 
 
 # ------------------------------------------------------------------------------------------------ for diagnose
@@ -377,6 +415,7 @@ def finding_table(record: TrackRecord, *, population: str) -> pd.DataFrame:
     out.loc[flip, "auc_ci_low"], out.loc[flip, "auc_ci_high"] = 1.0 - high[flip], 1.0 - low[flip]
     out["overfit_drop"] = record.population.overfit_drop
     out["population"] = population
+    out["within"] = record.within or ""
     return out.reset_index(drop=True)
 
 
@@ -407,7 +446,11 @@ def track_record_sentence(row: Mapping[str, Any]) -> str:
     verdict = {"predictive": "better than chance", "opposite": "the opposite way round from what the finding says",
                "chance": "not better than chance"}.get(str(row["verdict"]), str(row["verdict"]))
     outcome = OUTCOMES.get(str(row["outcome"]), str(row["outcome"]))
-    return (f"Track record: on {int(row['n'])} runs ({row['population']}) this number separated over-fitted models "
+    within = row.get("within")
+    within = "" if not isinstance(within, str) or not within else (
+        f", compared within each {WITHIN_NAMES.get(within, within)},")
+    return (f"Track record: on {int(row['n'])} runs ({row['population']}){within} this number separated over-fitted "
+            f"models "
             f"(held-out accuracy drop >= {float(row['overfit_drop']):.2f}) with ROC AUC {float(row['auc']):.2f} "
             f"[{float(row['auc_ci_low']):.2f}, {float(row['auc_ci_high']):.2f}], and its rank correlation with the "
             f"{outcome} was {float(row['rho']):+.2f} [{float(row['rho_ci_low']):+.2f}, "

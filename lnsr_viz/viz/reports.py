@@ -533,7 +533,7 @@ def _track_lines(tab: pd.DataFrame) -> tuple[list[str], list[str]]:
 def _track_context(tr: Any, *, stores: list[str], out: Path, n_boot: int, seed: int, preliminary: bool
                    ) -> dict[str, Any]:
     """What ``track_record.md.j2`` shows, read off a :class:`~lnsr_viz.experiments.track_record.TrackRecord`."""
-    from ..experiments.track_record import OUTCOMES, finding_table
+    from ..experiments.track_record import OUTCOMES, WITHIN_NAMES, finding_table
 
     pop = tr.population.table
     known = pop[pop["run_id"].isin(set(pop["run_id"]) - set(tr.missing))]
@@ -548,6 +548,24 @@ def _track_context(tr: Any, *, stores: list[str], out: Path, n_boot: int, seed: 
                                                                       r.rho_other_ci_high, "+.2f")
                          for r in tab.itertuples()]
     summary, versus = _track_lines(tr.table)
+    pooled_rows, group_rows, changed = [], [], []
+    if tr.within is not None:
+        pooled = tab.copy()
+        pooled["rho_cell"] = [_ci_cell(r.pooled_rho, r.pooled_rho_ci_low, r.pooled_rho_ci_high, "+.2f")
+                              for r in pooled.itertuples()]
+        pooled["auc_cell"] = [_ci_cell(r.pooled_auc, r.pooled_auc_ci_low, r.pooled_auc_ci_high, ".2f")
+                              for r in pooled.itertuples()]
+        pooled["within_verdict"] = pooled["verdict"]
+        pooled_rows = pooled
+        changed = [f"`{r.predictor}` ({r.pooled_verdict} pooled, {r.verdict} within each "
+                   f"{WITHIN_NAMES.get(tr.within, tr.within)})"
+                   for r in tab.itertuples() if r.pooled_verdict != r.verdict]
+        g = tr.by_group.copy()
+        g["outcome_text"] = g["outcome"].map(OUTCOMES)
+        g["rho_cell"] = [_ci_cell(r.rho, r.rho_ci_low, r.rho_ci_high, "+.2f") for r in g.itertuples()]
+        g["auc_cell"] = [_ci_cell(r.auc, r.auc_ci_low, r.auc_ci_high, ".2f") for r in g.itertuples()]
+        g["group"] = g[tr.within].astype(int) if tr.within == "train_size" else g[tr.within]
+        group_rows = g
     ft = finding_table(tr, population="")
     finding_rows = [{"finding": r.finding, "verdict": r.verdict,
                      "effect": ("descriptive by design (it never warns); it now carries its track record."
@@ -569,6 +587,10 @@ def _track_context(tr: Any, *, stores: list[str], out: Path, n_boot: int, seed: 
         "tr": tr, "stores": stores, "out_name": out.as_posix(), "preliminary": preliminary, "summary": summary,
         "versus": versus, "main": tab, "thresholds": th, "threshold_decision": decision,
         "finding_rows": finding_rows, "n_boot": n_boot, "seed": seed, "n_tests": 3 * len(tab),
+        "pooled": pooled_rows, "by_group": group_rows, "changed": changed,
+        "within_name": WITHIN_NAMES.get(tr.within, tr.within) if tr.within else None,
+        "group_over": (known.groupby(tr.within)["over_fitted"].agg(["sum", "size"]).reset_index()
+                       .rename(columns={tr.within: "group"}).to_dict("records") if tr.within else []),
         "store_counts": known.groupby("store").size().reset_index(name="n").to_dict("records"),
         "setting_counts": known.groupby("setting").size().reset_index(name="n").to_dict("records"),
         "sizes": sorted(int(s) for s in known["train_size"].dropna().unique()),
@@ -597,7 +619,8 @@ def write_track_record(tr: Any, out: str | os.PathLike[str] = "docs/diagnose.md"
         tables = Path(tables)
         tables.mkdir(parents=True, exist_ok=True)
         for name, frame in (("population", tr.population.table), ("track_record", tr.table),
-                            ("thresholds", tr.thresholds), ("problems", tr.population.problems)):
+                            ("track_record_by_group", tr.by_group), ("thresholds", tr.thresholds),
+                            ("problems", tr.population.problems)):
             atomic_write_csv(tables / f"{name}.csv", frame)
     context = _track_context(tr, stores=list(tr.population.stores), out=out, n_boot=n_boot, seed=seed,
                              preliminary=preliminary)

@@ -255,6 +255,9 @@ def _add_compare_options(p: argparse.ArgumentParser, defaults: Any) -> None:
     p.add_argument("--neutral-band", type=float, default=defaults.neutral_band,
                    help=f"drop packaged-domain sentences with |sentiment| <= this (default: {defaults.neutral_band:g}, "
                         "drops only exact 0)")
+    p.add_argument("--label-noise", type=float, default=defaults.label_noise,
+                   help="flip this fraction of the training labels to another class, e.g. 0.2 (default: 0); "
+                        "validation and test labels are kept")
     p.add_argument("--results", default=str(defaults.results), help=f"run-store folder (default: {defaults.results})")
     p.add_argument("--out", default=None, help="HTML report path (default: RESULTS/report.html)")
     p.add_argument("--save-checkpoints", action="store_true", help="also store each fine-tuned model")
@@ -306,8 +309,8 @@ def _sweep_epilog() -> str:
     train = ", ".join(f.name for f in ExperimentConfig.keyed("train"))
     probe = ", ".join(f.metadata["short"] for f in ExperimentConfig.keyed("probe"))
     text = ("The sweep file (YAML or TOML): top-level settings such as model, data, ood, train_sizes, seeds, "
-            f"eval_size, val_size, split_seed, analysis, results; a train: section ({train}), a probe: section "
-            f"({probe}) and "
+            f"eval_size, val_size, split_seed, label_noise, analysis, results; a train: section ({train}), a probe: "
+            f"section ({probe}) and "
             "methods: {NAME: {PARAM: value or [grid values]}} (or a list of such grids); unknown keys are refused. "
             "Reference and example: the docstring of lnsr_viz.experiments.sweep (python -c 'import "
             "lnsr_viz.experiments.sweep as s; help(s)'), the README's 'Sweeps and the study', and configs/study.yaml.")

@@ -38,6 +38,7 @@ from ..utils.validation import check_number, check_positive_int
 from .assets import ensure_asset
 
 __all__ = [
+    "flip_labels",
     "DOMAINS",
     "DOMAIN_SOURCES",
     "EXPECTED_FORMAT",
@@ -371,6 +372,39 @@ def subsample(dataset: TextDataset, n: int, *, seed: int, stratify: bool = True)
     else:
         rows = rng.permutation(len(dataset))[:n]
     return dataset.subset(rows, name=f"{dataset.name}[{n}]")
+
+
+def flip_labels(dataset: TextDataset, fraction: float, *, seed: int) -> tuple[TextDataset, np.ndarray]:
+    """Label noise: ``round(fraction * n)`` examples, drawn by ``numpy.random.default_rng(seed)``, get a label
+    drawn uniformly from the *other* classes (so every flipped label is wrong); returns the noisy copy and the
+    flipped rows (sorted). For making models that memorise wrong labels, e.g. the over-fit arm of diagnose's track
+    record: apply it to a training set only, never to the data a model is judged on.
+
+    Raises
+    ------
+    ValueError
+        ``fraction`` outside [0, 1 - 1/k) for k classes (at 1 - 1/k the labels carry no information), or a dataset
+        with one class.
+    """
+    k = dataset.n_classes
+    if k < 2:
+        raise ValueError(f"flip_labels: dataset {dataset.name!r} has one class; label noise needs two or more.")
+    fraction = float(check_number("label_noise", fraction, owner="flip_labels", low=0.0, high=1.0 - 1.0 / k,
+                                  high_closed=False,
+                                  hint=f"With {k} classes a fraction of 1 - 1/{k} or more flipped leaves labels "
+                                       "that carry no information about the texts."))
+    seed = int(check_number("seed", seed, owner="flip_labels", low=0, integer=True))
+    n_flip = int(round(fraction * len(dataset)))
+    if n_flip == 0:
+        return dataset, np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(dataset), size=n_flip, replace=False))
+    labels = dataset.labels.copy()
+    shift = rng.integers(1, k, size=n_flip)  # 1 .. k-1: never the label it had
+    labels[rows] = (labels[rows] + shift) % k
+    noisy = TextDataset(texts=list(dataset.texts), labels=labels, name=dataset.name, meta=dataset.meta,
+                        label_names=dataset.label_names)
+    return noisy, rows
 
 
 # ----------------------------------------------------------------------------------------------- user data

@@ -35,6 +35,11 @@ def _data(default: Any) -> Any:
     return field(default=default, metadata={"key": "data"})
 
 
+def _late_data(default: Any) -> Any:
+    """A data setting added after runs were stored: left out of a run's key while it has its default."""
+    return field(default=default, metadata={"key": "data", "late": True})
+
+
 def _train(default: Any) -> Any:
     return field(default=default, metadata={"key": "train"})
 
@@ -76,6 +81,11 @@ class ExperimentConfig:
     split_seed, neutral_band, text_column, label_column, qa_group
         The data split's seed, the packaged domains' neutral band, a CSV's columns (a file given as
         ``'PATH:TEXT:LABEL'`` names its own), the SQuAD topic group trained on.
+    label_noise : float, default=0.0
+        The fraction of the *training* examples whose label is flipped to another class (fixed by ``split_seed``,
+        the same for every method and seed; :func:`lnsr_viz.data.text.flip_labels`); validation and evaluation sets
+        keep their labels. For making models that memorise wrong labels (diagnose's over-fit arm). Part of the
+        run's key only when not 0.
     label_map : mapping, optional
         Label -> class id or class name, applied to every data file before its labels are matched with the training
         data's classes (e.g. ``{'negative': 'rotten', 'positive': 'fresh'}``); recorded with every run, not part of
@@ -116,6 +126,7 @@ class ExperimentConfig:
     eval_size: int | None = _data(600)
     split_seed: int = _data(0)
     neutral_band: float = _data(0.0)
+    label_noise: float = _late_data(0.0)
     text_column: str = "text"
     label_column: str = "label"
     qa_group: str = "science"
@@ -193,6 +204,11 @@ class ExperimentConfig:
         if self.eval_size is not None:
             check_positive_int("eval_size", self.eval_size, owner=owner)
         check_positive_int("probe_n", self.probe_n, owner=owner)
+        check_number("label_noise", self.label_noise, owner=owner, low=0.0, high=1.0, high_closed=False,
+                     hint="The fraction of training labels flipped to another class, e.g. 0.2; 0 for none.")
+        if self.label_noise and self.task != "classification":
+            raise ValueError("label_noise is for classification runs only (it flips class labels); set it to 0 "
+                             "for QA.")
         from ..training.loop import FineTuner
 
         # Trainer parameters are checked here, before any data or model is loaded.
@@ -267,7 +283,8 @@ class ExperimentConfig:
 
     def split_params(self) -> dict[str, Any]:
         """The split's sizes and seeds (with the data's names and fingerprint, the ``data`` part of a run's key)."""
-        return {f.name: getattr(self, f.name) for f in self.keyed("data")}
+        return {f.name: getattr(self, f.name) for f in self.keyed("data")
+                if not (f.metadata.get("late") and getattr(self, f.name) == f.default)}
 
     def probe_params(self) -> dict[str, Any]:
         """The probe's settings under their short names (``n``, ``n_draws``, ``noise``, ``scale``)."""

@@ -126,18 +126,23 @@ def _fingerprint(datasets: Mapping[str, Any]) -> str:
 def make_protocol(data: Any = IN_DOMAIN, *, ood: Sequence[Any] | Mapping[str, Any] = OOD_DOMAINS,
                   train_size: int = 500, val_size: int = 300, eval_size: int | None = 600, split_seed: int = 0,
                   neutral_band: float = 0.0, text_column: str = "text", label_column: str = "label",
-                  label_map: Mapping[Any, Any] | None = None, encoding: str | None = None) -> Protocol:
+                  label_map: Mapping[Any, Any] | None = None, encoding: str | None = None,
+                  label_noise: float = 0.0) -> Protocol:
     """Build the fixed train / validation / evaluation subsets (see the module docstring).
 
     The classes come from the training data only (:func:`lnsr_viz.data.text.training_classes`) and every evaluation
     set is expressed in them (string labels by name, class ids as ids); an evaluation set with a label the training
     data lacks is refused unless ``label_map`` maps it. Out-of-domain sets given as a list are named as ``data`` is
     (a domain's name, a file's stem); an out-of-domain set whose texts occur in the in-domain data is warned about.
+    ``label_noise`` flips that fraction of the training labels (:func:`lnsr_viz.data.text.flip_labels`, seeded by
+    ``split_seed``); the validation and evaluation sets keep theirs, and the flipped rows are recorded in
+    ``labels['label_noise']``.
     """
     from ..data.text import (
         DOMAINS,
         as_dataset,
         check_label_map,
+        flip_labels,
         load_domain,
         split_dataset,
         subsample,
@@ -160,6 +165,10 @@ def make_protocol(data: Any = IN_DOMAIN, *, ood: Sequence[Any] | Mapping[str, An
         raise ValueError(f"train_size={train_size} is larger than the {len(splits['train'])} examples in the train "
                          f"part of {in_name!r}; use train_size <= {len(splits['train'])}.")
     train = subsample(splits["train"], train_size, seed=split_seed)
+    flipped = None
+    if label_noise:
+        train, rows = flip_labels(train, label_noise, seed=split_seed)
+        flipped = {"fraction": float(label_noise), "n_flipped": int(len(rows)), "rows": [int(r) for r in rows]}
     validation = subsample(splits["validation"], min(val_size, len(splits["validation"])), seed=split_seed)
 
     def cap(ds: Any) -> Any:
@@ -187,6 +196,8 @@ def make_protocol(data: Any = IN_DOMAIN, *, ood: Sequence[Any] | Mapping[str, An
     names = list(classes) if isinstance(classes, tuple) else [str(k) for k in range(classes)]
     labels = {"classes": {str(k): v for k, v in enumerate(names)}, "named": isinstance(classes, tuple),
               "from": in_name, "label_map": lmap}
+    if flipped is not None:
+        labels["label_noise"] = flipped
     return Protocol(train=train, validation=validation, evaluation=evaluation, in_domain=in_name, fingerprint=fp,
                     labels=labels)
 
@@ -294,7 +305,8 @@ def build_protocol(config: ExperimentConfig) -> Protocol:
     return make_protocol(config.in_domain_data(), ood=config.ood_data(), train_size=config.train_size,
                          val_size=config.val_size, eval_size=config.eval_size, split_seed=config.split_seed,
                          neutral_band=config.neutral_band, text_column=config.text_column,
-                         label_column=config.label_column, label_map=config.label_map, encoding=config.encoding)
+                         label_column=config.label_column, label_map=config.label_map, encoding=config.encoding,
+                         label_noise=config.label_noise)
 
 
 def data_key(protocol: Protocol, config: ExperimentConfig) -> dict[str, Any]:

@@ -54,8 +54,8 @@ __all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run
 
 #: The :class:`~lnsr_viz.experiments.config.ExperimentConfig` settings a sweep file may give at its top level (the
 #: ``train:`` and ``probe:`` sections hold the others a sweep sets; ``methods`` holds grids, not a list).
-SWEEP_SETTINGS = ("model", "data", "ood", "seeds", "eval_size", "val_size", "split_seed", "neutral_band", "analysis",
-                  "results")
+SWEEP_SETTINGS = ("model", "data", "ood", "seeds", "eval_size", "val_size", "split_seed", "neutral_band",
+                  "label_noise", "analysis", "results")
 #: Every key of a sweep file.
 SWEEP_KEYS = {*SWEEP_SETTINGS, "train_sizes", "methods", "train", "probe", "name", "tracking"}
 #: Keys of a sweep file that say how its runs are made or reported, not what they are (no part of a run's key).

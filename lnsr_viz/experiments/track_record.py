@@ -182,7 +182,9 @@ def _run_row(store_name: str, run: Any, overfit_drop: float, problems: list[dict
     row: dict[str, Any] = {"store": store_name, "run_id": run.run_id, "method": cfg.get("method"),
                            "setting": cfg.get("label") or cfg.get("method"), "seed": cfg.get("seed"),
                            "train_size": cfg.get("data", {}).get("train_size"),
-                           "max_steps": cfg.get("train", {}).get("max_steps"), "part": split_of(run.run_id)}
+                           "max_steps": cfg.get("train", {}).get("max_steps"),
+                           "label_noise": float(cfg.get("data", {}).get("label_noise", 0.0)),
+                           "part": split_of(run.run_id)}
     row.update(_diagnosis_numbers(diag))
     ww = run.tables.get("weightwatcher")
     summary = weightwatcher_summary(ww) if ww is not None and len(ww) else {m: math.nan for m in WW_METRICS}

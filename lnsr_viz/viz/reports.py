@@ -595,6 +595,8 @@ def _track_context(tr: Any, *, stores: list[str], out: Path, n_boot: int, seed: 
         "setting_counts": known.groupby("setting").size().reset_index(name="n").to_dict("records"),
         "sizes": sorted(int(s) for s in known["train_size"].dropna().unique()),
         "steps": sorted(int(s) for s in known["max_steps"].dropna().unique()),
+        "noise_counts": (known[known["label_noise"] > 0].groupby("label_noise").size().reset_index(name="n")
+                         .to_dict("records") if "label_noise" in known else []),
         "protocols": max(1, len(known.groupby(["store", "max_steps"], dropna=False))),
         "problems": tr.population.problems.to_dict("records"),
         "ood": ["amazon", "tweets", "nyt"], "overfit_drop": tr.population.overfit_drop,

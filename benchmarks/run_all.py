@@ -17,6 +17,9 @@ Runs, each in its own process (so one's memory does not inflate another's):
    the probe's time and how far its values move (``benchmarks/results/precision.json``); skipped, saying why, on
    hardware without bfloat16; with ``--precision-results`` also the effect on the results over 5 seeds (resumable
    run store ``results/bench-precision``; tens of minutes);
+3d. ``bench_diagnose.py`` — ``python -m lnsr_viz diagnose`` on a MiniLM checkpoint with 100 training and 300
+   held-out sentences, as a fresh command and as a call on loaded models (goal: well under a minute;
+   ``benchmarks/results/bench_diagnose.json``);
 4. with ``--demo``: ``python -m lnsr_viz demo`` end to end into a fresh run store (minutes), then again (re-render
    from the store);
 5. with ``--qa``: ``bench_qa.py`` — the QA comparison's training steps, evaluation and probe on this CPU, and the
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     summary["peers_s"] = _run([str(HERE / "bench_peers.py"), "--reps", reps,
                                "--json", str(RESULTS / "peers.json")])
     summary["explorer_s"] = _run([str(HERE / "bench_explorer.py"), "--json", str(RESULTS / "explorer.json")])
+    summary["diagnose_s"] = _run([str(HERE / "bench_diagnose.py"), "--reps", reps,
+                                  "--json", str(RESULTS / "bench_diagnose.json")])
     precision = [str(HERE / "bench_precision.py"), "--reps", reps, "--json", str(RESULTS / "precision.json")]
     try:  # exits 2, saying why, where the hardware has no bfloat16
         summary["precision_s"] = _run(precision + ([] if args.precision_results else ["--skip-results"]))

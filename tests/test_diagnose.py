@@ -198,6 +198,24 @@ def test_a_config_pointing_at_the_checkpoint_itself_is_not_taken_for_the_base(tm
         infer_base_model(ckpt)
 
 
+def test_an_inferred_base_with_the_models_own_weights_is_refused_before_any_work(tmp_path, monkeypatch):
+    import lnsr_viz.experiments.diagnose as diagnose_module
+
+    model, tok = tiny_model("bert")
+    copy_of_it = save_checkpoint(model, tok, tmp_path / "copy", base_model="some-org/base")
+    ckpt = save_checkpoint(model, tok, tmp_path / "ckpt", base_model=copy_of_it)
+    texts, labels = toy_sentences(24)
+    data = {"train": TextDataset(texts[:12], labels[:12], "train"),
+            "held_out": TextDataset(texts[12:], labels[12:], "held_out")}
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was evaluated before the bad base was refused")
+
+    monkeypatch.setattr(diagnose_module, "_split_metrics", no_work)
+    with pytest.raises(ValueError, match=r"has exactly the weights of the model.*Pass base_model= \(--base\)"):
+        diagnose(str(ckpt), data=data, probe_n=4)
+
+
 def _other_tokenizer():
     """tiny_tokenizer's vocabulary with two words swapped for others."""
     from tokenizers import Tokenizer, models, pre_tokenizers

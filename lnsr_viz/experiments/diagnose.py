@@ -799,7 +799,7 @@ def _probe_pair(pair: _Pair, probe_texts: list[str], *, scale: float, draws: int
 
 
 def _drift_of(pair: _Pair, drift_texts: list[str], *, batch_size: int, max_length: int) -> pd.DataFrame:
-    """Drift of the model from its base; refuses an inferred base with exactly the model's weights."""
+    """Drift of the model from its base, per layer."""
     from ..analysis.drift import representation_drift
 
     metrics_wanted = None if len(drift_texts) >= 4 else ["cka", "cosine_drift_token", "cosine_drift_sentence",
@@ -807,15 +807,25 @@ def _drift_of(pair: _Pair, drift_texts: list[str], *, batch_size: int, max_lengt
     drift = representation_drift((pair.base_net, pair.base_tok), (pair.net, pair.tok), drift_texts,
                                  names=("base", "model"), metrics=metrics_wanted, batch_size=batch_size,
                                  max_length=max_length)
-    moved = drift.loc[drift["metric"] == "weight_distance", "value"]
-    if (pair.base_source.startswith("inferred") and len(moved) and float(moved.max()) == 0.0
-            and pair.base_net is not pair.net):
+    return drift
+
+
+def _refuse_self_base(pair: _Pair) -> None:
+    """Refuse, before any work, an inferred base whose shared weights all equal the model's: the checkpoint's config
+    then points at the checkpoint itself (or at a copy of it), not at its pre-trained base."""
+    import torch
+
+    if not pair.base_source.startswith("inferred") or pair.base_net is pair.net:
+        return
+    mine = dict(pair.net.named_parameters())
+    shared = [(p, mine[name]) for name, p in pair.base_net.named_parameters()
+              if name in mine and mine[name].shape == p.shape]
+    if shared and all(torch.equal(a.detach().cpu(), b.detach().cpu()) for a, b in shared):
         raise ValueError(
             f"The inferred base model {pair.base_label!r} ({pair.base_source}) has exactly the weights of the model, "
             "so the checkpoint's config points at the checkpoint itself rather than at its pre-trained base. Pass "
             "base_model= (--base) explicitly."
         )
-    return drift
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -927,6 +937,7 @@ def diagnose(
         train, held = _in_classes(train, held, training_classes(train))
 
     pair = _load_pair(model, base_model, tokenizer, held=held, max_length=max_length)
+    _refuse_self_base(pair)
     train, held = _in_model_classes(train, held, pair.net)
     num_labels = pair.num_labels
     for ds in (train, held):

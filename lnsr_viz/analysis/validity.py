@@ -133,18 +133,12 @@ def _mann_whitney_u(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarra
     n1 = y.sum(axis=-1)
     pairs = n1 * (n - n1)
     u = np.sum(ranks * y, axis=-1) - n1 * (n1 + 1) / 2.0
-    ties = np.zeros(x.shape[:-1])
-    if n > 1:
-        srt = np.sort(x, axis=-1)
-        # sum over tie groups of t^3 - t, from run lengths of the sorted values
-        new = np.concatenate([np.ones(x.shape[:-1] + (1,), bool), np.diff(srt, axis=-1) != 0], axis=-1)
-        group = np.cumsum(new, axis=-1)
-        for k in range(1, n + 1):
-            t = np.sum(group == k, axis=-1).astype(np.float64)
-            ties = ties + t ** 3 - t
-        var = pairs / 12.0 * ((n + 1) - ties / (n * (n - 1)))
-    else:
-        var = np.zeros(x.shape[:-1])
+    if n < 2:
+        return u, pairs.astype(np.float64), np.zeros(x.shape[:-1])
+    # sum over tie groups of t^3 - t = sum over values of t^2 - 1 (t: the size of the value's tie group)
+    t = np.sum(x[..., :, None] == x[..., None, :], axis=-1).astype(np.float64)
+    ties = np.sum(t ** 2 - 1.0, axis=-1)
+    var = pairs / 12.0 * ((n + 1) - ties / (n * (n - 1)))
     return u, pairs.astype(np.float64), var
 
 

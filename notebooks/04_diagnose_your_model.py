@@ -154,15 +154,16 @@ print(report_path)
 # rho and AUC are measured *within* each size and combined (`record.within`); the pooled ones are in the `pooled_*`
 # columns, and each size on its own in `record.by_group`. `diagnose` words a warning whose record does not beat
 # chance as descriptive. The full write-up is `docs/diagnose.md` (`python -m lnsr_viz track-record
-# results/study-v2 results/diagnose-population`).
+# results/study-v2 results/diagnose-population results/study-v2-pilot/budget-2000x300`).
 
 # %%
 from lnsr_viz.experiments.track_record import population_table, track_record  # noqa: E402 (this section's own)
 from lnsr_viz.viz.runtime import study_dir  # noqa: E402
 
 track_stores = [study_dir("study-v2")]
-if (study_dir("study-v2").parent / "diagnose-population" / "runs").is_dir():   # the over-fit arm, once it is run
-    track_stores.append(study_dir("diagnose-population"))
+for extra in ("diagnose-population", "study-v2-pilot/budget-2000x300"):   # the over-fit arm; the 300-step pilot
+    if (study_dir("study-v2").parent / extra / "runs").is_dir():
+        track_stores.append(study_dir(extra))
 record = track_record(population_table(track_stores), n_boot=200 if QUICK else 2000)
 print(f"{record.n_models} models from {', '.join(str(s) for s in track_stores)}")
 assert record.n_models >= 20

@@ -35,7 +35,7 @@ def test_the_core_is_part_of_the_full_study():
 def test_the_protocol_is_a_step_budget_per_size():
     config = load_sweep_config(ROOT / "configs/study-v2.yaml")
     budgets = {size: experiment_config(config, size).max_steps for size in config["train_sizes"]}
-    assert budgets == {100: 100, 500: 200, 2000: 300}
+    assert budgets == {100: 100, 500: 200, 2000: 600}
     for size in config["train_sizes"]:
         experiment = experiment_config(config, size)
         assert experiment.keep_best and experiment.eval_every * 10 == experiment.max_steps
@@ -93,6 +93,20 @@ def test_the_learning_curves_and_the_plateau_rule(tiny_v2):
     mean = van.groupby("step")["val_accuracy"].mean()
     assert row["early_best"] == pytest.approx(mean[mean.index <= 4].max())
     assert row["late_gain"] == pytest.approx(mean[mean.index > 4].max() - mean[mean.index <= 4].max())
+
+
+@pytest.mark.slow
+def test_the_write_up_states_the_protocol_and_how_it_was_chosen(tiny_v2, tmp_path):
+    from lnsr_viz.viz.reports import write_study
+
+    root, res = tiny_v2
+    config = {"train": {"batch_size": 8, "max_steps": {16: 6, 32: 9}}, "protocol_notes": ["Budget raised at 32."]}
+    text = write_study(root / "store", tmp_path / "s.md", config=config, result=res,
+                       tables=tmp_path / "tables").read_text()
+    assert "max_steps {16: 6, 32: 9}" in text
+    assert "How the protocol was chosen (the sweep file's `protocol_notes`):\n\n- Budget raised at 32.\n" in text
+    assert "protocol_notes" not in write_study(root / "store", tmp_path / "t.md", config={"train": {}}, result=res,
+                                               tables=tmp_path / "tables").read_text()
 
 
 @pytest.mark.slow

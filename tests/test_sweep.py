@@ -7,6 +7,7 @@ import pytest
 from lnsr_viz.experiments.store import RunStore
 from lnsr_viz.experiments.sweep import (
     expand,
+    experiment_config,
     load_sweep_config,
     merge_stores,
     parse_shard,
@@ -50,6 +51,17 @@ def test_yaml_and_toml_configs_and_their_errors(tmp_path):
         validate_config({"train_sizes": [1], "seeds": [1], "methods": {"lnsr": {"lam": [-1]}}})
     with pytest.raises(ValueError, match="unknown key"):
         validate_config({"train_sizes": [1], "seeds": [1], "methods": {"vanilla": {}}, "train": {"lrate": 1}})
+
+
+def test_protocol_notes_are_checked_and_never_part_of_a_run_key(tiny):
+    plain = _config(tiny)
+    noted = _config(tiny, protocol_notes="  The learning rate was\n chosen on vanilla's validation accuracy.  ")
+    assert noted["protocol_notes"] == ["The learning rate was chosen on vanilla's validation accuracy."]
+    for size in plain["train_sizes"]:  # the same experiment, so the same run keys
+        assert experiment_config(plain, size) == experiment_config(noted, size)
+    for bad in ([], [""], [1], {"a": "b"}):
+        with pytest.raises(ValueError, match="'protocol_notes' must be a sentence or a list of sentences"):
+            _config(tiny, protocol_notes=bad)
 
 
 def test_grid_order_and_shards():

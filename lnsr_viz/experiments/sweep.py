@@ -57,9 +57,9 @@ __all__ = ["load_sweep_config", "validate_config", "expand", "parse_shard", "run
 SWEEP_SETTINGS = ("model", "data", "ood", "seeds", "eval_size", "val_size", "split_seed", "neutral_band",
                   "label_noise", "analysis", "results")
 #: Every key of a sweep file.
-SWEEP_KEYS = {*SWEEP_SETTINGS, "train_sizes", "methods", "train", "probe", "name", "tracking"}
+SWEEP_KEYS = {*SWEEP_SETTINGS, "train_sizes", "methods", "train", "probe", "name", "tracking", "protocol_notes"}
 #: Keys of a sweep file that say how its runs are made or reported, not what they are (no part of a run's key).
-NOT_KEYED = ("train_sizes", "methods", "name", "tracking")
+NOT_KEYED = ("train_sizes", "methods", "name", "tracking", "protocol_notes")
 
 
 def load_sweep_config(path: str | Path) -> dict[str, Any]:
@@ -100,6 +100,13 @@ def validate_config(config: dict[str, Any], *, source: str = "sweep config") -> 
     unknown = set(config) - SWEEP_KEYS
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; allowed keys are {sorted(SWEEP_KEYS)}.")
+    if "protocol_notes" in config:  # how the protocol was chosen, in words: shown by the study write-up, never keyed
+        notes = config["protocol_notes"]
+        notes = [notes] if isinstance(notes, str) else notes
+        if not isinstance(notes, list) or not notes or not all(isinstance(n, str) and n.strip() for n in notes):
+            raise ValueError(f"{source}: 'protocol_notes' must be a sentence or a list of sentences (how the "
+                             f"protocol was chosen, shown in the study's write-up); got {config['protocol_notes']!r}.")
+        config["protocol_notes"] = [" ".join(n.split()) for n in notes]
     if "tracking" in config:
         from ..training.tracking import check_tracking
 

@@ -415,6 +415,7 @@ def _evidence_context(res: Any, *, config: Mapping[str, Any], curves_figure: Pat
     devices = sorted({d for d in res.runs.get("device", pd.Series(dtype=str)).dropna() if d})
     return {
         "v2": True, "completeness": completeness, "complete_all": complete_all, "train": train,
+        "protocol_notes": list(config.get("protocol_notes") or []),
         "methods_display": pd.DataFrame(rows), "methods_columns": {c: c for c in (rows[0] if rows else {})},
         "method_family": str(first["family"]), "method_test": str(first.get("test", "t")),
         "method_correction": str(first["correction"]), "n_comparisons": int(res.methods["n_comparisons"].max()),
